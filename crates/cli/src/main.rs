@@ -1,0 +1,2 @@
+//! The uroce CLI.
+fn main() {}

@@ -1,0 +1,349 @@
+//! The invariant CRC (IBTA Annex A17.3.3; rxe's `rxe_icrc.c`).
+//!
+//! The ICRC is zlib's CRC-32 over a pseudo packet: 8 bytes of 0xFF standing in for the LRH, the IP
+//! header with the fields routers may change set to all ones (IPv4 TOS, TTL, header checksum;
+//! IPv6 traffic class, flow label, hop limit), the UDP header with its checksum set to all ones,
+//! the BTH with its FECN/BECN/reserved byte set to 0xFF, then the rest of the headers, payload and
+//! pad. It is written after the pad as little-endian bytes.
+//!
+//! A driver receiving through a UDP socket knows addresses, ports and lengths but not the IPv4
+//! Identification, which the ICRC also covers. [`Ipv4IdMode::Solve`] handles that: CRC-32 is
+//! linear, so the 16-bit ID that would make the ICRC valid can be solved for. That accepts a
+//! corrupted packet with probability 2^-16 instead of 2^-32, so it is an explicit mode whose
+//! outcome ([`IcrcCheck::SolvedIpv4Id`]) callers count.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crc32fast::Hasher;
+
+use crate::headers::BTH_LEN;
+use crate::ICRC_LEN;
+
+/// The IP header fields the ICRC covers and a driver can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IpFields {
+    /// IPv4 without options (RoCEv2 never uses options).
+    V4 {
+        /// Source address.
+        src: Ipv4Addr,
+        /// Destination address.
+        dst: Ipv4Addr,
+        /// Identification field.
+        identification: u16,
+        /// Flags and fragment offset (0x4000 = DF, which rxe and an `IP_PMTUDISC_DO` socket set).
+        flags_fragment: u16,
+    },
+    /// IPv6 without extension headers.
+    V6 {
+        /// Source address.
+        src: Ipv6Addr,
+        /// Destination address.
+        dst: Ipv6Addr,
+    },
+}
+
+/// Don't-fragment flag, fragment offset 0.
+pub const IPV4_DF: u16 = 0x4000;
+
+impl IpFields {
+    /// IPv4 with DF set and the given Identification.
+    pub fn v4(src: Ipv4Addr, dst: Ipv4Addr, identification: u16) -> Self {
+        IpFields::V4 {
+            src,
+            dst,
+            identification,
+            flags_fragment: IPV4_DF,
+        }
+    }
+    /// IPv6.
+    pub fn v6(src: Ipv6Addr, dst: Ipv6Addr) -> Self {
+        IpFields::V6 { src, dst }
+    }
+}
+
+/// What the ICRC is computed over besides the transport packet: IP fields and UDP ports.
+/// Lengths are derived from the transport packet (IP total length and UDP length include the
+/// ICRC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcrcContext {
+    /// IP header fields.
+    pub ip: IpFields,
+    /// UDP source port.
+    pub src_port: u16,
+    /// UDP destination port (4791).
+    pub dst_port: u16,
+}
+
+/// How to treat the IPv4 Identification when verifying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ipv4IdMode {
+    /// The ID in the context is the one on the wire: verify exactly.
+    Exact,
+    /// The ID is unknown: try the context's ID, else solve for one that makes the ICRC valid.
+    Solve,
+}
+
+/// How a valid ICRC was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IcrcCheck {
+    /// The ICRC matched with the context as given (full 32-bit strength).
+    Valid,
+    /// It matched only with this solved IPv4 Identification (2^-16 false-accept chance).
+    SolvedIpv4Id(u16),
+}
+
+/// The ICRC did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ICRC mismatch: carried {carried:#010x}, computed {computed:#010x}")]
+pub struct IcrcMismatch {
+    /// The ICRC in the packet.
+    pub carried: u32,
+    /// The ICRC computed with the context as given.
+    pub computed: u32,
+}
+
+// Offset of the IPv4 Identification within the pseudo packet: 8 bytes of 0xFF, then
+// version/IHL, TOS, total length.
+const V4_ID_OFFSET: usize = 8 + 4;
+
+/// Fills the masked pseudo header for `ctx` and a transport packet of `udp_payload_len` bytes
+/// whose first 12 bytes are `bth`; returns the used length.
+fn pseudo_header(
+    ctx: &IcrcContext,
+    udp_payload_len: usize,
+    bth: &[u8],
+    out: &mut [u8; 68],
+) -> usize {
+    let udp_len = (8 + udp_payload_len) as u16;
+    out[..8].fill(0xFF);
+    let mut n = 8;
+    match ctx.ip {
+        IpFields::V4 {
+            src,
+            dst,
+            identification,
+            flags_fragment,
+        } => {
+            let total = udp_len.wrapping_add(20);
+            out[n] = 0x45;
+            out[n + 1] = 0xFF; // TOS
+            out[n + 2..n + 4].copy_from_slice(&total.to_be_bytes());
+            out[n + 4..n + 6].copy_from_slice(&identification.to_be_bytes());
+            out[n + 6..n + 8].copy_from_slice(&flags_fragment.to_be_bytes());
+            out[n + 8] = 0xFF; // TTL
+            out[n + 9] = 17; // UDP
+            out[n + 10..n + 12].fill(0xFF); // header checksum
+            out[n + 12..n + 16].copy_from_slice(&src.octets());
+            out[n + 16..n + 20].copy_from_slice(&dst.octets());
+            n += 20;
+        }
+        IpFields::V6 { src, dst } => {
+            // Version 6, then traffic class and flow label all ones.
+            out[n..n + 4].copy_from_slice(&[0x6F, 0xFF, 0xFF, 0xFF]);
+            out[n + 4..n + 6].copy_from_slice(&udp_len.to_be_bytes());
+            out[n + 6] = 17;
+            out[n + 7] = 0xFF; // hop limit
+            out[n + 8..n + 24].copy_from_slice(&src.octets());
+            out[n + 24..n + 40].copy_from_slice(&dst.octets());
+            n += 40;
+        }
+    }
+    out[n..n + 2].copy_from_slice(&ctx.src_port.to_be_bytes());
+    out[n + 2..n + 4].copy_from_slice(&ctx.dst_port.to_be_bytes());
+    out[n + 4..n + 6].copy_from_slice(&udp_len.to_be_bytes());
+    out[n + 6..n + 8].fill(0xFF);
+    n += 8;
+    out[n..n + BTH_LEN].copy_from_slice(bth);
+    out[n + 4] = 0xFF; // FECN, BECN, resv6
+    n + BTH_LEN
+}
+
+impl IcrcContext {
+    /// A context for IPv4 with DF set.
+    pub fn v4(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        identification: u16,
+        src_port: u16,
+        dst_port: u16,
+    ) -> Self {
+        IcrcContext {
+            ip: IpFields::v4(src, dst, identification),
+            src_port,
+            dst_port,
+        }
+    }
+
+    /// A context for IPv6.
+    pub fn v6(src: Ipv6Addr, dst: Ipv6Addr, src_port: u16, dst_port: u16) -> Self {
+        IcrcContext {
+            ip: IpFields::v6(src, dst),
+            src_port,
+            dst_port,
+        }
+    }
+
+    /// The same context with another IPv4 Identification (no change for IPv6).
+    pub fn with_ipv4_id(mut self, id: u16) -> Self {
+        if let IpFields::V4 { identification, .. } = &mut self.ip {
+            *identification = id;
+        }
+        self
+    }
+
+    /// Computes the ICRC of `packet`, the whole UDP payload including its 4 trailing ICRC bytes
+    /// (whose content is ignored). Returns `None` if `packet` is shorter than a BTH plus ICRC.
+    pub fn compute(&self, packet: &[u8]) -> Option<u32> {
+        if packet.len() < BTH_LEN + ICRC_LEN {
+            return None;
+        }
+        let mut pseudo = [0u8; 68];
+        let n = pseudo_header(self, packet.len(), &packet[..BTH_LEN], &mut pseudo);
+        let mut h = Hasher::new();
+        h.update(&pseudo[..n]);
+        h.update(&packet[BTH_LEN..packet.len() - ICRC_LEN]);
+        Some(h.finalize())
+    }
+
+    /// Computes the ICRC and writes it into the last 4 bytes of `packet`. A buffer shorter than
+    /// a BTH plus ICRC is left untouched.
+    pub fn seal(&self, packet: &mut [u8]) {
+        if let Some(crc) = self.compute(packet) {
+            let n = packet.len();
+            packet[n - ICRC_LEN..].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    /// Verifies the ICRC carried in the last 4 bytes of `packet`.
+    pub fn verify(&self, packet: &[u8], mode: Ipv4IdMode) -> Result<IcrcCheck, IcrcMismatch> {
+        let computed = self.compute(packet).ok_or(IcrcMismatch {
+            carried: 0,
+            computed: 0,
+        })?;
+        let t = &packet[packet.len() - ICRC_LEN..];
+        let carried = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        if computed == carried {
+            return Ok(IcrcCheck::Valid);
+        }
+        let mismatch = IcrcMismatch { carried, computed };
+        match (mode, self.ip) {
+            (Ipv4IdMode::Solve, IpFields::V4 { identification, .. }) => {
+                // Bytes of the pseudo packet after the two ID bytes (ICRC excluded).
+                let trailing = 20 - 6 + 8 + packet.len() - ICRC_LEN;
+                solve_ipv4_id(computed ^ carried, trailing)
+                    .map(|delta| IcrcCheck::SolvedIpv4Id(identification ^ delta))
+                    .ok_or(mismatch)
+            }
+            _ => Err(mismatch),
+        }
+    }
+}
+
+/// The CRC-32 register after feeding `v` through `len` zero bytes: the linear map that carries a
+/// difference in early bytes to the end of the message (zlib's `crc32_combine` with crc2 = 0).
+fn shift(v: u32, len: usize) -> u32 {
+    let mut a = Hasher::new_with_initial(v);
+    a.combine(&Hasher::new_with_initial_len(0, len as u64));
+    a.finalize()
+}
+
+/// Finds the 16-bit XOR difference `x` to the ID such that flipping those ID bits changes the
+/// CRC by `diff`, by Gaussian elimination over GF(2) (CRC-32 is affine in the message).
+fn solve_ipv4_id(diff: u32, trailing: usize) -> Option<u16> {
+    // Effect on the CRC of flipping ID bit j, at the end of the message.
+    let base = {
+        let mut h = Hasher::new();
+        h.update(&[0u8; V4_ID_OFFSET + 2]);
+        h.finalize()
+    };
+    // Row = 32 CRC bits | 16 tag bits recording which ID bits were combined.
+    let mut basis = [0u64; 32];
+    for j in 0..16 {
+        let mut msg = [0u8; V4_ID_OFFSET + 2];
+        msg[V4_ID_OFFSET..].copy_from_slice(&(1u16 << j).to_be_bytes());
+        let mut h = Hasher::new();
+        h.update(&msg);
+        let d = shift(h.finalize() ^ base, trailing);
+        let mut row = u64::from(d) | (1u64 << (32 + j));
+        for bit in (0..32).rev() {
+            if row >> bit & 1 == 0 {
+                continue;
+            }
+            if basis[bit] == 0 {
+                basis[bit] = row;
+                break;
+            }
+            row ^= basis[bit];
+        }
+    }
+    let mut t = u64::from(diff);
+    for bit in (0..32).rev() {
+        if t >> bit & 1 == 1 {
+            if basis[bit] == 0 {
+                return None;
+            }
+            t ^= basis[bit];
+        }
+    }
+    Some((t >> 32) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        let mut p: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        p[0] = 0x04;
+        p
+    }
+
+    #[test]
+    fn seal_then_verify() {
+        let ctx = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, 49152, 4791);
+        let mut p = sample(64);
+        ctx.seal(&mut p);
+        assert_eq!(ctx.verify(&p, Ipv4IdMode::Exact), Ok(IcrcCheck::Valid));
+        p[20] ^= 1;
+        assert!(ctx.verify(&p, Ipv4IdMode::Exact).is_err());
+    }
+
+    #[test]
+    fn solves_every_id_bit_pattern() {
+        for (len, id) in [(16, 1u16), (64, 0x1234), (4200, 0xFFFF), (1000, 0x8000)] {
+            let sent = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), id, 50000, 4791);
+            let mut p = sample(len);
+            sent.seal(&mut p);
+            let rx = sent.with_ipv4_id(0);
+            assert!(rx.verify(&p, Ipv4IdMode::Exact).is_err());
+            assert_eq!(
+                rx.verify(&p, Ipv4IdMode::Solve),
+                Ok(IcrcCheck::SolvedIpv4Id(id))
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_has_no_id_to_solve() {
+        let ctx = IcrcContext::v6(
+            "fd77::2".parse().unwrap(),
+            "fd77::3".parse().unwrap(),
+            1,
+            4791,
+        );
+        let mut p = sample(100);
+        ctx.seal(&mut p);
+        p[50] ^= 0x10;
+        assert!(ctx.verify(&p, Ipv4IdMode::Solve).is_err());
+    }
+
+    #[test]
+    fn short_packet_is_a_mismatch_not_a_panic() {
+        let ctx = IcrcContext::v4([1, 1, 1, 1].into(), [2, 2, 2, 2].into(), 0, 1, 4791);
+        assert!(ctx.verify(&[0u8; 15], Ipv4IdMode::Solve).is_err());
+        assert_eq!(ctx.compute(&[0u8; 3]), None);
+    }
+}
