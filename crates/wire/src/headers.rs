@@ -184,7 +184,7 @@ pub struct BthRepr {
     pub opcode: crate::Opcode,
     /// Solicited event.
     pub solicited: bool,
-    /// Migration request (rxe sets it on every packet it sends).
+    /// Migration request (rxe sends it clear: every golden rxe frame has M=0).
     pub mig_req: bool,
     /// Pad count; [`crate::PacketRepr::emit`] recomputes it from the payload length.
     pub pad_count: u8,
@@ -207,12 +207,12 @@ pub struct BthRepr {
 }
 
 impl BthRepr {
-    /// A BTH with rxe's defaults (P_Key 0xFFFF, MigReq set, reserved bits zero).
+    /// A BTH with rxe's defaults (P_Key 0xFFFF, MigReq clear, reserved bits zero).
     pub fn new(opcode: crate::Opcode, dest_qp: u32, psn: u32) -> Self {
         BthRepr {
             opcode,
             solicited: false,
-            mig_req: true,
+            mig_req: false,
             pad_count: 0,
             pkey: crate::DEFAULT_PKEY,
             fecn: false,

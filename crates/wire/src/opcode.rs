@@ -98,6 +98,8 @@ impl Header {
     ];
 
     /// Length of this header on the wire.
+    // A header kind is never empty, so an `is_empty` would be meaningless.
+    #[allow(clippy::len_without_is_empty)]
     pub const fn len(self) -> usize {
         match self {
             Header::Deth => 8,
