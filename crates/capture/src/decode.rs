@@ -1,0 +1,371 @@
+//! One-line, wireshark-like decoding of captured frames.
+//!
+//! [`decode`] turns a link-layer frame into a [`Decoded`] value whose `Display` is one line:
+//!
+//! ```text
+//!     1 10.77.0.3:49441 → 10.77.0.2:4791 RC Send First QP=0x000011 PSN=10750958 payload=1024 ICRC ok
+//!    17 10.77.0.2:49441 → 10.77.0.3:4791 RC Acknowledge QP=0x000011 PSN=10750961 AETH(ACK credits=31 MSN=1) payload=0 ICRC ok
+//! ```
+//!
+//! Every BTH field that is not at its usual value is shown (`AckReq`, `SE`, `MigReq`, `FECN`,
+//! `BECN`, `pad=`, `P_Key=`), then each extension header the opcode carries, the payload length
+//! and the ICRC verdict, checked with the frame's real IPv4 Identification
+//! ([`Ipv4IdMode::Exact`]). Frames that are not RoCEv2 or are malformed give a line that says
+//! why. Nothing here panics on any input. [`Summary`] counts the outcomes.
+
+use core::fmt;
+use std::net::SocketAddr;
+
+use uroce_wire::{
+    AckSyndrome, IcrcCheck, IcrcMismatch, Ipv4IdMode, NakCode, Packet, PacketRepr, DEFAULT_PKEY,
+};
+
+use crate::frame::{decapsulate, FrameError, LinkType, NotRoce, RoceFrame};
+
+/// A RoCEv2 frame whose transport packet parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RocePacket<'a> {
+    /// IP/UDP framing and the UDP payload.
+    pub frame: RoceFrame<'a>,
+    /// The checked view of the transport packet.
+    pub packet: Packet<&'a [u8]>,
+    /// Its headers.
+    pub repr: PacketRepr,
+    /// The ICRC verdict with the frame's own IP header.
+    pub icrc: Result<IcrcCheck, IcrcMismatch>,
+}
+
+/// What a frame turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome<'a> {
+    /// A RoCEv2 packet.
+    Roce(RocePacket<'a>),
+    /// UDP to port 4791 whose payload is not a valid transport packet.
+    BadTransport {
+        /// IP/UDP framing and the UDP payload.
+        frame: RoceFrame<'a>,
+        /// Why the transport packet is invalid.
+        error: uroce_wire::Error,
+        /// The ICRC verdict, which does not depend on the transport headers being valid.
+        icrc: Result<IcrcCheck, IcrcMismatch>,
+    },
+    /// A well-formed frame that does not carry RoCEv2.
+    NotRoce(NotRoce),
+    /// A frame whose link, IP or UDP layer is malformed.
+    Malformed(FrameError),
+}
+
+/// One decoded frame; `Display` prints its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// Frame number, from 1.
+    pub index: u64,
+    /// What the frame is.
+    pub outcome: Outcome<'a>,
+}
+
+impl Decoded<'_> {
+    /// The RoCEv2 packet, if the frame is one and its transport packet parsed.
+    pub fn roce(&self) -> Option<&RocePacket<'_>> {
+        match &self.outcome {
+            Outcome::Roce(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the ICRC verified (`None` when the frame is not UDP to port 4791).
+    pub fn icrc_ok(&self) -> Option<bool> {
+        match &self.outcome {
+            Outcome::Roce(RocePacket { icrc, .. }) | Outcome::BadTransport { icrc, .. } => {
+                Some(icrc.is_ok())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Decodes frame number `index`, of link type `link`.
+pub fn decode(index: u64, link: LinkType, data: &[u8]) -> Decoded<'_> {
+    let outcome = match decapsulate(link, data) {
+        Err(FrameError::NotRoce(why)) => Outcome::NotRoce(why),
+        Err(e) => Outcome::Malformed(e),
+        Ok(frame) => {
+            let icrc = frame.ctx.verify(frame.payload, Ipv4IdMode::Exact);
+            match PacketRepr::parse_bytes(frame.payload) {
+                Ok((repr, packet)) => Outcome::Roce(RocePacket {
+                    frame,
+                    packet,
+                    repr,
+                    icrc,
+                }),
+                Err(error) => Outcome::BadTransport { frame, error, icrc },
+            }
+        }
+    };
+    Decoded { index, outcome }
+}
+
+fn endpoints(f: &mut fmt::Formatter<'_>, frame: &RoceFrame<'_>) -> fmt::Result {
+    let src = SocketAddr::new(frame.src(), frame.src_port());
+    let dst = SocketAddr::new(frame.dst(), frame.dst_port());
+    write!(f, "{src} → {dst}")?;
+    if let Some(vlan) = frame.vlan {
+        write!(f, " VLAN={vlan}")?;
+    }
+    if frame.ecn() == 3 {
+        f.write_str(" ECN-CE")?;
+    }
+    if frame.ipv4_checksum_ok == Some(false) {
+        f.write_str(" IPv4-checksum-bad")?;
+    }
+    Ok(())
+}
+
+fn icrc(f: &mut fmt::Formatter<'_>, r: &Result<IcrcCheck, IcrcMismatch>) -> fmt::Result {
+    match r {
+        Ok(_) => f.write_str("ICRC ok"),
+        Err(m) => write!(
+            f,
+            "ICRC bad (carried {:#010x}, computed {:#010x})",
+            m.carried, m.computed
+        ),
+    }
+}
+
+/// The RNR NAK timer values of IBTA Vol 1 Table 45, in microseconds, by 5-bit code.
+const RNR_TIMER_US: [u32; 32] = [
+    655_360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1_280, 1_920, 2_560, 3_840,
+    5_120, 7_680, 10_240, 15_360, 20_480, 30_720, 40_960, 61_440, 81_920, 122_880, 163_840,
+    245_760, 327_680, 491_520,
+];
+
+/// Formats an AETH syndrome as `ACK credits=N`, `RNR NAK timer=T (X ms)` or `NAK <code>`.
+pub fn syndrome_text(s: AckSyndrome) -> String {
+    match s {
+        AckSyndrome::Ack { credits } => format!("ACK credits={credits}"),
+        AckSyndrome::RnrNak { timer } => {
+            let us = RNR_TIMER_US[usize::from(timer & 0x1F)];
+            format!(
+                "RNR NAK timer={timer} ({}.{:02} ms)",
+                us / 1000,
+                us % 1000 / 10
+            )
+        }
+        AckSyndrome::Nak(code) => format!(
+            "NAK {}",
+            match code {
+                NakCode::PsnSequenceError => "PSN Sequence Error".to_owned(),
+                NakCode::InvalidRequest => "Invalid Request".to_owned(),
+                NakCode::RemoteAccessError => "Remote Access Error".to_owned(),
+                NakCode::RemoteOperationalError => "Remote Operational Error".to_owned(),
+                NakCode::InvalidRdRequest => "Invalid RD Request".to_owned(),
+                other => format!("reserved code {}", other.code()),
+            }
+        ),
+        other => format!("reserved syndrome {:#04x}", other.to_byte()),
+    }
+}
+
+impl fmt::Display for RocePacket<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.repr;
+        let b = &r.bth;
+        endpoints(f, &self.frame)?;
+        write!(
+            f,
+            " {} QP={:#08x} PSN={}",
+            b.opcode.name(),
+            b.dest_qp,
+            b.psn
+        )?;
+        for (set, name) in [
+            (b.ack_req, "AckReq"),
+            (b.solicited, "SE"),
+            (b.mig_req, "MigReq"),
+            (b.fecn, "FECN"),
+            (b.becn, "BECN"),
+        ] {
+            if set {
+                write!(f, " {name}")?;
+            }
+        }
+        if b.pad_count != 0 {
+            write!(f, " pad={}", b.pad_count)?;
+        }
+        if b.pkey != DEFAULT_PKEY {
+            write!(f, " P_Key={:#06x}", b.pkey)?;
+        }
+        if let Some(d) = &r.deth {
+            write!(f, " DETH(qkey={:#010x} srcqp={:#08x})", d.qkey, d.src_qp)?;
+        }
+        if let Some(h) = &r.reth {
+            write!(
+                f,
+                " RETH(va={:#018x} rkey={:#010x} len={})",
+                h.va, h.rkey, h.dma_len
+            )?;
+        }
+        if let Some(h) = &r.atomic_eth {
+            write!(
+                f,
+                " AtomicETH(va={:#018x} rkey={:#010x} swap/add={:#018x} cmp={:#018x})",
+                h.va, h.rkey, h.swap_add, h.compare
+            )?;
+        }
+        if let Some(h) = &r.aeth {
+            write!(f, " AETH({} MSN={})", syndrome_text(h.syndrome), h.msn)?;
+        }
+        if let Some(h) = &r.atomic_ack_eth {
+            write!(f, " AtomicAckETH(orig={:#018x})", h.orig)?;
+        }
+        if let Some(v) = r.imm {
+            write!(f, " ImmDt={v:#010x}")?;
+        }
+        if let Some(v) = r.ieth {
+            write!(f, " IETH(rkey={v:#010x})")?;
+        }
+        write!(f, " payload={} ", r.payload_len)?;
+        icrc(f, &self.icrc)
+    }
+}
+
+impl fmt::Display for Decoded<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>5} ", self.index)?;
+        match &self.outcome {
+            Outcome::Roce(p) => p.fmt(f),
+            Outcome::BadTransport {
+                frame,
+                error,
+                icrc: v,
+            } => {
+                endpoints(f, frame)?;
+                write!(f, " malformed transport packet: {error}; ")?;
+                icrc(f, v)
+            }
+            Outcome::NotRoce(why) => write!(f, "not RoCEv2: {why}"),
+            Outcome::Malformed(e) => write!(f, "malformed frame: {e}"),
+        }
+    }
+}
+
+/// Counts of decoded frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Every frame seen.
+    pub frames: u64,
+    /// Frames that are UDP to port 4791 (whether or not the transport packet parsed).
+    pub roce: u64,
+    /// RoCE frames whose ICRC verified.
+    pub icrc_ok: u64,
+    /// RoCE frames whose ICRC did not verify.
+    pub icrc_bad: u64,
+    /// Frames malformed at the link/IP/UDP layer or in the transport packet.
+    pub malformed: u64,
+    /// Well-formed frames that are not RoCEv2.
+    pub not_roce: u64,
+}
+
+impl Summary {
+    /// Counts one frame.
+    pub fn add(&mut self, d: &Decoded<'_>) {
+        self.frames += 1;
+        match &d.outcome {
+            Outcome::NotRoce(_) => self.not_roce += 1,
+            Outcome::Malformed(_) => self.malformed += 1,
+            Outcome::Roce(_) | Outcome::BadTransport { .. } => {
+                self.roce += 1;
+                if matches!(d.outcome, Outcome::BadTransport { .. }) {
+                    self.malformed += 1;
+                }
+            }
+        }
+        match d.icrc_ok() {
+            Some(true) => self.icrc_ok += 1,
+            Some(false) => self.icrc_bad += 1,
+            None => {}
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} frames, {} RoCE, ICRC ok {}, ICRC bad {}, malformed {}, not RoCE {}",
+            self.frames, self.roce, self.icrc_ok, self.icrc_bad, self.malformed, self.not_roce
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::build_datagram;
+    use uroce_wire::{AethRepr, BthRepr, IcrcContext, Opcode};
+
+    fn ack_datagram(syndrome: AckSyndrome) -> (Vec<u8>, IcrcContext) {
+        let ctx = IcrcContext::v4([10, 0, 0, 2].into(), [10, 0, 0, 3].into(), 7, 49441, 4791);
+        let mut repr = PacketRepr::new(BthRepr::new(Opcode::RcAcknowledge, 0x11, 5), 0);
+        repr.aeth = Some(AethRepr { syndrome, msn: 9 });
+        let mut buf = vec![0u8; repr.buffer_len()];
+        repr.emit_with_payload(&mut buf, &[], &ctx).unwrap();
+        (build_datagram(&ctx, &buf).unwrap(), ctx)
+    }
+
+    #[test]
+    fn ack_line_names_every_field() {
+        let (d, _) = ack_datagram(AckSyndrome::RnrNak { timer: 12 });
+        let line = decode(3, LinkType::Raw, &d).to_string();
+        assert!(line.starts_with("    3 10.0.0.2:49441 → 10.0.0.3:4791 RC Acknowledge"));
+        assert!(line.contains("QP=0x000011 PSN=5"), "{line}");
+        assert!(
+            line.contains("AETH(RNR NAK timer=12 (0.64 ms) MSN=9)"),
+            "{line}"
+        );
+        assert!(line.ends_with("payload=0 ICRC ok"), "{line}");
+    }
+
+    #[test]
+    fn corrupted_frames_say_why() {
+        let (mut d, _) = ack_datagram(AckSyndrome::Nak(NakCode::RemoteAccessError));
+        let last = d.len() - 1;
+        d[last] ^= 1;
+        let dec = decode(1, LinkType::Raw, &d);
+        assert_eq!(dec.icrc_ok(), Some(false));
+        assert!(dec.to_string().contains("NAK Remote Access Error"));
+        assert!(dec.to_string().contains("ICRC bad (carried"));
+        d[28] = 0x15; // no such opcode
+        let line = decode(2, LinkType::Raw, &d).to_string();
+        assert!(
+            line.contains("malformed transport packet: unknown opcode 0x15"),
+            "{line}"
+        );
+        let line = decode(4, LinkType::Raw, &d[..30]).to_string();
+        assert!(line.contains("malformed frame: IPv4 truncated"), "{line}");
+        let mut s = Summary::default();
+        s.add(&decode(1, LinkType::Raw, &d));
+        s.add(&decode(1, LinkType::Raw, &d[..30]));
+        assert_eq!(
+            s.to_string(),
+            "2 frames, 1 RoCE, ICRC ok 0, ICRC bad 1, malformed 2, not RoCE 0"
+        );
+    }
+
+    #[test]
+    fn every_rnr_timer_code_formats() {
+        for t in 0..32 {
+            let s = syndrome_text(AckSyndrome::RnrNak { timer: t });
+            assert!(s.ends_with(" ms)"), "{s}");
+        }
+        assert_eq!(
+            syndrome_text(AckSyndrome::RnrNak { timer: 0 }),
+            "RNR NAK timer=0 (655.36 ms)"
+        );
+        assert_eq!(
+            syndrome_text(AckSyndrome::from_byte(0x40)),
+            "reserved syndrome 0x40"
+        );
+    }
+}
