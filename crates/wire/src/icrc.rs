@@ -83,6 +83,11 @@ pub enum Ipv4IdMode {
     Exact,
     /// The ID is unknown: try the context's ID, else solve for one that makes the ICRC valid.
     Solve,
+    /// Like `Solve`, but accept a solved ID only if it differs from the context's ID by less
+    /// than this bound (XOR distance). A sender using UDP GSO from an unconnected socket gives
+    /// segment `i` the ID `i`, so uroce peers need IDs below the GSO segment count only; the
+    /// false-accept chance drops from 2^-16 to bound × 2^-32.
+    SolveBelow(u16),
 }
 
 /// How a valid ICRC was established.
@@ -229,11 +234,17 @@ impl IcrcContext {
             return Ok(IcrcCheck::Valid);
         }
         let mismatch = IcrcMismatch { carried, computed };
-        match (mode, self.ip) {
-            (Ipv4IdMode::Solve, IpFields::V4 { identification, .. }) => {
+        let bound = match mode {
+            Ipv4IdMode::Solve => u32::from(u16::MAX) + 1,
+            Ipv4IdMode::SolveBelow(n) => u32::from(n),
+            _ => 0,
+        };
+        match self.ip {
+            IpFields::V4 { identification, .. } if bound > 0 => {
                 // Bytes of the pseudo packet after the two ID bytes (ICRC excluded).
                 let trailing = 20 - 6 + 8 + packet.len() - ICRC_LEN;
                 solve_ipv4_id(computed ^ carried, trailing)
+                    .filter(|delta| u32::from(*delta) < bound)
                     .map(|delta| IcrcCheck::SolvedIpv4Id(identification ^ delta))
                     .ok_or(mismatch)
             }
@@ -324,6 +335,16 @@ mod tests {
                 Ok(IcrcCheck::SolvedIpv4Id(id))
             );
         }
+    }
+
+    #[test]
+    fn bounded_solving_rejects_far_ids() {
+        let sent = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 5, 50000, 4791);
+        let mut p = sample(300);
+        sent.seal(&mut p);
+        let rx = sent.with_ipv4_id(0);
+        assert_eq!(rx.verify(&p, Ipv4IdMode::SolveBelow(64)), Ok(IcrcCheck::SolvedIpv4Id(5)));
+        assert!(rx.verify(&p, Ipv4IdMode::SolveBelow(5)).is_err());
     }
 
     #[test]

@@ -1,0 +1,712 @@
+//! The device: the sans-IO endpoint that owns every verbs object and is driven with datagrams
+//! and time (see the crate docs for the call contract).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use uroce_wire::{IcrcCheck, IcrcContext, IpFields, Ipv4IdMode, PacketRepr, Transport};
+
+use crate::cq::{Completion, CompletionQueue};
+use crate::mr::{Access, MrKeys, MrTable, RegionMemory};
+use crate::qp::{Qp, QpAttr, QpInit, QpState, QpType};
+use crate::srq::Srq;
+use crate::wr::{RecvWr, SendWr};
+use crate::{AhHandle, CqHandle, Error, Instant, PdHandle, SrqHandle};
+
+/// Device configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The local IP address packets are sent from and to.
+    pub local_ip: IpAddr,
+    /// UDP port used as our source port and the peers' destination port (4791; tests may
+    /// change it).
+    pub udp_port: u16,
+    /// How to check the ICRC of received IPv4 packets, whose Identification a UDP socket
+    /// cannot see. The default, `SolveBelow(max_segments)`, accepts the IDs uroce peers send
+    /// (0 for a lone packet, `i` for GSO segment `i`) at a false-accept chance of 2^-26;
+    /// `Solve` also accepts rxe's arbitrary IDs at 2^-16; `Exact` only ID 0. Every packet
+    /// accepted with a non-zero ID is counted in [`DeviceCounters::icrc_solved_id`].
+    pub ipv4_id_mode: Ipv4IdMode,
+    /// First QP number handed out (rxe starts at 17; 0 and 1 are special).
+    pub first_qpn: u32,
+    /// Most QPs.
+    pub max_qp: usize,
+    /// Most memory regions.
+    pub max_mr: usize,
+    /// Most CQs.
+    pub max_cq: usize,
+    /// Deepest CQ.
+    pub max_cqe: usize,
+    /// Deepest send or receive queue.
+    pub max_qp_wr: u32,
+    /// Most SGEs per WR.
+    pub max_sge: u32,
+    /// Largest `max_rd_atomic` / `max_dest_rd_atomic`.
+    pub max_rd_atomic: u8,
+    /// Most PSNs a requester keeps unacknowledged.
+    pub max_unacked_psns: u32,
+    /// A requester sets AckReq at least every this many packets (IBTA leaves it open; rxe 64).
+    pub ack_req_interval: u32,
+    /// Most packets in one GSO batch.
+    pub max_segments: usize,
+}
+
+impl Config {
+    /// Defaults for a device on `local_ip`.
+    pub fn new(local_ip: IpAddr) -> Self {
+        Config {
+            local_ip,
+            udp_port: uroce_wire::ROCE_UDP_PORT,
+            ipv4_id_mode: Ipv4IdMode::SolveBelow(64),
+            first_qpn: 17,
+            max_qp: 4096,
+            max_mr: 65536,
+            max_cq: 4096,
+            max_cqe: 1 << 20,
+            max_qp_wr: 16384,
+            max_sge: 32,
+            max_rd_atomic: 128,
+            max_unacked_psns: 2048,
+            ack_req_interval: 64,
+            max_segments: 64,
+        }
+    }
+}
+
+/// Device-wide counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceCounters {
+    /// Datagrams handed in.
+    pub rx_packets: u64,
+    /// Bytes handed in.
+    pub rx_bytes: u64,
+    /// Packets handed out.
+    pub tx_packets: u64,
+    /// Bytes handed out.
+    pub tx_bytes: u64,
+    /// Datagrams (GSO batches count once) handed out.
+    pub tx_datagrams: u64,
+    /// Dropped: ICRC did not verify.
+    pub icrc_drops: u64,
+    /// Accepted only by solving for the IPv4 Identification.
+    pub icrc_solved_id: u64,
+    /// Dropped: not a valid transport packet.
+    pub malformed: u64,
+    /// Dropped: no QP with that number.
+    pub unknown_qp: u64,
+    /// Dropped: P_Key other than the default.
+    pub bad_pkey: u64,
+    /// Dropped: opcode of another service than the QP's, or QP state that takes no packets.
+    pub wrong_qp: u64,
+    /// Dropped: source address differs from the connected QP's peer.
+    pub wrong_source: u64,
+    /// Completions lost to a full CQ.
+    pub cq_overruns: u64,
+}
+
+/// One datagram (or GSO batch) to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination address and port.
+    pub dst: SocketAddr,
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// Set when `len` holds several packets of this size (the last may be shorter).
+    pub segment_size: Option<usize>,
+}
+
+/// An address handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ah {
+    pub pd: PdHandle,
+    pub dst: SocketAddr,
+}
+
+/// What QP code may touch besides the QP itself.
+pub(crate) struct Ctx<'a> {
+    pub now: Instant,
+    pub config: &'a Config,
+    pub mrs: &'a mut MrTable,
+    pub cqs: &'a mut HashMap<u32, CompletionQueue>,
+    pub srqs: &'a mut HashMap<u32, Srq>,
+    pub ahs: &'a HashMap<u32, Ah>,
+    pub counters: &'a mut DeviceCounters,
+    /// Set when a completion was lost: the QP goes to error.
+    pub overrun: bool,
+}
+
+impl Ctx<'_> {
+    pub fn complete(&mut self, cq: CqHandle, c: Completion) {
+        let ok = self.cqs.get_mut(&cq.0).is_some_and(|q| q.push(c));
+        if !ok {
+            self.counters.cq_overruns += 1;
+            self.overrun = true;
+        }
+    }
+}
+
+/// A staged packet that did not fit the GSO batch it was built for.
+#[derive(Debug)]
+struct Staged {
+    dst: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The sans-IO RoCEv2 endpoint.
+#[derive(Debug)]
+pub struct Device {
+    config: Config,
+    next_pd: u32,
+    pds: HashMap<u32, ()>,
+    mrs: MrTable,
+    cqs: HashMap<u32, CompletionQueue>,
+    next_cq: u32,
+    srqs: HashMap<u32, Srq>,
+    next_srq: u32,
+    ahs: HashMap<u32, Ah>,
+    next_ah: u32,
+    qps: HashMap<u32, Qp>,
+    next_qpn: u32,
+    ready: VecDeque<u32>,
+    staged: Option<Staged>,
+    counters: DeviceCounters,
+}
+
+macro_rules! ctx {
+    ($self:ident, $now:expr) => {
+        Ctx {
+            now: $now,
+            config: &$self.config,
+            mrs: &mut $self.mrs,
+            cqs: &mut $self.cqs,
+            srqs: &mut $self.srqs,
+            ahs: &$self.ahs,
+            counters: &mut $self.counters,
+            overrun: false,
+        }
+    };
+}
+
+impl Device {
+    /// A device with `config`.
+    pub fn new(config: Config) -> Self {
+        let next_qpn = config.first_qpn;
+        Device {
+            config,
+            next_pd: 0,
+            pds: HashMap::new(),
+            mrs: MrTable::default(),
+            cqs: HashMap::new(),
+            next_cq: 0,
+            srqs: HashMap::new(),
+            next_srq: 0,
+            ahs: HashMap::new(),
+            next_ah: 0,
+            qps: HashMap::new(),
+            next_qpn,
+            ready: VecDeque::new(),
+            staged: None,
+            counters: DeviceCounters::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Device counters.
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters
+    }
+
+    /// Allocates a protection domain.
+    pub fn alloc_pd(&mut self) -> PdHandle {
+        self.next_pd += 1;
+        self.pds.insert(self.next_pd, ());
+        PdHandle(self.next_pd)
+    }
+
+    /// Frees a protection domain that no QP, MR, SRQ or AH uses.
+    pub fn dealloc_pd(&mut self, pd: PdHandle) -> Result<(), Error> {
+        if self.qps.values().any(|q| q.pd == pd)
+            || self.srqs.values().any(|s| s.pd == pd)
+            || self.ahs.values().any(|a| a.pd == pd)
+        {
+            return Err(Error::Busy("protection domain"));
+        }
+        self.pds
+            .remove(&pd.0)
+            .ok_or(Error::NotFound("protection domain"))
+    }
+
+    fn check_pd(&self, pd: PdHandle) -> Result<(), Error> {
+        self.pds
+            .get(&pd.0)
+            .map(|_| ())
+            .ok_or(Error::NotFound("protection domain"))
+    }
+
+    /// Registers `memory` as a region whose first byte has address `iova`.
+    pub fn reg_mr(
+        &mut self,
+        pd: PdHandle,
+        iova: u64,
+        memory: Arc<dyn RegionMemory>,
+        access: Access,
+    ) -> Result<MrKeys, Error> {
+        self.check_pd(pd)?;
+        self.mrs
+            .register(pd, iova, memory, access, self.config.max_mr)
+    }
+
+    /// Deregisters a region.
+    pub fn dereg_mr(&mut self, lkey: u32) -> Result<(), Error> {
+        self.mrs.deregister(lkey)
+    }
+
+    /// Number of registered regions.
+    pub fn mr_count(&self) -> usize {
+        self.mrs.len()
+    }
+
+    /// Creates a completion queue of `depth` entries.
+    pub fn create_cq(&mut self, depth: usize) -> Result<CqHandle, Error> {
+        if depth == 0 || depth > self.config.max_cqe {
+            return Err(Error::InvalidArgument("CQ depth"));
+        }
+        if self.cqs.len() >= self.config.max_cq {
+            return Err(Error::Limit("completion queues"));
+        }
+        self.next_cq += 1;
+        self.cqs.insert(self.next_cq, CompletionQueue::new(depth));
+        Ok(CqHandle(self.next_cq))
+    }
+
+    /// Destroys a CQ that no QP uses.
+    pub fn destroy_cq(&mut self, cq: CqHandle) -> Result<(), Error> {
+        if self
+            .qps
+            .values()
+            .any(|q| q.send_cq == cq || q.recv_cq == cq)
+        {
+            return Err(Error::Busy("completion queue"));
+        }
+        self.cqs
+            .remove(&cq.0)
+            .map(|_| ())
+            .ok_or(Error::NotFound("completion queue"))
+    }
+
+    /// Takes the oldest completion of `cq`.
+    pub fn poll_cq(&mut self, cq: CqHandle) -> Result<Option<Completion>, Error> {
+        self.cqs
+            .get_mut(&cq.0)
+            .ok_or(Error::NotFound("completion queue"))?
+            .poll()
+    }
+
+    /// Arms `cq` for one event at its next (solicited) completion.
+    pub fn req_notify_cq(&mut self, cq: CqHandle, solicited_only: bool) -> Result<(), Error> {
+        self.cqs
+            .get_mut(&cq.0)
+            .ok_or(Error::NotFound("completion queue"))?
+            .req_notify(solicited_only);
+        Ok(())
+    }
+
+    /// Takes one completion event of an armed CQ whose condition was met.
+    pub fn poll_cq_event(&mut self) -> Option<CqHandle> {
+        self.cqs
+            .iter_mut()
+            .find_map(|(h, q)| q.take_event().then_some(CqHandle(*h)))
+    }
+
+    /// Creates a shared receive queue.
+    pub fn create_srq(
+        &mut self,
+        pd: PdHandle,
+        max_wr: u32,
+        max_sge: u32,
+    ) -> Result<SrqHandle, Error> {
+        self.check_pd(pd)?;
+        if max_wr == 0 || max_wr > self.config.max_qp_wr || max_sge > self.config.max_sge {
+            return Err(Error::InvalidArgument("SRQ size"));
+        }
+        self.next_srq += 1;
+        self.srqs
+            .insert(self.next_srq, Srq::new(pd, max_wr, max_sge));
+        Ok(SrqHandle(self.next_srq))
+    }
+
+    /// Posts a receive WR to an SRQ.
+    pub fn post_srq_recv(&mut self, srq: SrqHandle, wr: RecvWr) -> Result<(), Error> {
+        let s = self
+            .srqs
+            .get_mut(&srq.0)
+            .ok_or(Error::NotFound("shared receive queue"))?;
+        if s.queue.len() >= s.max_wr as usize {
+            return Err(Error::QueueFull("shared receive"));
+        }
+        if wr.sgl.len() > s.max_sge as usize {
+            return Err(Error::InvalidArgument("too many SGEs"));
+        }
+        s.queue.push_back(crate::qp::RecvWqe { wr });
+        Ok(())
+    }
+
+    /// Destroys an SRQ that no QP uses.
+    pub fn destroy_srq(&mut self, srq: SrqHandle) -> Result<(), Error> {
+        if self.qps.values().any(|q| q.srq == Some(srq)) {
+            return Err(Error::Busy("shared receive queue"));
+        }
+        self.srqs
+            .remove(&srq.0)
+            .map(|_| ())
+            .ok_or(Error::NotFound("shared receive queue"))
+    }
+
+    /// Creates an address handle for UD sends to `dest_ip`.
+    pub fn create_ah(&mut self, pd: PdHandle, dest_ip: IpAddr) -> Result<AhHandle, Error> {
+        self.check_pd(pd)?;
+        if dest_ip.is_ipv4() != self.config.local_ip.is_ipv4() {
+            return Err(Error::InvalidArgument(
+                "address family differs from the device's",
+            ));
+        }
+        self.next_ah += 1;
+        self.ahs.insert(
+            self.next_ah,
+            Ah {
+                pd,
+                dst: SocketAddr::new(dest_ip, self.config.udp_port),
+            },
+        );
+        Ok(AhHandle(self.next_ah))
+    }
+
+    /// Destroys an address handle.
+    pub fn destroy_ah(&mut self, ah: AhHandle) -> Result<(), Error> {
+        self.ahs
+            .remove(&ah.0)
+            .map(|_| ())
+            .ok_or(Error::NotFound("address handle"))
+    }
+
+    /// Creates a QP in the RESET state and returns its number.
+    pub fn create_qp(&mut self, init: QpInit) -> Result<u32, Error> {
+        self.check_pd(init.pd)?;
+        if self.qps.len() >= self.config.max_qp {
+            return Err(Error::Limit("queue pairs"));
+        }
+        for cq in [init.send_cq, init.recv_cq] {
+            if !self.cqs.contains_key(&cq.0) {
+                return Err(Error::NotFound("completion queue"));
+            }
+        }
+        if let Some(s) = init.srq {
+            let srq = self
+                .srqs
+                .get(&s.0)
+                .ok_or(Error::NotFound("shared receive queue"))?;
+            if srq.pd != init.pd {
+                return Err(Error::InvalidArgument("SRQ in another protection domain"));
+            }
+        }
+        let c = &init.cap;
+        if c.max_send_wr > self.config.max_qp_wr
+            || c.max_recv_wr > self.config.max_qp_wr
+            || c.max_send_sge > self.config.max_sge
+            || c.max_recv_sge > self.config.max_sge
+        {
+            return Err(Error::Limit("QP capacities"));
+        }
+        let mut qpn = self.next_qpn;
+        while self.qps.contains_key(&qpn) || qpn < 2 {
+            qpn = (qpn + 1) & 0xFF_FFFF;
+        }
+        self.next_qpn = (qpn + 1) & 0xFF_FFFF;
+        self.qps.insert(qpn, Qp::new(qpn, init));
+        Ok(qpn)
+    }
+
+    /// Changes a QP's state and attributes (`ibv_modify_qp`).
+    pub fn modify_qp(&mut self, qpn: u32, attr: &QpAttr) -> Result<(), Error> {
+        let qp = self
+            .qps
+            .get_mut(&qpn)
+            .ok_or(Error::NotFound("queue pair"))?;
+        let port = self.config.udp_port;
+        let mut ctx = ctx!(self, Instant::ZERO);
+        qp.modify(attr, port, &mut ctx)?;
+        Self::wake(&mut self.ready, qp);
+        Ok(())
+    }
+
+    /// Destroys a QP; its outstanding WRs are dropped without completions, as `ibv_destroy_qp`.
+    pub fn destroy_qp(&mut self, qpn: u32) -> Result<(), Error> {
+        self.qps
+            .remove(&qpn)
+            .map(|_| ())
+            .ok_or(Error::NotFound("queue pair"))
+    }
+
+    /// A QP, for its state and counters.
+    pub fn qp(&self, qpn: u32) -> Option<&Qp> {
+        self.qps.get(&qpn)
+    }
+
+    /// Number of QPs.
+    pub fn qp_count(&self) -> usize {
+        self.qps.len()
+    }
+
+    /// Posts a send WR (`ibv_post_send`).
+    pub fn post_send(&mut self, now: Instant, qpn: u32, wr: SendWr) -> Result<(), Error> {
+        let qp = self
+            .qps
+            .get_mut(&qpn)
+            .ok_or(Error::NotFound("queue pair"))?;
+        if let Some(ud) = &wr.ud {
+            let ah = self
+                .ahs
+                .get(&ud.ah.0)
+                .ok_or(Error::NotFound("address handle"))?;
+            if ah.pd != qp.pd {
+                return Err(Error::InvalidArgument(
+                    "address handle in another protection domain",
+                ));
+            }
+        }
+        let mut ctx = ctx!(self, now);
+        qp.post_send(wr, &mut ctx)?;
+        let overrun = ctx.overrun;
+        if overrun {
+            let mut ctx = ctx!(self, now);
+            qp.enter_error(&mut ctx);
+        }
+        Self::wake(&mut self.ready, qp);
+        Ok(())
+    }
+
+    /// Posts a receive WR (`ibv_post_recv`).
+    pub fn post_recv(&mut self, qpn: u32, wr: RecvWr) -> Result<(), Error> {
+        let qp = self
+            .qps
+            .get_mut(&qpn)
+            .ok_or(Error::NotFound("queue pair"))?;
+        let mut ctx = ctx!(self, Instant::ZERO);
+        qp.post_recv(wr, &mut ctx)
+    }
+
+    fn wake(ready: &mut VecDeque<u32>, qp: &mut Qp) {
+        if !qp.req.in_ready {
+            qp.req.in_ready = true;
+            ready.push_back(qp.qpn);
+        }
+    }
+
+    /// Feeds one received UDP payload from `from` to local address `to`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: IpAddr, data: &[u8]) {
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += data.len() as u64;
+        let ctx_ip = match (from.ip(), to) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, 0),
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
+            _ => {
+                self.counters.malformed += 1;
+                return;
+            }
+        };
+        let icrc = IcrcContext {
+            ip: ctx_ip,
+            src_port: from.port(),
+            dst_port: self.config.udp_port,
+        };
+        match icrc.verify(data, self.config.ipv4_id_mode) {
+            Ok(IcrcCheck::Valid) => {}
+            Ok(IcrcCheck::SolvedIpv4Id(_)) => self.counters.icrc_solved_id += 1,
+            Ok(_) | Err(_) => {
+                self.counters.icrc_drops += 1;
+                return;
+            }
+        }
+        let Ok((repr, pkt)) = PacketRepr::parse_bytes(data) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        // IBTA C9-42: only the default partition exists here (full and limited membership).
+        if repr.bth.pkey & 0x7FFF != uroce_wire::DEFAULT_PKEY & 0x7FFF {
+            self.counters.bad_pkey += 1;
+            return;
+        }
+        let Some(qp) = self.qps.get_mut(&repr.bth.dest_qp) else {
+            self.counters.unknown_qp += 1;
+            return;
+        };
+        let service_ok = matches!(
+            (qp.qp_type, pkt.info().transport),
+            (QpType::Rc, Transport::Rc) | (QpType::Uc, Transport::Uc) | (QpType::Ud, Transport::Ud)
+        );
+        if !service_ok || !qp.can_receive() {
+            self.counters.wrong_qp += 1;
+            return;
+        }
+        if qp.qp_type != QpType::Ud && qp.attrs.dest.map(|d| d.ip()) != Some(from.ip()) {
+            self.counters.wrong_source += 1;
+            return;
+        }
+        qp.counters.rx_packets += 1;
+        let mut ctx = ctx!(self, now);
+        qp.handle_packet(&repr, &pkt, from, &mut ctx);
+        if ctx.overrun {
+            let mut ctx = ctx!(self, now);
+            qp.enter_error(&mut ctx);
+        }
+        Self::wake(&mut self.ready, qp);
+    }
+
+    /// Fires expired timers (ACK timeouts, RNR waits).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .qps
+            .values()
+            .filter(|q| q.next_timeout().is_some_and(|t| t <= now))
+            .map(|q| q.qpn)
+            .collect();
+        for qpn in due {
+            if let Some(qp) = self.qps.get_mut(&qpn) {
+                let mut ctx = ctx!(self, now);
+                qp.handle_timeout(&mut ctx);
+                if ctx.overrun {
+                    let mut ctx = ctx!(self, now);
+                    qp.enter_error(&mut ctx);
+                }
+                Self::wake(&mut self.ready, qp);
+            }
+        }
+    }
+
+    /// The earliest instant at which [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.qps.values().filter_map(Qp::next_timeout).min()
+    }
+
+    fn seal(&self, dst: SocketAddr, packet: &mut [u8], ipv4_id: u16) {
+        let ip = match (self.config.local_ip, dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
+            // create_ah and modify_qp refuse mixed families, so this is unreachable in
+            // practice; an unsealed packet would be dropped by the peer, never misdelivered.
+            _ => return,
+        };
+        IcrcContext {
+            ip,
+            src_port: self.config.udp_port,
+            dst_port: dst.port(),
+        }
+        .seal(packet);
+    }
+
+    /// Writes the next datagram (or GSO batch) into `buf`. `buf` should hold at least one
+    /// packet of the largest path MTU in use plus 64 bytes of headers.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(st) = self.staged.take() {
+            if st.bytes.len() > buf.len() {
+                self.staged = Some(st);
+                return None;
+            }
+            let len = st.bytes.len();
+            buf[..len].copy_from_slice(&st.bytes);
+            self.seal(st.dst, &mut buf[..len], 0);
+            self.count_tx(1, len);
+            return Some(Transmit {
+                dst: st.dst,
+                len,
+                segment_size: None,
+            });
+        }
+        while let Some(qpn) = self.ready.pop_front() {
+            let Some(qp) = self.qps.get_mut(&qpn) else {
+                continue;
+            };
+            qp.req.in_ready = false;
+            let mut ctx = ctx!(self, now);
+            let mut off = 0;
+            let mut segs: Vec<usize> = Vec::new();
+            let mut dst = None;
+            while segs.len() < self.config.max_segments {
+                let Some((len, d)) = qp.emit(&mut buf[off..], &mut ctx) else {
+                    break;
+                };
+                let seg = segs.first().copied();
+                match (seg, dst) {
+                    (None, _) => {
+                        dst = Some(d);
+                        segs.push(len);
+                        off += len;
+                    }
+                    (Some(s), Some(d0)) if d0 == d && len == s => {
+                        segs.push(len);
+                        off += len;
+                    }
+                    (Some(s), Some(d0)) if d0 == d && len < s => {
+                        segs.push(len);
+                        off += len;
+                        break;
+                    }
+                    _ => {
+                        // Larger than the batch's segments or for another peer: send it next.
+                        self.staged = Some(Staged {
+                            dst: d,
+                            bytes: buf[off..off + len].to_vec(),
+                        });
+                        break;
+                    }
+                }
+            }
+            let overrun = ctx.overrun;
+            if overrun {
+                let mut ctx = ctx!(self, now);
+                qp.enter_error(&mut ctx);
+            }
+            // Re-queue only a QP that made progress, so a blocked QP cannot spin this loop.
+            let more = !segs.is_empty() && (qp.has_output(&self.config) || self.staged.is_some());
+            if more {
+                Self::wake(&mut self.ready, qp);
+            }
+            let Some(dst) = dst else { continue };
+            let mut at = 0;
+            let n = segs.len();
+            for (i, len) in segs.iter().enumerate() {
+                let id = if n > 1 { i as u16 } else { 0 };
+                self.seal(dst, &mut buf[at..at + len], id);
+                at += len;
+            }
+            self.count_tx(n, off);
+            return Some(Transmit {
+                dst,
+                len: off,
+                segment_size: (n > 1).then_some(segs[0]),
+            });
+        }
+        None
+    }
+
+    fn count_tx(&mut self, packets: usize, bytes: usize) {
+        self.counters.tx_packets += packets as u64;
+        self.counters.tx_bytes += bytes as u64;
+        self.counters.tx_datagrams += 1;
+    }
+
+    /// Whether any QP has something to send now.
+    pub fn has_transmit(&self) -> bool {
+        self.staged.is_some() || !self.ready.is_empty()
+    }
+
+    /// The QP state, if the QP exists.
+    pub fn qp_state(&self, qpn: u32) -> Option<QpState> {
+        self.qps.get(&qpn).map(Qp::state)
+    }
+}

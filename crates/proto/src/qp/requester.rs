@@ -1,0 +1,542 @@
+//! The requester: turns send WQEs into request packets (rxe's `rxe_req.c`).
+//!
+//! Rules: every packet takes the next PSN, a READ takes one PSN per response packet it asks for
+//! (IBTA §9.7.1); messages are cut at the path MTU with FIRST/MIDDLE/LAST/ONLY opcodes; AckReq
+//! is set on the last packet of a message and at least every `ack_req_interval` packets; at
+//! most `max_unacked_psns` PSNs are outstanding; at most `max_rd_atomic` READs/atomics are
+//! outstanding (IBTA §9.7.4.1.3); a fenced WQE waits for earlier READs/atomics. Go-back-N
+//! retry rewinds to a PSN and re-segments from there ([`Qp::rewind`]).
+
+use std::net::SocketAddr;
+
+use uroce_wire::opcode::Header;
+use uroce_wire::{AtomicEthRepr, BthRepr, DethRepr, Opcode, PacketRepr, Psn, RethRepr};
+
+use super::{Qp, QpState, QpType, SendWqe};
+use crate::cq::{Completion, WcStatus};
+use crate::device::Ctx;
+use crate::mr::{Access, Span, VecMemory};
+use crate::wr::{Payload, SendOp};
+use crate::Instant;
+
+/// Requester and completer state (they share the view of the send queue).
+#[derive(Debug, Default)]
+pub(crate) struct Requester {
+    /// Queued on the device's ready list.
+    pub in_ready: bool,
+    /// PSN of the next new packet.
+    pub next_psn: Psn,
+    /// Oldest PSN not yet acknowledged.
+    pub comp_psn: Psn,
+    /// Index in the send queue of the next WQE to segment.
+    pub cursor: usize,
+    /// Packets since the last AckReq.
+    pub since_ack_req: u32,
+    /// One past the highest PSN ever sent: lower PSNs going out are retransmissions.
+    pub high_psn: Psn,
+    /// Retries left before RETRY_EXC_ERR.
+    pub retries_left: u8,
+    /// RNR retries left before RNR_RETRY_EXC_ERR (7 = infinite).
+    pub rnr_retries_left: u8,
+    /// When the local ACK timer fires.
+    pub ack_deadline: Option<Instant>,
+    /// Sending paused until then after an RNR NAK.
+    pub rnr_until: Option<Instant>,
+    /// The PSN the last rewind went back to, until progress: stops repeated rewinds for the
+    /// same gap.
+    pub rewound_to: Option<Psn>,
+}
+
+impl Requester {
+    pub fn reset(&mut self, sq_psn: Psn, retry_cnt: u8, rnr_retry: u8) {
+        self.next_psn = sq_psn;
+        self.comp_psn = sq_psn;
+        self.high_psn = sq_psn;
+        self.retries_left = retry_cnt;
+        self.rnr_retries_left = rnr_retry;
+    }
+
+    pub fn on_flush(&mut self) {
+        self.cursor = 0;
+        self.ack_deadline = None;
+        self.rnr_until = None;
+        self.rewound_to = None;
+    }
+
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match (self.ack_deadline, self.rnr_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Gathers `dst.len()` bytes starting `offset` bytes into the message described by `spans`.
+pub(crate) fn gather(spans: &[Span], mut offset: usize, dst: &mut [u8]) {
+    let mut done = 0;
+    for s in spans {
+        if done == dst.len() {
+            break;
+        }
+        if offset >= s.len() {
+            offset -= s.len();
+            continue;
+        }
+        let n = (s.len() - offset).min(dst.len() - done);
+        s.read(offset, &mut dst[done..done + n]);
+        done += n;
+        offset = 0;
+    }
+}
+
+/// Scatters `src` starting `offset` bytes into the buffer described by `spans`. The caller has
+/// checked that it fits.
+pub(crate) fn scatter(spans: &[Span], mut offset: usize, src: &[u8]) {
+    let mut done = 0;
+    for s in spans {
+        if done == src.len() {
+            break;
+        }
+        if offset >= s.len() {
+            offset -= s.len();
+            continue;
+        }
+        let n = (s.len() - offset).min(src.len() - done);
+        s.write(offset, &src[done..done + n]);
+        done += n;
+        offset = 0;
+    }
+}
+
+fn opcode_for(qp_type: QpType, op: &SendOp, first: bool, last: bool) -> Opcode {
+    use Opcode::*;
+    let rc = qp_type == QpType::Rc;
+    let pick = |f, m, l, o| match (first, last) {
+        (true, true) => o,
+        (true, false) => f,
+        (false, false) => m,
+        (false, true) => l,
+    };
+    match (qp_type, op) {
+        (QpType::Ud, SendOp::SendWithImm(_)) => UdSendOnlyImm,
+        (QpType::Ud, _) => UdSendOnly,
+        (_, SendOp::Send) if rc => pick(RcSendFirst, RcSendMiddle, RcSendLast, RcSendOnly),
+        (_, SendOp::Send) => pick(UcSendFirst, UcSendMiddle, UcSendLast, UcSendOnly),
+        (_, SendOp::SendWithImm(_)) if rc => {
+            pick(RcSendFirst, RcSendMiddle, RcSendLastImm, RcSendOnlyImm)
+        }
+        (_, SendOp::SendWithImm(_)) => {
+            pick(UcSendFirst, UcSendMiddle, UcSendLastImm, UcSendOnlyImm)
+        }
+        (_, SendOp::SendWithInv(_)) => {
+            pick(RcSendFirst, RcSendMiddle, RcSendLastInv, RcSendOnlyInv)
+        }
+        (_, SendOp::RdmaWrite { .. }) if rc => {
+            pick(RcWriteFirst, RcWriteMiddle, RcWriteLast, RcWriteOnly)
+        }
+        (_, SendOp::RdmaWrite { .. }) => {
+            pick(UcWriteFirst, UcWriteMiddle, UcWriteLast, UcWriteOnly)
+        }
+        (_, SendOp::RdmaWriteWithImm { .. }) if rc => {
+            pick(RcWriteFirst, RcWriteMiddle, RcWriteLastImm, RcWriteOnlyImm)
+        }
+        (_, SendOp::RdmaWriteWithImm { .. }) => {
+            pick(UcWriteFirst, UcWriteMiddle, UcWriteLastImm, UcWriteOnlyImm)
+        }
+        (_, SendOp::RdmaRead { .. }) => RcReadRequest,
+        (_, SendOp::CompareSwap { .. }) => RcCompareSwap,
+        (_, SendOp::FetchAdd { .. }) => RcFetchAdd,
+    }
+}
+
+/// Why the requester cannot send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// Nothing to send, or state/timer forbids it.
+    Idle,
+    /// Could send.
+    No,
+}
+
+impl Qp {
+    fn requester_blocked(&self, config: &crate::Config) -> Blocked {
+        if !matches!(self.state, QpState::Rts | QpState::Sqd) || self.req.rnr_until.is_some() {
+            return Blocked::Idle;
+        }
+        let Some(w) = self.sq.get(self.req.cursor) else {
+            return Blocked::Idle;
+        };
+        let starting = !w.started;
+        if starting && self.state == QpState::Sqd {
+            return Blocked::Idle;
+        }
+        if self.qp_type == QpType::Rc {
+            if self.req.next_psn.diff(self.req.comp_psn) >= config.max_unacked_psns as i32 {
+                return Blocked::Idle;
+            }
+            if starting && (w.wr.flags.fence || w.wr.op.is_read_or_atomic()) {
+                let out = self.rd_atomic_outstanding();
+                if w.wr.flags.fence && out > 0 {
+                    return Blocked::Idle;
+                }
+                if w.wr.op.is_read_or_atomic()
+                    && out >= usize::from(self.attrs.max_rd_atomic.max(1))
+                {
+                    return Blocked::Idle;
+                }
+            }
+        }
+        Blocked::No
+    }
+
+    /// READs/atomics sent and not yet completed (IBTA §9.7.4.1.3 counts these against
+    /// `max_rd_atomic`).
+    fn rd_atomic_outstanding(&self) -> usize {
+        self.sq
+            .iter()
+            .take(self.req.cursor)
+            .filter(|w| !w.done && w.wr.op.is_read_or_atomic())
+            .count()
+    }
+
+    /// Whether the requester has a packet to send now.
+    pub(crate) fn requester_ready(&self, config: &crate::Config) -> bool {
+        self.requester_blocked(config) == Blocked::No
+    }
+
+    /// Resolves the WQE's local data once: checks lkeys, rights and bounds (IBTA C10-? local
+    /// protection), or wraps inline data.
+    fn resolve(&mut self, i: usize, ctx: &mut Ctx<'_>) -> Result<(), WcStatus> {
+        let pd = self.pd;
+        let w = &mut self.sq[i];
+        if w.data.is_some() {
+            return Ok(());
+        }
+        let need = if w.wr.op.is_read_or_atomic() {
+            Access::LOCAL_WRITE
+        } else {
+            Access::NONE
+        };
+        let spans = match &w.wr.payload {
+            Payload::Inline(v) => {
+                let len = v.len();
+                let m = VecMemory::from_vec(v.clone());
+                let mut t = crate::mr::MrTable::default();
+                // A private one-region table turns inline bytes into a span like any other.
+                let k = t
+                    .register(pd, 0, m, Access::NONE, 1)
+                    .map_err(|_| WcStatus::LocProtErr)?;
+                vec![t
+                    .check(pd, k.lkey, 0, len, Access::NONE)
+                    .map_err(|_| WcStatus::LocProtErr)?]
+            }
+            Payload::Sgl(sgl) => {
+                let mut v = Vec::with_capacity(sgl.len());
+                for s in sgl {
+                    v.push(
+                        ctx.mrs
+                            .check(pd, s.lkey, s.addr, s.length as usize, need)
+                            .map_err(|_| WcStatus::LocProtErr)?,
+                    );
+                }
+                v
+            }
+        };
+        w.data = Some(spans);
+        Ok(())
+    }
+
+    /// Completes the WQE at the head with `status` (always generated for errors) and moves the QP
+    /// to ERR, flushing everything else.
+    pub(crate) fn fail_head(&mut self, status: WcStatus, ctx: &mut Ctx<'_>) {
+        if let Some(w) = self.sq.iter_mut().find(|w| !w.done) {
+            w.done = true;
+            let mut c = Completion::new(w.wr.wr_id, status, w.wr.op.wc_opcode(), self.qpn);
+            c.byte_len = 0;
+            ctx.complete(self.send_cq, c);
+        }
+        self.enter_error(ctx);
+    }
+
+    /// Completes `w` successfully (if signaled).
+    pub(crate) fn complete_send(
+        qpn: u32,
+        sig_all: bool,
+        cq: crate::CqHandle,
+        w: &SendWqe,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if w.signaled(sig_all) {
+            let mut c = Completion::new(w.wr.wr_id, WcStatus::Success, w.wr.op.wc_opcode(), qpn);
+            c.byte_len = w.len;
+            ctx.complete(cq, c);
+        }
+    }
+
+    /// Builds the next request packet into `buf`; returns its length and destination.
+    pub(crate) fn emit_request(
+        &mut self,
+        buf: &mut [u8],
+        ctx: &mut Ctx<'_>,
+    ) -> Option<(usize, SocketAddr)> {
+        if self.requester_blocked(ctx.config) != Blocked::No {
+            return None;
+        }
+        let i = self.req.cursor;
+        let mtu = self.attrs.mtu.bytes();
+        if let Err(status) = self.resolve(i, ctx) {
+            self.fail_head(status, ctx);
+            return None;
+        }
+        // Destination and UD checks.
+        let (dst, dest_qpn, deth) = match (self.qp_type, self.sq[i].wr.ud) {
+            (QpType::Ud, Some(ud)) => {
+                let Some(ah) = ctx.ahs.get(&ud.ah.0) else {
+                    self.fail_head(WcStatus::LocQpOpErr, ctx);
+                    return None;
+                };
+                if self.sq[i].len > mtu {
+                    // A UD message is one packet (IBTA C10-? / rxe rejects it the same way).
+                    let w = &mut self.sq[i];
+                    w.done = true;
+                    let c = Completion::new(
+                        w.wr.wr_id,
+                        WcStatus::LocLenErr,
+                        w.wr.op.wc_opcode(),
+                        self.qpn,
+                    );
+                    ctx.complete(self.send_cq, c);
+                    self.req.cursor += 1;
+                    self.pop_done_front();
+                    return None;
+                }
+                // IBTA §10.2.4: a WR Q_Key with the high bit set means "use the QP's Q_Key".
+                let qkey = if ud.remote_qkey & 0x8000_0000 != 0 {
+                    self.attrs.qkey
+                } else {
+                    ud.remote_qkey
+                };
+                (
+                    ah.dst,
+                    ud.remote_qpn,
+                    Some(DethRepr {
+                        qkey,
+                        src_qp: self.qpn,
+                    }),
+                )
+            }
+            (QpType::Ud, None) => {
+                self.fail_head(WcStatus::LocQpOpErr, ctx);
+                return None;
+            }
+            _ => match self.attrs.dest {
+                Some(d) => (d, self.attrs.dest_qpn, None),
+                None => return None,
+            },
+        };
+        let w = &self.sq[i];
+        let first_psn = if w.started {
+            w.first_psn
+        } else {
+            self.req.next_psn
+        };
+        let psn = self.req.next_psn;
+        let mut bth = BthRepr::new(Opcode::RcSendOnly, dest_qpn, psn.get());
+        let off = w.sent;
+        // Everything is computed first and committed only once the packet fits `buf`.
+        let (repr, plen, last, next_psn);
+        match w.wr.op {
+            SendOp::RdmaRead { remote_addr, rkey } => {
+                bth.opcode = Opcode::RcReadRequest;
+                bth.ack_req = true;
+                let mut r = PacketRepr::new(bth, 0);
+                r.reth = Some(RethRepr {
+                    va: remote_addr.wrapping_add(u64::from(off)),
+                    rkey,
+                    dma_len: w.len - off,
+                });
+                repr = r;
+                plen = 0;
+                last = true;
+                // The request consumes one PSN per response packet it asks for.
+                next_psn = psn.add((w.len - off).div_ceil(mtu).max(1));
+            }
+            SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. } => {
+                bth.opcode = opcode_for(self.qp_type, &w.wr.op, true, true);
+                bth.ack_req = true;
+                let mut r = PacketRepr::new(bth, 0);
+                r.atomic_eth = Some(atomic_eth(&w.wr.op));
+                repr = r;
+                plen = 0;
+                last = true;
+                next_psn = psn.add(1);
+            }
+            op => {
+                let n = (w.len - off).min(mtu);
+                let first = off == 0;
+                last = off + n == w.len;
+                bth.opcode = opcode_for(self.qp_type, &op, first, last);
+                bth.ack_req = self.qp_type == QpType::Rc
+                    && (last || self.req.since_ack_req + 1 >= ctx.config.ack_req_interval);
+                bth.solicited = last && w.wr.flags.solicited;
+                let mut r = PacketRepr::new(bth, n as usize);
+                let info = bth.opcode.info();
+                if info.headers.has(Header::Reth) {
+                    let (va, rkey) = match op {
+                        SendOp::RdmaWrite { remote_addr, rkey }
+                        | SendOp::RdmaWriteWithImm {
+                            remote_addr, rkey, ..
+                        } => (remote_addr, rkey),
+                        _ => (0, 0),
+                    };
+                    r.reth = Some(RethRepr {
+                        va,
+                        rkey,
+                        dma_len: w.len,
+                    });
+                }
+                if info.immediate {
+                    if let SendOp::SendWithImm(v) | SendOp::RdmaWriteWithImm { imm: v, .. } = op {
+                        r.imm = Some(v);
+                    }
+                }
+                if info.invalidate {
+                    if let SendOp::SendWithInv(k) = op {
+                        r.ieth = Some(k);
+                    }
+                }
+                r.deth = deth;
+                repr = r;
+                plen = n as usize;
+                next_psn = psn.add(1);
+            }
+        }
+        let len = repr.buffer_len();
+        if buf.len() < len {
+            return None;
+        }
+        let Ok(mut pkt) = repr.emit(buf) else {
+            // The table and the builder above agree on headers, so this is not expected; drop
+            // the WQE with an error rather than send a malformed packet.
+            self.fail_head(WcStatus::LocQpOpErr, ctx);
+            return None;
+        };
+        if plen > 0 {
+            if let Some(spans) = &w.data {
+                gather(spans, off as usize, pkt.payload_mut());
+            }
+        }
+        // Commit.
+        let w = &mut self.sq[i];
+        w.started = true;
+        w.first_psn = first_psn;
+        w.npsn = if w.wr.op.is_atomic() {
+            1
+        } else {
+            w.len.div_ceil(mtu).max(1)
+        };
+        w.sent = if plen > 0 { off + plen as u32 } else { w.len };
+        self.req.since_ack_req = if repr.bth.ack_req {
+            0
+        } else {
+            self.req.since_ack_req + 1
+        };
+        self.req.next_psn = next_psn;
+        self.counters.tx_packets += 1;
+        if psn.diff(self.req.high_psn) < 0 {
+            self.counters.retransmits += 1;
+        } else {
+            self.req.high_psn = next_psn;
+        }
+        if last {
+            w.all_sent = true;
+            self.req.cursor += 1;
+            if self.qp_type != QpType::Rc {
+                // UC and UD complete at send time: there is no acknowledgement to wait for.
+                w.done = true;
+                Self::complete_send(self.qpn, self.sq_sig_all, self.send_cq, w, ctx);
+                self.pop_done_front();
+            }
+        }
+        if self.qp_type == QpType::Rc && self.req.ack_deadline.is_none() {
+            self.req.ack_deadline =
+                crate::time::ack_timeout(self.attrs.timeout).map(|d| ctx.now + d);
+        }
+        Some((len, dst))
+    }
+
+    /// Drops completed WQEs from the head of the send queue.
+    pub(crate) fn pop_done_front(&mut self) {
+        while self.sq.front().is_some_and(|w| w.done) {
+            self.sq.pop_front();
+            self.req.cursor = self.req.cursor.saturating_sub(1);
+        }
+    }
+
+    /// Go-back-N: resend everything from `psn` (IBTA §9.7.5.1.3). The WQE holding `psn` is
+    /// re-segmented from that packet (a READ asks again for the part not yet received, an
+    /// atomic is re-sent whole); later WQEs start over and get the same PSNs again.
+    pub(crate) fn rewind(&mut self, psn: Psn) {
+        let mtu = self.attrs.mtu.bytes();
+        let mut found: Option<(usize, Psn)> = None;
+        for (i, w) in self.sq.iter_mut().enumerate() {
+            if w.done || !w.started {
+                continue;
+            }
+            if found.is_none() && psn.diff(w.last_psn()) <= 0 {
+                let (sent, at) = if w.wr.op.is_atomic() {
+                    (0, w.first_psn)
+                } else if w.wr.op.is_read_or_atomic() {
+                    (w.read_done, w.first_psn.add(w.read_done / mtu))
+                } else {
+                    let k = psn.diff(w.first_psn).max(0) as u32;
+                    ((k * mtu).min(w.len), w.first_psn.add(k))
+                };
+                w.sent = sent;
+                w.all_sent = false;
+                found = Some((i, at));
+            } else if found.is_some() {
+                w.started = false;
+                w.sent = 0;
+                w.all_sent = false;
+            }
+        }
+        let Some((i, at)) = found else { return };
+        self.req.cursor = i;
+        self.req.next_psn = at;
+        self.req.rewound_to = Some(at);
+        self.req.since_ack_req = 0;
+    }
+}
+
+fn atomic_eth(op: &SendOp) -> AtomicEthRepr {
+    match *op {
+        SendOp::CompareSwap {
+            remote_addr,
+            rkey,
+            compare,
+            swap,
+        } => AtomicEthRepr {
+            va: remote_addr,
+            rkey,
+            swap_add: swap,
+            compare,
+        },
+        SendOp::FetchAdd {
+            remote_addr,
+            rkey,
+            add,
+        } => AtomicEthRepr {
+            va: remote_addr,
+            rkey,
+            swap_add: add,
+            compare: 0,
+        },
+        _ => AtomicEthRepr {
+            va: 0,
+            rkey: 0,
+            swap_add: 0,
+            compare: 0,
+        },
+    }
+}
