@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every check and test of uroce: the README's test command, and what CI runs.
+#
+#   scripts/test.sh
+#
+# Order: format, lints (clippy -D warnings, missing_docs via the workspace lints), the whole
+# test suite, then a bounded fuzz run of each cargo-fuzz target. Installs what it needs with
+# cargo (cargo-fuzz). Tests that need root (network namespaces, later issues) say so and are
+# counted as skipped when not root.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+fuzz_seconds=${UROCE_FUZZ_SECONDS:-60}
+
+need() {
+    if ! "$@" >/dev/null 2>&1; then
+        echo "missing: '$*' does not run; this machine's Rust toolchain needs clippy and rustfmt" >&2
+        exit 1
+    fi
+}
+need cargo fmt --version
+need cargo clippy --version
+
+echo "== rustfmt" >&2
+cargo fmt --all -- --check
+
+echo "== clippy (-D warnings, workspace lints incl. missing_docs)" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests" >&2
+cargo test --workspace --locked
+
+echo "== fuzz (bounded, ${fuzz_seconds}s per target)" >&2
+for t in fuzz/fuzz_targets/*.rs; do
+    scripts/fuzz.sh "$(basename "$t" .rs)" "$fuzz_seconds"
+done
+echo "== all checks passed" >&2
