@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!     1 10.77.0.3:49441 → 10.77.0.2:4791 RC Send First QP=0x000011 PSN=10750958 payload=1024 ICRC ok
-//!    17 10.77.0.2:49441 → 10.77.0.3:4791 RC Acknowledge QP=0x000011 PSN=10750961 AETH(ACK credits=31 MSN=1) payload=0 ICRC ok
+//!     5 10.77.0.2:49441 → 10.77.0.3:4791 RC Acknowledge QP=0x000011 PSN=10750961 AETH(ACK credits=31 MSN=1) payload=0 ICRC ok
 //! ```
 //!
 //! Every BTH field that is not at its usual value is shown (`AckReq`, `SE`, `MigReq`, `FECN`,
@@ -17,7 +17,8 @@ use core::fmt;
 use std::net::SocketAddr;
 
 use uroce_wire::{
-    AckSyndrome, IcrcCheck, IcrcMismatch, Ipv4IdMode, NakCode, Packet, PacketRepr, DEFAULT_PKEY,
+    AckSyndrome, IcrcCheck, IcrcMismatch, Ipv4IdMode, NakCode, Operation, Packet, PacketRepr,
+    DEFAULT_PKEY,
 };
 
 use crate::frame::{decapsulate, FrameError, LinkType, NotRoce, RoceFrame};
@@ -207,9 +208,13 @@ impl fmt::Display for RocePacket<'_> {
             )?;
         }
         if let Some(h) = &r.atomic_eth {
+            let data = match b.opcode.info().operation {
+                Operation::FetchAdd => "add",
+                _ => "swap",
+            };
             write!(
                 f,
-                " AtomicETH(va={:#018x} rkey={:#010x} swap/add={:#018x} cmp={:#018x})",
+                " AtomicETH(va={:#018x} rkey={:#010x} {data}={:#018x} cmp={:#018x})",
                 h.va, h.rkey, h.swap_add, h.compare
             )?;
         }
