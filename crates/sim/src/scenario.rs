@@ -180,3 +180,231 @@ pub fn drain(sim: &mut Sim, ep: &Endpoint) -> Vec<Completion> {
     }
     v
 }
+
+impl Endpoint {
+    /// An SGE for `len` bytes at offset `off` of this endpoint's region.
+    pub fn sge(&self, off: u64, len: u32) -> uroce_proto::Sge {
+        uroce_proto::Sge {
+            addr: self.base + off,
+            length: len,
+            lkey: self.keys.lkey,
+        }
+    }
+
+    /// Fills `len` bytes at `off` of the region with a pattern derived from `seed`; returns them.
+    pub fn fill(&self, off: usize, len: usize, seed: u8) -> Vec<u8> {
+        let data = pattern(len, seed);
+        uroce_proto::RegionMemory::write(&*self.mem, off, &data);
+        data
+    }
+
+    /// The region's bytes `[off, off + len)`.
+    pub fn read(&self, off: usize, len: usize) -> Vec<u8> {
+        self.mem.to_vec()[off..off + len].to_vec()
+    }
+
+    /// The QP's counters.
+    pub fn counters(&self, sim: &Sim) -> uroce_proto::QpCounters {
+        sim.hosts[self.host]
+            .dev
+            .qp(self.qpn)
+            .expect("endpoint QP exists")
+            .counters()
+    }
+
+    /// The QP's state.
+    pub fn state(&self, sim: &Sim) -> QpState {
+        sim.hosts[self.host]
+            .dev
+            .qp_state(self.qpn)
+            .expect("endpoint QP exists")
+    }
+}
+
+/// `len` bytes of a pattern that differs per `seed` and has no short period.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            let x = (i as u32).wrapping_mul(2_654_435_761) ^ u32::from(seed).wrapping_mul(0x9E37);
+            (x >> 13) as u8 ^ seed
+        })
+        .collect()
+}
+
+/// Runs the simulator until `ep`'s CQ has yielded `n` completions (collected in order) or
+/// `limit` of virtual time passed; panics on timeout, naming what arrived.
+pub fn wait_completions(
+    sim: &mut Sim,
+    ep: &Endpoint,
+    n: usize,
+    limit: std::time::Duration,
+) -> Vec<Completion> {
+    let mut got = Vec::new();
+    let ok = sim.run_until(limit, |s| {
+        got.extend(drain(s, ep));
+        got.len() >= n
+    });
+    assert!(ok, "timed out waiting for {n} completions, got {got:?}");
+    got
+}
+
+/// Runs the simulator for `d` of virtual time (or until nothing is left to happen).
+pub fn settle(sim: &mut Sim, d: std::time::Duration) {
+    sim.run_until(d, |_| false);
+}
+
+/// Hands every packet the devices have ready to the network now, without advancing time: the
+/// packets are then in flight and can be inspected or dropped with [`drop_in_flight`].
+pub fn transmit_now(sim: &mut Sim) {
+    sim.transmit_all();
+}
+
+/// Removes in-flight packets for which `f(source, destination host, UDP payload)` holds (a
+/// targeted loss, e.g. one ACK or one middle packet); returns how many were removed.
+pub fn drop_in_flight(
+    sim: &mut Sim,
+    mut f: impl FnMut(std::net::SocketAddr, usize, &[u8]) -> bool,
+) -> usize {
+    let before = sim.queue.len();
+    let kept: Vec<_> = std::mem::take(&mut sim.queue)
+        .into_iter()
+        .filter(|std::cmp::Reverse(p)| !f(p.from, p.to, &p.bytes))
+        .collect();
+    sim.queue = kept.into_iter().collect();
+    let dropped = before - sim.queue.len();
+    sim.stats.lost += dropped as u64;
+    dropped
+}
+
+/// The BTH opcode of a RoCEv2 transport packet (its first byte).
+pub fn opcode_of(packet: &[u8]) -> Option<uroce_wire::Opcode> {
+    packet.first().and_then(|b| uroce_wire::Opcode::from_u8(*b))
+}
+
+/// The BTH PSN of a RoCEv2 transport packet.
+pub fn psn_of(packet: &[u8]) -> Option<u32> {
+    packet
+        .get(9..12)
+        .map(|b| u32::from_be_bytes([0, b[0], b[1], b[2]]))
+}
+
+/// A record of one packet put on the wire, as seen by [`record_packets`].
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// When it was sent.
+    pub at: uroce_proto::Instant,
+    /// Source address.
+    pub src: std::net::SocketAddr,
+    /// Destination address.
+    pub dst: std::net::SocketAddr,
+    /// The UDP payload.
+    pub bytes: Vec<u8>,
+}
+
+/// Installs a tap that records every packet put on the wire; read the list after the run.
+pub fn record_packets(sim: &mut Sim) -> std::rc::Rc<std::cell::RefCell<Vec<Seen>>> {
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let l = log.clone();
+    sim.set_tap(Box::new(move |at, src, dst, bytes| {
+        l.borrow_mut().push(Seen {
+            at,
+            src,
+            dst,
+            bytes: bytes.to_vec(),
+        });
+    }));
+    log
+}
+
+/// A pcap file being written by the tap [`capture_pcap`] installed.
+pub struct PcapCapture<W: std::io::Write> {
+    inner: std::rc::Rc<std::cell::RefCell<PcapState<W>>>,
+}
+
+struct PcapState<W: std::io::Write> {
+    writer: Option<uroce_capture::pcap::PcapWriter<W>>,
+    frames: u64,
+    error: Option<String>,
+}
+
+impl<W: std::io::Write> core::fmt::Debug for PcapCapture<W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PcapCapture")
+            .field("frames", &self.inner.borrow().frames)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: std::io::Write> PcapCapture<W> {
+    /// Frames written so far.
+    pub fn frames(&self) -> u64 {
+        self.inner.borrow().frames
+    }
+
+    /// Stops capturing (later packets are not written) and returns the writer, or the first
+    /// error met while writing.
+    pub fn finish(self) -> Result<W, String> {
+        let mut st = self.inner.borrow_mut();
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        st.writer
+            .take()
+            .map(uroce_capture::pcap::PcapWriter::into_inner)
+            .ok_or_else(|| "capture already finished".to_string())
+    }
+}
+
+/// Writes every packet the simulator puts on the wire to a pcap file (`LINKTYPE_RAW`, one
+/// IPv4/IPv6 + UDP datagram per record, virtual time as timestamps), replacing any other tap.
+///
+/// The IPv4 Identification is not visible to a tap: the device sealed GSO segment `i` with ID
+/// `i`. The writer recovers it by solving the ICRC for an ID below the device's segment limit,
+/// so every recorded frame carries the ID its ICRC was computed with and verifies exactly.
+pub fn capture_pcap<W: std::io::Write + 'static>(
+    sim: &mut Sim,
+    out: W,
+) -> Result<PcapCapture<W>, uroce_capture::pcap::PcapError> {
+    let max_segments = sim
+        .hosts
+        .iter()
+        .map(|h| h.dev.config().max_segments)
+        .max()
+        .unwrap_or(64);
+    let bound = u16::try_from(max_segments).unwrap_or(u16::MAX);
+    let state = std::rc::Rc::new(std::cell::RefCell::new(PcapState {
+        writer: Some(uroce_capture::pcap::PcapWriter::new(out)?),
+        frames: 0,
+        error: None,
+    }));
+    let st = state.clone();
+    sim.set_tap(Box::new(move |at, src, dst, bytes| {
+        let mut st = st.borrow_mut();
+        let ip = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => uroce_wire::IpFields::v4(s, d, 0),
+            (IpAddr::V6(s), IpAddr::V6(d)) => uroce_wire::IpFields::v6(s, d),
+            _ => return,
+        };
+        let mut ctx = uroce_wire::IcrcContext {
+            ip,
+            src_port: src.port(),
+            dst_port: dst.port(),
+        };
+        if let Ok(uroce_wire::IcrcCheck::SolvedIpv4Id(id)) =
+            ctx.verify(bytes, uroce_wire::Ipv4IdMode::SolveBelow(bound))
+        {
+            ctx = ctx.with_ipv4_id(id);
+        }
+        let ts = std::time::Duration::from_nanos(at.as_nanos());
+        let Some(w) = st.writer.as_mut() else { return };
+        match w.write_roce(ts, &ctx, bytes) {
+            Ok(()) => st.frames += 1,
+            Err(e) => {
+                if st.error.is_none() {
+                    st.error = Some(e.to_string());
+                }
+            }
+        }
+    }));
+    Ok(PcapCapture { inner: state })
+}
