@@ -1,6 +1,6 @@
 //! One-line, wireshark-like decoding of captured frames.
 //!
-//! [`decode`] turns a link-layer frame into a [`Decoded`] value whose `Display` is one line:
+//! [`decode()`] turns a link-layer frame into a [`Decoded`] value whose `Display` is one line:
 //!
 //! ```text
 //!     1 10.77.0.3:49441 → 10.77.0.2:4791 RC Send First QP=0x000011 PSN=10750958 payload=1024 ICRC ok

@@ -169,10 +169,13 @@ pub enum FrameError {
         have: usize,
     },
     /// The IP version nibble does not match what the link layer announced.
-    #[error("IP version {found} where the link layer announces {expected}")]
+    #[error(
+        "IP version {found} where the link layer carries IPv{}",
+        expected.map_or_else(|| "4 or IPv6".to_owned(), |v| v.to_string())
+    )]
     IpVersion {
-        /// Version the link layer calls for (4 or 6), or 0 when either would do.
-        expected: u8,
+        /// Version the link layer calls for (4 or 6), `None` when either would do.
+        expected: Option<u8>,
         /// Version found in the header.
         found: u8,
     },
@@ -360,12 +363,11 @@ fn ethertype_payload(mut ethertype: u16, mut rest: &[u8]) -> Result<RoceFrame<'_
 /// announced, if any; trailing bytes after the IP datagram (Ethernet padding) are ignored.
 pub fn decapsulate_ip(datagram: &[u8], version: Option<u8>) -> Result<RoceFrame<'_>, FrameError> {
     let found = datagram.first().map_or(0, |b| b >> 4);
-    let expected = version.unwrap_or(0);
     match (found, version) {
         (4, None | Some(4)) => ipv4(datagram),
         (6, None | Some(6)) => ipv6(datagram),
         _ if datagram.is_empty() => Err(FrameError::Truncated {
-            layer: if expected == 6 {
+            layer: if version == Some(6) {
                 Layer::Ipv6
             } else {
                 Layer::Ipv4
@@ -373,7 +375,10 @@ pub fn decapsulate_ip(datagram: &[u8], version: Option<u8>) -> Result<RoceFrame<
             needed: 1,
             have: 0,
         }),
-        _ => Err(FrameError::IpVersion { expected, found }),
+        _ => Err(FrameError::IpVersion {
+            expected: version,
+            found,
+        }),
     }
 }
 
@@ -719,7 +724,7 @@ mod tests {
         assert!(matches!(
             decapsulate(LinkType::Ipv6, &d),
             Err(FrameError::IpVersion {
-                expected: 6,
+                expected: Some(6),
                 found: 4
             })
         ));
@@ -731,6 +736,12 @@ mod tests {
             })
         ));
         assert!(decapsulate(LinkType::Raw, &[]).is_err());
+        assert_eq!(
+            decapsulate(LinkType::Raw, &[0x50; 40])
+                .unwrap_err()
+                .to_string(),
+            "IP version 5 where the link layer carries IPv4 or IPv6"
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Capture files and framing for RoCEv2: reading and writing pcap files ([`pcap`]), finding the
 //! RoCEv2 packet in a captured frame and building IP/UDP datagrams around one ([`frame`]), and
-//! printing one wireshark-like line per frame ([`decode`]).
+//! printing one wireshark-like line per frame ([`mod@decode`]).
 //!
 //! Nothing here panics on input from a file or the network: malformed input yields a typed
-//! error or, in [`decode`], a line that says what is wrong.
+//! error or, in [`mod@decode`], a line that says what is wrong.
 #![forbid(unsafe_code)]
 
 pub mod decode;

@@ -6,9 +6,9 @@
 //! with `LINKTYPE_RAW` (101), so each record is a bare IPv4 or IPv6 datagram, which wireshark
 //! decodes as RoCE (InfiniBand over UDP port 4791) without any setting.
 //!
-//! Record headers are validated here rather than by `pcap-file`'s `PcapPacket`, which rejects
-//! records whose original length exceeds the snap length, i.e. every record of a capture taken
-//! with a small `-s`. pcapng input is recognised and refused with [`PcapError::PcapNg`]: the
+//! Records are read raw and interpreted here rather than through `pcap-file`'s `PcapPacket`,
+//! which rejects records whose original length exceeds the snap length, i.e. every record of a
+//! capture taken with a small `-s`; an out-of-range timestamp fraction carries into the seconds. pcapng input is recognised and refused with [`PcapError::PcapNg`]: the
 //! pcapng parser of `pcap-file` 2 slices unchecked lengths from the file, so it could panic on a
 //! malformed file.
 
