@@ -29,6 +29,7 @@
 pub mod cq;
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod mr;
 pub mod qp;
 pub mod srq;
@@ -38,6 +39,7 @@ pub mod wr;
 pub use cq::{Completion, CompletionQueue, WcOpcode, WcStatus};
 pub use device::{Config, Device, DeviceCounters, Transmit};
 pub use error::Error;
+pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RegionMemory, VecMemory};
 pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType};
 pub use time::Instant;

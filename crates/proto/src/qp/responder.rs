@@ -303,6 +303,14 @@ impl Qp {
             }
             Operation::RdmaReadRequest => {
                 let Some(reth) = repr.reth else { return };
+                // IBTA §9.4.4: a message is at most 2^31 bytes.
+                if reth.dma_len > 1 << 31 {
+                    return self.rc_fail(
+                        Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr),
+                        psn,
+                        ctx,
+                    );
+                }
                 let npsn = reth.dma_len.div_ceil(mtu as u32).max(1);
                 let span = match ctx.mrs.check(
                     self.pd,
