@@ -157,7 +157,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
     {
         return Err(format!("receive completions {recvs:?}, want {sends}"));
     }
-    if drain(&mut sim, &a).len() != 0 {
+    if !drain(&mut sim, &a).is_empty() {
         return Err("extra send completion".into());
     }
     if a.mem.to_vec() != ea {

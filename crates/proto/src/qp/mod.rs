@@ -562,19 +562,18 @@ impl Qp {
             return Err(Error::InvalidArgument("message longer than 2^31"));
         }
         match (self.qp_type, &wr.op) {
-            (QpType::Ud, crate::SendOp::Send | crate::SendOp::SendWithImm(_)) => {
-                if wr.ud.is_none() {
-                    return Err(Error::InvalidArgument("UD send without destination"));
-                }
+            (QpType::Ud, crate::SendOp::Send | crate::SendOp::SendWithImm(_))
+                if wr.ud.is_none() =>
+            {
+                return Err(Error::InvalidArgument("UD send without destination"));
             }
+            (QpType::Ud, crate::SendOp::Send | crate::SendOp::SendWithImm(_)) => {}
             (QpType::Ud, _) => return Err(Error::InvalidArgument("UD supports only SEND")),
             (QpType::Uc, op) if op.is_read_or_atomic() => {
                 return Err(Error::InvalidArgument("UC supports no READ or atomics"))
             }
-            (_, op) if op.is_atomic() => {
-                if len != 8 {
-                    return Err(Error::InvalidArgument("atomic needs one 8-byte SGE"));
-                }
+            (_, op) if op.is_atomic() && len != 8 => {
+                return Err(Error::InvalidArgument("atomic needs one 8-byte SGE"));
             }
             _ => {}
         }
