@@ -89,6 +89,9 @@ impl Qp {
                     return;
                 };
                 let Some(w) = self.sq.iter_mut().find(|w| !w.done) else {
+                    // A duplicate atomic ACK for the last PSN, with nothing outstanding: it is
+                    // dropped, so count it like every other stale response.
+                    self.counters.dropped += 1;
                     return;
                 };
                 if !w.wr.op.is_atomic() || w.first_psn != psn || !w.all_sent {
@@ -114,6 +117,9 @@ impl Qp {
         }
         let mtu = self.attrs.mtu.bytes();
         let Some(w) = self.sq.iter_mut().find(|w| !w.done) else {
+            // A duplicate READ response (e.g. for the last PSN) after the READ completed: it is
+            // dropped, so count it like every other stale response.
+            self.counters.dropped += 1;
             return;
         };
         if !matches!(w.wr.op, crate::SendOp::RdmaRead { .. }) || !w.started {
