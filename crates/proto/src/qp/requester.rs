@@ -273,12 +273,39 @@ impl Qp {
         }
     }
 
+    /// Completes the UD WQE at the cursor with `LOC_LEN_ERR` if it is longer than the path MTU
+    /// (a UD message is one packet); returns whether it did. The QP stays usable.
+    fn skip_oversized_ud(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let i = self.req.cursor;
+        let mtu = self.attrs.mtu.bytes();
+        let oversized = matches!(self.sq.get(i), Some(w) if w.len > mtu);
+        if self.qp_type != QpType::Ud || !oversized {
+            return false;
+        }
+        let w = &mut self.sq[i];
+        w.done = true;
+        let c = Completion::new(
+            w.wr.wr_id,
+            WcStatus::LocLenErr,
+            w.wr.op.wc_opcode(),
+            self.qpn,
+        );
+        ctx.complete(self.send_cq, c);
+        self.req.cursor += 1;
+        self.pop_done_front();
+        true
+    }
+
     /// Builds the next request packet into `buf`; returns its length and destination.
     pub(crate) fn emit_request(
         &mut self,
         buf: &mut [u8],
         ctx: &mut Ctx<'_>,
     ) -> Option<(usize, SocketAddr)> {
+        // Oversized UD WQEs complete here without a packet. They used to end this call with
+        // `None`, which stalled the WQEs behind them: the device re-polls only a QP that
+        // emitted something, so nothing woke the QP again until the next post_send.
+        while self.requester_blocked(ctx.config) == Blocked::No && self.skip_oversized_ud(ctx) {}
         if self.requester_blocked(ctx.config) != Blocked::No {
             return None;
         }
@@ -295,21 +322,6 @@ impl Qp {
                     self.fail_head(WcStatus::LocQpOpErr, ctx);
                     return None;
                 };
-                if self.sq[i].len > mtu {
-                    // A UD message is one packet (IBTA C10-? / rxe rejects it the same way).
-                    let w = &mut self.sq[i];
-                    w.done = true;
-                    let c = Completion::new(
-                        w.wr.wr_id,
-                        WcStatus::LocLenErr,
-                        w.wr.op.wc_opcode(),
-                        self.qpn,
-                    );
-                    ctx.complete(self.send_cq, c);
-                    self.req.cursor += 1;
-                    self.pop_done_front();
-                    return None;
-                }
                 // IBTA §10.2.4: a WR Q_Key with the high bit set means "use the QP's Q_Key".
                 let qkey = if ud.remote_qkey & 0x8000_0000 != 0 {
                     self.attrs.qkey
