@@ -1,0 +1,362 @@
+//! The device: an engine, a socket back end and the progress that moves data between them.
+//!
+//! Locking: the engine and the back end sit behind one mutex. Application calls (post, poll)
+//! take it briefly and send what the engine has to send from the calling thread, so a post
+//! costs no thread wake-up. In [`Progress::Thread`] mode a progress thread waits (without the
+//! lock) for the socket, a wake-up event or the engine's next timer, then takes the lock to
+//! receive, fire timers and transmit. In [`Progress::Polled`] mode there is no thread: polling
+//! a CQ does that work, for the lowest latency when the application busy-polls.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use uroce_proto::{Config, DeviceCounters, Instant};
+use uroce_wire::{IcrcContext, IpFields, Ipv4IdMode};
+
+use crate::driver::{syscall::SyscallBackend, Backend, BackendKind};
+use crate::{Error, Result};
+
+/// Who drives progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Progress {
+    /// A progress thread per device (default).
+    #[default]
+    Thread,
+    /// No thread: polling a CQ receives, fires timers and transmits.
+    Polled,
+}
+
+/// How to open a device.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Local address to bind.
+    pub local_ip: IpAddr,
+    /// UDP port (4791; other values only for tests, since RoCE peers always send to 4791).
+    pub port: u16,
+    /// Socket back end.
+    pub backend: BackendKind,
+    /// Progress mode.
+    pub progress: Progress,
+    /// Write every sent and received RoCE packet to this pcap file.
+    pub pcap: Option<PathBuf>,
+    /// Accept IPv4 packets whose ICRC verifies only for an unknown IP Identification (what the
+    /// kernel's rxe sends), at a 2^-16 false-accept chance; see `docs/ARCHITECTURE.md`.
+    pub accept_any_ipv4_id: bool,
+}
+
+impl DeviceConfig {
+    /// Defaults for `local_ip`: port 4791, syscall back end, progress thread, capture from
+    /// `UROCE_PCAP` if set.
+    pub fn new(local_ip: IpAddr) -> Self {
+        DeviceConfig {
+            local_ip,
+            port: uroce_wire::ROCE_UDP_PORT,
+            backend: BackendKind::default(),
+            progress: Progress::default(),
+            pcap: std::env::var_os("UROCE_PCAP").map(PathBuf::from),
+            accept_any_ipv4_id: false,
+        }
+    }
+}
+
+/// Writes both directions of traffic to a pcap file.
+struct Capture {
+    writer: uroce_capture::pcap::PcapWriter<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Capture {
+    fn record(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
+        let ip = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, 0),
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
+            _ => return,
+        };
+        let ctx = IcrcContext {
+            ip,
+            src_port: src.port(),
+            dst_port: dst.port(),
+        };
+        let ts = Duration::from_nanos(now.as_nanos());
+        // Capture is best effort: a full disk must not stop the data path.
+        let _ = self.writer.write_roce(ts, &ctx, bytes);
+    }
+}
+
+pub(crate) struct Inner {
+    pub eng: uroce_proto::Device,
+    backend: Box<dyn Backend>,
+    txbuf: Vec<u8>,
+    capture: Option<Capture>,
+    pub(crate) channels: HashMap<u32, Arc<crate::verbs::ChannelShared>>,
+    local: SocketAddr,
+    pub(crate) io_errors: u64,
+}
+
+impl Inner {
+    /// Receives what is waiting, fires due timers, transmits, and signals CQ events.
+    pub(crate) fn pump(&mut self, now: Instant) {
+        let Inner {
+            eng,
+            backend,
+            capture,
+            local,
+            io_errors,
+            ..
+        } = self;
+        let local = *local;
+        let r = backend.recv_ready(&mut |from, to, bytes| {
+            if let Some(c) = capture.as_mut() {
+                c.record(now, from, SocketAddr::new(to, local.port()), bytes);
+            }
+            eng.handle_datagram(now, from, to, bytes);
+        });
+        if r.is_err() {
+            *io_errors += 1;
+        }
+        if eng.poll_timeout().is_some_and(|t| t <= now) {
+            eng.handle_timeout(now);
+        }
+        self.transmit(now);
+    }
+
+    /// Sends everything the engine has ready and raises CQ events.
+    pub(crate) fn transmit(&mut self, now: Instant) {
+        while let Some(t) = self.eng.poll_transmit(now, &mut self.txbuf) {
+            let data = &self.txbuf[..t.len];
+            if let Some(c) = self.capture.as_mut() {
+                let seg = t.segment_size.unwrap_or(t.len).max(1);
+                for p in data.chunks(seg) {
+                    c.record(now, self.local, t.dst, p);
+                }
+            }
+            if self.backend.send(t.dst, data, t.segment_size).is_err() {
+                self.io_errors += 1;
+            }
+        }
+        if self.backend.flush().is_err() {
+            self.io_errors += 1;
+        }
+        while let Some(cq) = self.eng.poll_cq_event() {
+            if let Some(ch) = self.channels.get(&cq.0) {
+                ch.notify(cq.0);
+            }
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    epoch: std::time::Instant,
+    wake: EventFd,
+    stop: AtomicBool,
+    /// Nanoseconds (since epoch) the progress thread sleeps until; a call that makes the engine
+    /// want an earlier wake-up writes the event fd.
+    sleeping_until: AtomicU64,
+    pub(crate) polled: bool,
+    pub(crate) local: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the engine, then transmits (and in polled mode receives) and makes sure the
+    /// progress thread wakes in time for any new timer.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Inner, Instant) -> T) -> T {
+        let now = self.now();
+        let mut g = self.lock();
+        let r = f(&mut g, now);
+        if self.polled {
+            g.pump(now);
+        } else {
+            g.transmit(now);
+            if let Some(t) = g.eng.poll_timeout() {
+                if t.as_nanos() < self.sleeping_until.load(Ordering::Acquire) {
+                    let _ = self.wake.write(1);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// An open uroce device: one local address, one socket, one engine.
+pub struct Device {
+    pub(crate) shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("local", &self.shared.local)
+            .finish()
+    }
+}
+
+impl Device {
+    /// Opens a device on `cfg.local_ip:cfg.port`.
+    pub fn open(cfg: DeviceConfig) -> Result<Device> {
+        let local = SocketAddr::new(cfg.local_ip, cfg.port);
+        let backend: Box<dyn Backend> = match cfg.backend {
+            BackendKind::Syscall => {
+                let (sock, _features) = crate::sys::roce_socket(local, false)?;
+                Box::new(SyscallBackend::new(sock))
+            }
+        };
+        let mut ecfg = Config::new(cfg.local_ip);
+        ecfg.udp_port = cfg.port;
+        ecfg.max_segments = backend.max_segments();
+        if cfg.accept_any_ipv4_id {
+            ecfg.ipv4_id_mode = Ipv4IdMode::Solve;
+        }
+        let capture = match &cfg.pcap {
+            Some(p) => {
+                let f = std::fs::File::create(p)?;
+                let writer = uroce_capture::pcap::PcapWriter::new(std::io::BufWriter::new(f))
+                    .map_err(|e| Error::Config(format!("pcap {}: {e}", p.display())))?;
+                Some(Capture { writer })
+            }
+            None => None,
+        };
+        let wait = backend.wait_fd()?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                eng: uroce_proto::Device::new(ecfg),
+                backend,
+                txbuf: vec![0; 65536],
+                capture,
+                channels: HashMap::new(),
+                local,
+                io_errors: 0,
+            }),
+            epoch: std::time::Instant::now(),
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
+            stop: AtomicBool::new(false),
+            sleeping_until: AtomicU64::new(0),
+            polled: cfg.progress == Progress::Polled,
+            local,
+        });
+        let thread = match cfg.progress {
+            Progress::Thread => {
+                let s = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name(format!("uroce-{}", cfg.local_ip))
+                        .spawn(move || progress_loop(&s, wait))?,
+                )
+            }
+            Progress::Polled => None,
+        };
+        tracing::info!(%local, backend = cfg.backend.name(), progress = ?cfg.progress, "device open");
+        Ok(Device { shared, thread })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// Device counters.
+    pub fn counters(&self) -> DeviceCounters {
+        self.shared.lock().eng.counters()
+    }
+
+    /// Socket errors seen by the driver (sends that failed for reasons other than a full
+    /// buffer).
+    pub fn io_errors(&self) -> u64 {
+        self.shared.lock().io_errors
+    }
+
+    /// Runs progress once (useful in polled mode without polling a CQ).
+    pub fn progress(&self) {
+        let now = self.shared.now();
+        self.shared.lock().pump(now);
+    }
+
+    /// Allocates a protection domain.
+    pub fn alloc_pd(&self) -> crate::ProtectionDomain {
+        let h = self.shared.lock().eng.alloc_pd();
+        crate::ProtectionDomain {
+            shared: self.shared.clone(),
+            h,
+        }
+    }
+
+    /// Creates a completion queue of `depth` entries, optionally reporting events on `channel`.
+    pub fn create_cq(
+        &self,
+        depth: usize,
+        channel: Option<&crate::CompletionChannel>,
+    ) -> Result<crate::CompletionQueue> {
+        let mut g = self.shared.lock();
+        let h = g.eng.create_cq(depth)?;
+        if let Some(ch) = channel {
+            g.channels.insert(h.0, ch.shared.clone());
+        }
+        Ok(crate::CompletionQueue {
+            shared: self.shared.clone(),
+            h,
+        })
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.shared.wake.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Flush the capture file.
+        self.shared.lock().capture = None;
+    }
+}
+
+/// The progress thread: wait for the socket, a wake-up or the next timer; then pump.
+fn progress_loop(s: &Shared, wait: OwnedFd) {
+    while !s.stop.load(Ordering::Acquire) {
+        let now = s.now();
+        // Sleep at most 100 ms so a stop request is seen even without a wake-up. The deadline
+        // is published under the lock, so a call that arms an earlier timer sees it and wakes
+        // us.
+        let cap = now.as_nanos() + 100_000_000;
+        let until = {
+            let mut g = s.lock();
+            g.pump(now);
+            let until = g.eng.poll_timeout().map_or(cap, |t| t.as_nanos().min(cap));
+            s.sleeping_until.store(until, Ordering::Release);
+            until
+        };
+        let now2 = s.now().as_nanos();
+        if until <= now2 {
+            continue;
+        }
+        let ms = (until - now2).div_ceil(1_000_000).min(100) as u16;
+        let mut fds = [
+            PollFd::new(wait.as_fd(), PollFlags::POLLIN),
+            PollFd::new(s.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        if fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            let _ = s.wake.read();
+        }
+    }
+}
