@@ -197,6 +197,13 @@ impl Qp {
     }
 
     fn take_recv_wqe(&mut self, ctx: &mut Ctx<'_>) -> Option<RecvWqe> {
+        // With an SRQ the QP's own queue is empty but for a WQE a broken UC message handed
+        // back (see `abandon_uc_message`): that one serves the next message first.
+        if self.srq.is_some() {
+            if let Some(w) = self.rq.pop_front() {
+                return Some(w);
+            }
+        }
         match self.srq {
             Some(s) => ctx.srqs.get_mut(&s.0).and_then(|q| q.queue.pop_front()),
             None => self.rq.pop_front(),
@@ -566,9 +573,10 @@ impl Qp {
         // Check for the receive WQE first: an RNR NAK must not leave data half placed.
         let needs_recv = info.immediate;
         if needs_recv
-            && self.srq.map_or(self.rq.is_empty(), |s| {
-                ctx.srqs.get(&s.0).is_none_or(|q| q.queue.is_empty())
-            })
+            && self.rq.is_empty()
+            && self
+                .srq
+                .is_none_or(|s| ctx.srqs.get(&s.0).is_none_or(|q| q.queue.is_empty()))
         {
             return Ok(false);
         }
@@ -681,11 +689,11 @@ impl Qp {
         self.resp.in_msg = None;
         self.resp.write = None;
         if let Some(r) = self.resp.recv.take() {
-            if self.srq.is_none() {
-                self.rq.push_front(r.wqe);
-            }
-            // With an SRQ the WQE is lost to this QP; it is completed with an error so the
-            // application sees it (no data was delivered in it).
+            // The WQE serves the next message. With an SRQ it used to be dropped without a
+            // completion (lost to the application); it is now held in the QP's own (otherwise
+            // unused) queue, taken first by `take_recv_wqe` and flushed on error like any
+            // posted WQE: a receive WQE must not vanish without a completion.
+            self.rq.push_front(r.wqe);
         }
     }
 
