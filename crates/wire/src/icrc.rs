@@ -343,7 +343,10 @@ mod tests {
         let mut p = sample(300);
         sent.seal(&mut p);
         let rx = sent.with_ipv4_id(0);
-        assert_eq!(rx.verify(&p, Ipv4IdMode::SolveBelow(64)), Ok(IcrcCheck::SolvedIpv4Id(5)));
+        assert_eq!(
+            rx.verify(&p, Ipv4IdMode::SolveBelow(64)),
+            Ok(IcrcCheck::SolvedIpv4Id(5))
+        );
         assert!(rx.verify(&p, Ipv4IdMode::SolveBelow(5)).is_err());
     }
 

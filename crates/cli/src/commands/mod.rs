@@ -2,8 +2,8 @@
 //! `Result<ExitCode, CliError>`.
 
 pub mod decode;
+pub mod demo;
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,12 +16,16 @@ use clap::Subcommand;
 pub enum Command {
     /// Print one line per frame of a pcap capture, decoding RoCEv2 headers and checking ICRCs.
     Decode(decode::Args),
+    /// Move checked data between two devices on this machine (127.0.0.1 ↔ 127.0.0.2) with
+    /// RDMA WRITE, READ, SEND and atomics, and print throughput, latency and CPU cost.
+    Demo(demo::Args),
 }
 
 /// Runs a subcommand and reports its error, if any, on stderr.
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Decode(args) => decode::run(&args, &mut io::stdout().lock()),
+        Command::Demo(args) => demo::run(&args, &mut io::stdout().lock()),
     };
     match result {
         Ok(code) => code,
@@ -35,10 +39,11 @@ pub fn run(command: Command) -> ExitCode {
 }
 
 /// Why a subcommand failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
     /// An input file could not be opened.
+    #[error("{}: {source}", path.display())]
     Open {
         /// The file.
         path: PathBuf,
@@ -46,6 +51,7 @@ pub enum CliError {
         source: io::Error,
     },
     /// A capture file could not be read.
+    #[error("{}: {source}", path.display())]
     Pcap {
         /// The file.
         path: PathBuf,
@@ -53,31 +59,12 @@ pub enum CliError {
         source: uroce_capture::PcapError,
     },
     /// Writing to the output failed.
-    Output(io::Error),
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CliError::Open { path, source } => write!(f, "{}: {source}", path.display()),
-            CliError::Pcap { path, source } => write!(f, "{}: {source}", path.display()),
-            CliError::Output(e) => write!(f, "writing output: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for CliError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CliError::Open { source, .. } => Some(source),
-            CliError::Pcap { source, .. } => Some(source),
-            CliError::Output(e) => Some(e),
-        }
-    }
-}
-
-impl From<io::Error> for CliError {
-    fn from(e: io::Error) -> Self {
-        CliError::Output(e)
-    }
+    #[error("writing output: {0}")]
+    Output(#[from] io::Error),
+    /// A uroce device or verb failed.
+    #[error(transparent)]
+    Device(#[from] uroce::Error),
+    /// A transfer did not complete or its data was wrong.
+    #[error("{0}")]
+    Failed(String),
 }
