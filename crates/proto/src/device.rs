@@ -171,6 +171,7 @@ pub struct Device {
     ready: VecDeque<u32>,
     staged: Option<Staged>,
     counters: DeviceCounters,
+    solver: uroce_wire::Ipv4IdSolver,
 }
 
 macro_rules! ctx {
@@ -208,6 +209,7 @@ impl Device {
             ready: VecDeque::new(),
             staged: None,
             counters: DeviceCounters::default(),
+            solver: uroce_wire::Ipv4IdSolver::default(),
         }
     }
 
@@ -524,7 +526,7 @@ impl Device {
             src_port: from.port(),
             dst_port: self.config.udp_port,
         };
-        match icrc.verify(data, self.config.ipv4_id_mode) {
+        match icrc.verify_with(data, self.config.ipv4_id_mode, &mut self.solver) {
             Ok(IcrcCheck::Valid) => {}
             Ok(IcrcCheck::SolvedIpv4Id(_)) => self.counters.icrc_solved_id += 1,
             Ok(_) | Err(_) => {

@@ -224,6 +224,17 @@ impl IcrcContext {
 
     /// Verifies the ICRC carried in the last 4 bytes of `packet`.
     pub fn verify(&self, packet: &[u8], mode: Ipv4IdMode) -> Result<IcrcCheck, IcrcMismatch> {
+        self.verify_with(packet, mode, &mut Ipv4IdSolver::default())
+    }
+
+    /// Like [`Self::verify`], reusing `solver`'s per-length tables: a receiver that solves IDs
+    /// for every packet should keep one solver and pass it here.
+    pub fn verify_with(
+        &self,
+        packet: &[u8],
+        mode: Ipv4IdMode,
+        solver: &mut Ipv4IdSolver,
+    ) -> Result<IcrcCheck, IcrcMismatch> {
         let computed = self.compute(packet).ok_or(IcrcMismatch {
             carried: 0,
             computed: 0,
@@ -243,13 +254,44 @@ impl IcrcContext {
             IpFields::V4 { identification, .. } if bound > 0 => {
                 // Bytes of the pseudo packet after the two ID bytes (ICRC excluded).
                 let trailing = 20 - 6 + 8 + packet.len() - ICRC_LEN;
-                solve_ipv4_id(computed ^ carried, trailing)
+                solve(solver.basis(trailing), computed ^ carried)
                     .filter(|delta| u32::from(*delta) < bound)
                     .map(|delta| IcrcCheck::SolvedIpv4Id(identification ^ delta))
                     .ok_or(mismatch)
             }
             _ => Err(mismatch),
         }
+    }
+}
+
+/// Row-reduced effect of the 16 IPv4 ID bits on the CRC, for one message length: 32 rows of
+/// (CRC bits | ID-bit tag << 32), indexed by pivot bit.
+type Basis = [u64; 32];
+
+/// Caches [`Basis`] tables by packet length (the expensive part of solving: 16 CRC shifts),
+/// so solving costs one elimination per packet. Holds at most 16 lengths.
+#[derive(Debug, Clone, Default)]
+pub struct Ipv4IdSolver {
+    entries: Vec<(usize, Box<Basis>)>,
+    next: usize,
+}
+
+impl Ipv4IdSolver {
+    fn basis(&mut self, trailing: usize) -> &Basis {
+        if let Some(i) = self.entries.iter().position(|(t, _)| *t == trailing) {
+            return &self.entries[i].1;
+        }
+        let b = Box::new(basis(trailing));
+        let i = if self.entries.len() < 16 {
+            self.entries.push((trailing, b));
+            self.entries.len() - 1
+        } else {
+            let i = self.next % 16;
+            self.next += 1;
+            self.entries[i] = (trailing, b);
+            i
+        };
+        &self.entries[i].1
     }
 }
 
@@ -261,16 +303,14 @@ fn shift(v: u32, len: usize) -> u32 {
     a.finalize()
 }
 
-/// Finds the 16-bit XOR difference `x` to the ID such that flipping those ID bits changes the
-/// CRC by `diff`, by Gaussian elimination over GF(2) (CRC-32 is affine in the message).
-fn solve_ipv4_id(diff: u32, trailing: usize) -> Option<u16> {
-    // Effect on the CRC of flipping ID bit j, at the end of the message.
+/// The basis for a message with `trailing` bytes after the ID: the effect of flipping each ID
+/// bit on the final CRC (CRC-32 is affine in the message), row-reduced over GF(2).
+fn basis(trailing: usize) -> Basis {
     let base = {
         let mut h = Hasher::new();
         h.update(&[0u8; V4_ID_OFFSET + 2]);
         h.finalize()
     };
-    // Row = 32 CRC bits | 16 tag bits recording which ID bits were combined.
     let mut basis = [0u64; 32];
     for j in 0..16 {
         let mut msg = [0u8; V4_ID_OFFSET + 2];
@@ -290,6 +330,11 @@ fn solve_ipv4_id(diff: u32, trailing: usize) -> Option<u16> {
             row ^= basis[bit];
         }
     }
+    basis
+}
+
+/// Finds the 16-bit XOR difference to the ID that changes the CRC by `diff`, if any.
+fn solve(basis: &Basis, diff: u32) -> Option<u16> {
     let mut t = u64::from(diff);
     for bit in (0..32).rev() {
         if t >> bit & 1 == 1 {
@@ -348,6 +393,23 @@ mod tests {
             Ok(IcrcCheck::SolvedIpv4Id(5))
         );
         assert!(rx.verify(&p, Ipv4IdMode::SolveBelow(5)).is_err());
+    }
+
+    #[test]
+    fn cached_solver_agrees_across_lengths() {
+        let mut solver = Ipv4IdSolver::default();
+        for round in 0..3u16 {
+            for len in (16..400).step_by(19) {
+                let id = round * 1000 + len as u16;
+                let sent = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), id, 1, 4791);
+                let mut p = sample(len);
+                sent.seal(&mut p);
+                let rx = sent.with_ipv4_id(0);
+                let got = rx.verify_with(&p, Ipv4IdMode::Solve, &mut solver);
+                assert_eq!(got, Ok(IcrcCheck::SolvedIpv4Id(id)), "len {len}");
+            }
+        }
+        assert_eq!(solver.entries.len(), 16, "the cache is bounded");
     }
 
     #[test]
