@@ -572,6 +572,14 @@ impl Qp {
             (QpType::Uc, op) if op.is_read_or_atomic() => {
                 return Err(Error::InvalidArgument("UC supports no READ or atomics"))
             }
+            // The IBTA opcode table (§9.2.3) has SEND with Invalidate (0x16/0x17) for RC
+            // only; without this a UC QP sent it as RC packets, which the peer drops while we
+            // report success.
+            (QpType::Uc, crate::SendOp::SendWithInv(_)) => {
+                return Err(Error::InvalidArgument(
+                    "UC supports no SEND with Invalidate",
+                ))
+            }
             (_, op) if op.is_atomic() && len != 8 => {
                 return Err(Error::InvalidArgument("atomic needs one 8-byte SGE"));
             }
