@@ -445,3 +445,70 @@ fn ud_never_delivers_a_corrupted_byte() {
         n as u64
     );
 }
+
+/// UC has no SEND-with-Invalidate opcodes (IBTA §9.2.3 defines 0x16/0x17 for RC only): the
+/// WR must not go out as RC packets that the peer's UC QP drops while the sender reports
+/// success.
+#[test]
+fn uc_send_with_invalidate_is_refused() {
+    let mut sim = Sim::new(78, Link::default());
+    let (a, b) = pair(
+        &mut sim,
+        &PairOpts {
+            qp_type: QpType::Uc,
+            ..PairOpts::default()
+        },
+    );
+    sim.dev(b.host)
+        .post_recv(
+            b.qpn,
+            RecvWr {
+                wr_id: 1,
+                sgl: vec![b.sge(0, 64)],
+            },
+        )
+        .unwrap();
+    let s = SendWr::new(
+        1,
+        SendOp::SendWithInv(b.keys.rkey),
+        Payload::Sgl(vec![a.sge(0, 8)]),
+    );
+    assert!(matches!(
+        sim.post_send(a.host, a.qpn, s),
+        Err(uroce_proto::Error::InvalidArgument(_))
+    ));
+    settle(&mut sim, Duration::from_millis(1));
+    assert!(drain(&mut sim, &a).is_empty());
+    assert_eq!(a.counters(&sim).tx_packets, 0);
+    // A UD QP refuses it too.
+    let mut sim = Sim::new(79, Link::default());
+    let (a, b, ah) = ud_pair(&mut sim);
+    let mut s = SendWr::new(1, SendOp::SendWithInv(1), Payload::Sgl(vec![a.sge(0, 8)]));
+    s.ud = Some(UdDest {
+        ah,
+        remote_qpn: b.qpn,
+        remote_qkey: QKEY,
+    });
+    assert!(matches!(
+        sim.post_send(a.host, a.qpn, s),
+        Err(uroce_proto::Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn ud_to_unknown_qpn_is_counted() {
+    let mut sim = Sim::new(80, Link::default());
+    let (a, b, ah) = ud_pair(&mut sim);
+    let mut s = SendWr::new(1, SendOp::Send, Payload::Sgl(vec![a.sge(0, 8)]));
+    s.ud = Some(UdDest {
+        ah,
+        remote_qpn: b.qpn + 100,
+        remote_qkey: QKEY,
+    });
+    sim.post_send(a.host, a.qpn, s).unwrap();
+    let c = wait_completions(&mut sim, &a, 1, LIMIT);
+    assert_eq!(c[0].status, WcStatus::Success, "UD cannot know");
+    settle(&mut sim, Duration::from_millis(1));
+    assert_eq!(sim.dev(b.host).counters().unknown_qp, 1);
+    assert!(drain(&mut sim, &b).is_empty());
+}
