@@ -181,7 +181,7 @@ impl CompletionQueue {
     /// Takes up to `max` completions (in polled mode this also drives progress).
     pub fn poll(&self, max: usize) -> Result<Vec<Completion>> {
         let mut out = Vec::new();
-        self.shared.with(|g, _| -> Result<()> {
+        let take = |g: &mut crate::device::Inner, out: &mut Vec<Completion>| -> Result<()> {
             while out.len() < max {
                 match g.eng.poll_cq(self.h)? {
                     Some(c) => out.push(c),
@@ -189,7 +189,14 @@ impl CompletionQueue {
                 }
             }
             Ok(())
-        })?;
+        };
+        if self.shared.polled {
+            self.shared.with(|g, _| take(g, &mut out))?;
+        } else {
+            // The progress thread does the I/O; polling only takes the lock briefly, so a
+            // spinning application does not starve it.
+            take(&mut self.shared.lock(), &mut out)?;
+        }
         Ok(out)
     }
 
