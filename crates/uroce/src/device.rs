@@ -21,7 +21,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use uroce_proto::{Config, DeviceCounters, Instant};
 use uroce_wire::{IcrcContext, IpFields, Ipv4IdMode};
 
-use crate::driver::{syscall::SyscallBackend, Backend, BackendKind};
+use crate::driver::{
+    syscall::SyscallBackend, uring::UringBackend, Backend, BackendKind, DriverFeatures, DriverStats,
+};
 use crate::{Error, Result};
 
 /// Who drives progress.
@@ -54,7 +56,7 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
-    /// Defaults for `local_ip`: port 4791, syscall back end, progress thread, capture from
+    /// Defaults for `local_ip`: port 4791, io_uring back end, progress thread, capture from
     /// `UROCE_PCAP` if set.
     pub fn new(local_ip: IpAddr) -> Self {
         DeviceConfig {
@@ -74,9 +76,19 @@ struct Capture {
 }
 
 impl Capture {
-    fn record(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
+    /// Records one packet; `ipv4_id` is the Identification it has on the wire (0 for a lone
+    /// packet, `i` for segment `i` of a GSO batch; received packets are recorded with 0, as
+    /// a UDP socket does not see it).
+    fn record(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+        ipv4_id: u16,
+        bytes: &[u8],
+    ) {
         let ip = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, 0),
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
             (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
             _ => return,
         };
@@ -101,6 +113,10 @@ pub(crate) struct Inner {
     pub(crate) io_errors: u64,
 }
 
+/// The transmit buffer: the largest UDP payload over IPv4 (65535 - 20 - 8), so a GSO batch the
+/// engine forms is never too long for the kernel.
+const TXBUF_LEN: usize = 65507;
+
 impl Inner {
     /// Receives what is waiting, fires due timers, transmits, and signals CQ events.
     pub(crate) fn pump(&mut self, now: Instant) {
@@ -115,7 +131,7 @@ impl Inner {
         let local = *local;
         let r = backend.recv_ready(&mut |from, to, bytes| {
             if let Some(c) = capture.as_mut() {
-                c.record(now, from, SocketAddr::new(to, local.port()), bytes);
+                c.record(now, from, SocketAddr::new(to, local.port()), 0, bytes);
             }
             eng.handle_datagram(now, from, to, bytes);
         });
@@ -134,8 +150,8 @@ impl Inner {
             let data = &self.txbuf[..t.len];
             if let Some(c) = self.capture.as_mut() {
                 let seg = t.segment_size.unwrap_or(t.len).max(1);
-                for p in data.chunks(seg) {
-                    c.record(now, self.local, t.dst, p);
+                for (i, p) in data.chunks(seg).enumerate() {
+                    c.record(now, self.local, t.dst, i as u16, p);
                 }
             }
             if self.backend.send(t.dst, data, t.segment_size).is_err() {
@@ -184,10 +200,14 @@ impl Shared {
             g.pump(now);
         } else {
             g.transmit(now);
-            if let Some(t) = g.eng.poll_timeout() {
-                if t.as_nanos() < self.sleeping_until.load(Ordering::Acquire) {
-                    let _ = self.wake.write(1);
-                }
+            let early = g
+                .eng
+                .poll_timeout()
+                .is_some_and(|t| t.as_nanos() < self.sleeping_until.load(Ordering::Acquire));
+            // A send path may have taken received data off the back end's descriptor, which
+            // then no longer wakes the progress thread.
+            if early || g.backend.rx_pending() {
+                let _ = self.wake.write(1);
             }
         }
         r
@@ -214,10 +234,23 @@ impl Device {
         let local = SocketAddr::new(cfg.local_ip, cfg.port);
         let backend: Box<dyn Backend> = match cfg.backend {
             BackendKind::Syscall => {
-                let (sock, _features) = crate::sys::roce_socket(local, false)?;
-                Box::new(SyscallBackend::new(sock))
+                let (sock, features) = crate::sys::roce_socket(local, false)?;
+                Box::new(SyscallBackend::new(sock, features.gro))
+            }
+            BackendKind::Uring => {
+                let (sock, features) = crate::sys::roce_socket(local, true)?;
+                match UringBackend::new(sock, features.gro) {
+                    Ok(b) => Box::new(b),
+                    Err((sock, e)) => {
+                        tracing::warn!(
+                            "io_uring unusable ({e}): {local} uses the syscall back end"
+                        );
+                        Box::new(SyscallBackend::new(sock, features.gro))
+                    }
+                }
             }
         };
+        let features = backend.features();
         let mut ecfg = Config::new(cfg.local_ip);
         ecfg.udp_port = cfg.port;
         ecfg.max_segments = backend.max_segments();
@@ -238,7 +271,7 @@ impl Device {
             inner: Mutex::new(Inner {
                 eng: uroce_proto::Device::new(ecfg),
                 backend,
-                txbuf: vec![0; 65536],
+                txbuf: vec![0; TXBUF_LEN],
                 capture,
                 channels: HashMap::new(),
                 local,
@@ -262,7 +295,15 @@ impl Device {
             }
             Progress::Polled => None,
         };
-        tracing::info!(%local, backend = cfg.backend.name(), progress = ?cfg.progress, "device open");
+        tracing::info!(
+            %local,
+            backend = features.backend.name(),
+            multishot_recv = features.multishot_recv,
+            gro = features.gro,
+            gso = features.gso,
+            progress = ?cfg.progress,
+            "device open"
+        );
         Ok(Device { shared, thread })
     }
 
@@ -279,7 +320,18 @@ impl Device {
     /// Socket errors seen by the driver (sends that failed for reasons other than a full
     /// buffer).
     pub fn io_errors(&self) -> u64 {
-        self.shared.lock().io_errors
+        let g = self.shared.lock();
+        g.io_errors + g.backend.stats().tx_errors
+    }
+
+    /// What the driver does (back end, multishot receive, GRO, GSO).
+    pub fn driver_features(&self) -> DriverFeatures {
+        self.shared.lock().backend.features()
+    }
+
+    /// The driver's counters (receives, GRO super-buffers, GSO sends, ...).
+    pub fn driver_stats(&self) -> DriverStats {
+        self.shared.lock().backend.stats()
     }
 
     /// Runs progress once (useful in polled mode without polling a CQ).
@@ -338,7 +390,11 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
         let until = {
             let mut g = s.lock();
             g.pump(now);
-            let until = g.eng.poll_timeout().map_or(cap, |t| t.as_nanos().min(cap));
+            let until = if g.backend.rx_pending() {
+                now.as_nanos()
+            } else {
+                g.eng.poll_timeout().map_or(cap, |t| t.as_nanos().min(cap))
+            };
             s.sleeping_until.store(until, Ordering::Release);
             until
         };

@@ -21,7 +21,7 @@ mod sys;
 pub mod verbs;
 
 pub use device::{Device, DeviceConfig, Progress};
-pub use driver::BackendKind;
+pub use driver::{BackendKind, DriverFeatures, DriverStats};
 pub use error::{Error, Result};
 pub use verbs::{
     AddressHandle, CompletionChannel, CompletionQueue, Connect, MemoryRegion, ProtectionDomain,

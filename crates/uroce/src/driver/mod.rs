@@ -2,6 +2,7 @@
 //! [`Backend`]; the device's progress loop is the same for all of them.
 
 pub(crate) mod syscall;
+pub(crate) mod uring;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -11,8 +12,13 @@ use std::os::fd::OwnedFd;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BackendKind {
-    /// One `sendmsg`/`recvmsg` per packet, no batching: the rxe-like baseline.
+    /// One `io_uring` per device: a multishot `recvmsg` over a ring of provided 64 KiB
+    /// buffers with UDP GRO, and batched `sendmsg` submissions with UDP GSO (default). Falls
+    /// back to `recvmsg` syscalls for receiving, or to [`BackendKind::Syscall`] altogether,
+    /// where the kernel lacks what it needs.
     #[default]
+    Uring,
+    /// One `sendmsg`/`recvmsg` per packet, no batching: the rxe-like baseline.
     Syscall,
 }
 
@@ -20,6 +26,7 @@ impl BackendKind {
     /// Name as used on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            BackendKind::Uring => "uring",
             BackendKind::Syscall => "syscall",
         }
     }
@@ -29,10 +36,52 @@ impl std::str::FromStr for BackendKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "uring" => Ok(BackendKind::Uring),
             "syscall" => Ok(BackendKind::Syscall),
-            other => Err(format!("unknown back end '{other}' (syscall)")),
+            other => Err(format!("unknown back end '{other}' (uring, syscall)")),
         }
     }
+}
+
+/// What the driver of a device does, as found when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverFeatures {
+    /// The back end in use (the syscall one when io_uring was asked for but is unusable).
+    pub backend: BackendKind,
+    /// Receiving with a multishot `recvmsg` over a provided-buffer ring (else `recvmsg`
+    /// syscalls).
+    pub multishot_recv: bool,
+    /// UDP GRO is on: one receive may carry several packets of one size.
+    pub gro: bool,
+    /// Sends of several packets go out as one UDP GSO `sendmsg`.
+    pub gso: bool,
+}
+
+/// Counters of the driver (the engine's own are in [`crate::DeviceCounters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DriverStats {
+    /// Receives that returned a datagram or a GRO super-buffer.
+    pub rx_receives: u64,
+    /// Datagrams handed to the engine (a GRO super-buffer holds several).
+    pub rx_datagrams: u64,
+    /// Receives that held more than one datagram, coalesced by UDP GRO.
+    pub rx_gro_receives: u64,
+    /// Receives dropped because the buffer or the control data was too small.
+    pub rx_truncated: u64,
+    /// Times the multishot receive ran out of provided buffers (it is then re-armed).
+    pub rx_no_buffers: u64,
+    /// Times the multishot receive was armed.
+    pub rx_arms: u64,
+    /// `sendmsg` operations (a GSO batch counts once).
+    pub tx_sends: u64,
+    /// GSO batches among them.
+    pub tx_gso_sends: u64,
+    /// Sends that failed other than with a full buffer or an unreachable peer.
+    pub tx_errors: u64,
+    /// `io_uring_enter` calls made to submit or wait.
+    pub ring_enters: u64,
 }
 
 /// A received datagram's addresses and bytes, handed to the engine.
@@ -51,4 +100,14 @@ pub(crate) trait Backend: Send {
     fn wait_fd(&self) -> io::Result<OwnedFd>;
     /// Most packets the engine should put in one transmit batch.
     fn max_segments(&self) -> usize;
+    /// Whether received data is already held by the back end (taken off the descriptor of
+    /// [`Backend::wait_fd`] by a send path), so [`Backend::recv_ready`] has work although
+    /// the descriptor may not poll readable.
+    fn rx_pending(&self) -> bool {
+        false
+    }
+    /// What the back end does.
+    fn features(&self) -> DriverFeatures;
+    /// Its counters.
+    fn stats(&self) -> DriverStats;
 }

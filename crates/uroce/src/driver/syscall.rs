@@ -7,77 +7,132 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
 
-use super::{Backend, Sink};
+use super::{Backend, BackendKind, DriverFeatures, DriverStats, Sink};
 
 /// Most datagrams taken per `recv_ready` call, so transmission interleaves with reception.
 const RECV_BUDGET: usize = 64;
 
 pub(crate) struct SyscallBackend {
     sock: UdpSocket,
-    buf: Vec<u8>,
-    cmsg: Vec<u8>,
+    rx: SyscallRx,
+    gro: bool,
+    stats: DriverStats,
 }
 
 impl SyscallBackend {
-    pub(crate) fn new(sock: UdpSocket) -> Self {
+    /// A back end on `sock`; `gro` says whether the socket has UDP_GRO on (the baseline opens
+    /// it without; a uring device that fell back keeps it).
+    pub(crate) fn new(sock: UdpSocket, gro: bool) -> Self {
         SyscallBackend {
             sock,
-            buf: vec![0; 65536],
-            cmsg: nix::cmsg_space!(libc::in6_pktinfo, libc::c_int),
+            rx: SyscallRx::new(),
+            gro,
+            stats: DriverStats::default(),
         }
     }
 }
 
 pub(crate) fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::from((Ipv4Addr::from(v4.ip()), v4.port())));
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
     }
     a.as_sockaddr_in6()
-        .map(|v6| SocketAddr::from((Ipv6Addr::from(v6.ip()), v6.port())))
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
-impl Backend for SyscallBackend {
-    fn send(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) -> io::Result<()> {
-        let to = SockaddrStorage::from(dst);
-        // No GSO here: a batch (the engine is told to form none) goes out packet by packet.
-        let seg = segment.unwrap_or(data.len()).max(1);
-        for pkt in data.chunks(seg) {
-            loop {
-                match sendmsg(
-                    self.sock.as_fd().as_raw_fd_compat(),
-                    &[IoSlice::new(pkt)],
-                    &[],
-                    MsgFlags::empty(),
-                    Some(&to),
-                ) {
-                    Ok(_) => break,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    // A full socket buffer or an unreachable peer loses the packet, as a
-                    // network would; RC recovers by retransmission.
-                    Err(
-                        nix::errno::Errno::EAGAIN
-                        | nix::errno::Errno::ENOBUFS
-                        | nix::errno::Errno::ECONNREFUSED,
-                    ) => break,
-                    Err(e) => return Err(e.into()),
-                }
+/// Hands the datagrams of one receive to `sink`: one, or (with a UDP_GRO segment size) the
+/// `seg`-byte pieces a GRO super-buffer is made of. Returns how many.
+pub(crate) fn deliver(
+    from: SocketAddr,
+    to: IpAddr,
+    payload: &[u8],
+    gro_segment: Option<usize>,
+    sink: Sink<'_>,
+    stats: &mut DriverStats,
+) -> usize {
+    stats.rx_receives += 1;
+    let seg = match gro_segment {
+        Some(s) if s > 0 && s < payload.len() => s,
+        _ => payload.len().max(1),
+    };
+    let mut n = 0;
+    if payload.is_empty() {
+        sink(from, to, payload);
+        n = 1;
+    }
+    for pkt in payload.chunks(seg) {
+        sink(from, to, pkt);
+        n += 1;
+    }
+    if n > 1 {
+        stats.rx_gro_receives += 1;
+    }
+    stats.rx_datagrams += n as u64;
+    n
+}
+
+/// Sends one datagram with `sendmsg`; a full buffer or an unreachable peer loses it, as a
+/// network would (RC recovers by retransmission).
+pub(crate) fn send_one(
+    sock: &UdpSocket,
+    to: &SockaddrStorage,
+    pkt: &[u8],
+    stats: &mut DriverStats,
+) -> io::Result<()> {
+    stats.tx_sends += 1;
+    loop {
+        match sendmsg(
+            sock.as_fd().as_raw_fd_compat(),
+            &[IoSlice::new(pkt)],
+            &[],
+            MsgFlags::empty(),
+            Some(to),
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(
+                nix::errno::Errno::EAGAIN
+                | nix::errno::Errno::ENOBUFS
+                | nix::errno::Errno::ECONNREFUSED,
+            ) => return Ok(()),
+            Err(e) => {
+                stats.tx_errors += 1;
+                return Err(e.into());
             }
         }
-        Ok(())
+    }
+}
+
+/// Receiving with `recvmsg` syscalls: the baseline's path, and the io_uring back end's when
+/// the kernel lacks multishot `recvmsg` or buffer rings. Splits UDP GRO super-buffers.
+pub(crate) struct SyscallRx {
+    buf: Vec<u8>,
+    cmsg: Vec<u8>,
+}
+
+impl SyscallRx {
+    pub(crate) fn new() -> Self {
+        SyscallRx {
+            buf: vec![0; 65536],
+            cmsg: nix::cmsg_space!(libc::in6_pktinfo, libc::c_int),
+        }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
-        let local_default = self.sock.local_addr()?.ip();
+    /// Receives what is waiting on `sock` (at most [`RECV_BUDGET`] receives) without blocking.
+    pub(crate) fn recv_ready(
+        &mut self,
+        sock: &UdpSocket,
+        sink: Sink<'_>,
+        stats: &mut DriverStats,
+    ) -> io::Result<usize> {
+        let local_default = sock.local_addr()?.ip();
         let mut n = 0;
-        while n < RECV_BUDGET {
-            let (len, from, to) = {
+        let mut receives = 0;
+        while receives < RECV_BUDGET {
+            let (len, from, to, gro, truncated) = {
                 let mut iov = [IoSliceMut::new(&mut self.buf)];
                 let msg = match recvmsg::<SockaddrStorage>(
-                    self.sock.as_fd().as_raw_fd_compat(),
+                    sock.as_fd().as_raw_fd_compat(),
                     &mut iov,
                     Some(&mut self.cmsg),
                     MsgFlags::MSG_DONTWAIT,
@@ -89,6 +144,7 @@ impl Backend for SyscallBackend {
                     Err(e) => return Err(e.into()),
                 };
                 let mut to = local_default;
+                let mut gro = None;
                 if let Ok(cmsgs) = msg.cmsgs() {
                     for c in cmsgs {
                         match c {
@@ -98,19 +154,49 @@ impl Backend for SyscallBackend {
                             ControlMessageOwned::Ipv6PacketInfo(pi) => {
                                 to = IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr));
                             }
+                            ControlMessageOwned::UdpGroSegments(s) => {
+                                gro = usize::try_from(s).ok();
+                            }
                             _ => {}
                         }
                     }
                 }
+                let truncated = msg
+                    .flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
                 let from = msg.address.as_ref().and_then(to_socket_addr);
-                (msg.bytes, from, to)
+                (msg.bytes, from, to, gro, truncated)
             };
-            n += 1;
+            receives += 1;
+            if truncated {
+                stats.rx_truncated += 1;
+                continue;
+            }
             if let Some(from) = from {
-                sink(from, to, &self.buf[..len]);
+                n += deliver(from, to, &self.buf[..len], gro, sink, stats);
             }
         }
         Ok(n)
+    }
+}
+
+impl Backend for SyscallBackend {
+    fn send(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) -> io::Result<()> {
+        let to = SockaddrStorage::from(dst);
+        // No GSO here: a batch (the engine is told to form none) goes out packet by packet.
+        let seg = segment.unwrap_or(data.len()).max(1);
+        for pkt in data.chunks(seg) {
+            send_one(&self.sock, &to, pkt, &mut self.stats)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
+        self.rx.recv_ready(&self.sock, sink, &mut self.stats)
     }
 
     fn wait_fd(&self) -> io::Result<OwnedFd> {
@@ -120,10 +206,23 @@ impl Backend for SyscallBackend {
     fn max_segments(&self) -> usize {
         1
     }
+
+    fn features(&self) -> DriverFeatures {
+        DriverFeatures {
+            backend: BackendKind::Syscall,
+            multishot_recv: false,
+            gro: self.gro,
+            gso: false,
+        }
+    }
+
+    fn stats(&self) -> DriverStats {
+        self.stats
+    }
 }
 
 /// nix 0.30 takes a raw fd for `sendmsg`/`recvmsg`.
-trait RawFdCompat {
+pub(crate) trait RawFdCompat {
     fn as_raw_fd_compat(&self) -> std::os::fd::RawFd;
 }
 

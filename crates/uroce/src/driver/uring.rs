@@ -1,0 +1,984 @@
+//! The io_uring back end: one ring per device.
+//!
+//! Receiving: one multishot `RECVMSG` over a ring of provided buffers (64 × 64 KiB plus room
+//! for the `io_uring_recvmsg_out` header, the source address and the control messages), on a
+//! socket with UDP_GRO, so one completion carries a GRO super-buffer of up to 64 KiB that is
+//! split by its `UDP_GRO` segment size. A buffer goes back to the ring as soon as its datagrams
+//! were handed to the engine; a completion without `IORING_CQE_F_MORE` (the ring ran dry:
+//! `ENOBUFS`, or a cancellation) re-arms the receive.
+//!
+//! Sending: each datagram or GSO batch is copied into one of 32 send buffers owned by the back
+//! end (a `SENDMSG` reads its buffer, address, iovec and control message until its completion,
+//! so they must outlive the call), queued as a `SENDMSG` with a `UDP_SEGMENT` control message
+//! for a batch, and submitted together in [`Backend::flush`]. When every buffer is in flight,
+//! the sender submits and waits for a completion. (Registered buffers would not help here: a
+//! plain `SENDMSG` copies the data into the socket buffer either way.)
+//!
+//! Start-up probes the kernel: the ring is set up with `SUBMIT_ALL` where the kernel knows it,
+//! `SENDMSG`/`RECVMSG` must be supported (else [`UringBackend::new`] fails and the device uses
+//! the syscall back end), and a buffer ring plus a multishot `RECVMSG` are tried (armed and
+//! cancelled); without them the back end receives with `recvmsg` syscalls, and says so once.
+//!
+//! `SINGLE_ISSUER`/`DEFER_TASKRUN` (and `COOP_TASKRUN`) are not used. In thread mode both the
+//! progress thread and application threads submit; in polled mode whichever application thread
+//! polls a CQ submits, since a device may be shared between threads. A second submitter would
+//! get `EEXIST` under `SINGLE_ISSUER`, and under `DEFER_TASKRUN`/`COOP_TASKRUN` the completion
+//! work of a request runs only when its submitting thread next enters the kernel, which an idle
+//! application thread may never do. With the default notification a submitting thread is
+//! interrupted briefly to post the completion instead, so the progress thread, which polls the
+//! ring's descriptor, always sees it. The multishot receive is (re-)armed from
+//! [`Backend::recv_ready`], which in thread mode runs on the progress thread.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{self, Layout};
+use std::collections::VecDeque;
+use std::io;
+use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Once;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+
+use super::syscall::{deliver, send_one, SyscallRx};
+use super::{Backend, BackendKind, DriverFeatures, DriverStats, Sink};
+
+/// Submission queue entries: every send buffer plus the receive and a cancellation fit.
+const SQ_ENTRIES: u32 = 64;
+/// Completion queue entries: more than the provided buffers plus the send buffers, so the
+/// queue cannot overflow.
+const CQ_ENTRIES: u32 = 256;
+
+/// Provided receive buffers (a power of two, as the buffer ring needs).
+const RX_BUFS: u16 = 64;
+/// The buffer group of the receive buffers.
+const BGID: u16 = 0;
+/// `struct io_uring_recvmsg_out` (four `u32`s) at the start of every receive buffer.
+const RECVMSG_OUT_LEN: usize = 16;
+/// The source address field: a `sockaddr_in6` holds either family.
+const RX_NAME_LEN: usize = size_of::<libc::sockaddr_in6>();
+/// The control field: `IPV6_PKTINFO` (40 bytes with its header) or `IP_PKTINFO` (32), and
+/// `UDP_GRO` (24), with room to spare.
+const RX_CONTROL_LEN: usize = 128;
+/// Largest UDP payload (IPv6's jumbo-free maximum; IPv4's is 65507).
+const RX_PAYLOAD_LEN: usize = 65527;
+/// One receive buffer: header, name, control and a whole GRO super-buffer, rounded up.
+const RX_BUF_LEN: usize =
+    (RECVMSG_OUT_LEN + RX_NAME_LEN + RX_CONTROL_LEN + RX_PAYLOAD_LEN + 255) & !255;
+/// Most receive completions handled per [`Backend::recv_ready`] call.
+const RX_BUDGET: usize = 32;
+
+/// Send buffers.
+const TX_SLOTS: usize = 32;
+/// One send buffer: the largest UDP datagram (a GSO batch is one datagram to the kernel).
+const TX_BUF_LEN: usize = 65536;
+
+/// `user_data` of the multishot receive; send buffers use their index.
+const UD_RECV: u64 = 1 << 40;
+/// `user_data` of a cancellation.
+const UD_CANCEL: u64 = 2 << 40;
+
+/// `SOL_UDP` and the UDP socket options used as control messages (`linux/udp.h`).
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+
+/// `struct cmsghdr` layout: the length (a `size_t`) first, then level and type.
+const CMSG_HDR: usize = size_of::<libc::cmsghdr>();
+const CMSG_LEVEL: usize = offset_of!(libc::cmsghdr, cmsg_level);
+const CMSG_TYPE: usize = offset_of!(libc::cmsghdr, cmsg_type);
+const CMSG_ALIGN: usize = size_of::<libc::size_t>();
+const _: () = assert!(CMSG_LEVEL == size_of::<libc::size_t>() && CMSG_HDR % CMSG_ALIGN == 0);
+
+const fn cmsg_align(n: usize) -> usize {
+    (n + CMSG_ALIGN - 1) & !(CMSG_ALIGN - 1)
+}
+
+static WARN_RX: Once = Once::new();
+static WARN_GSO: Once = Once::new();
+
+/// What [`UringBackend::with_options`] may use (tests turn features off to exercise the
+/// fallbacks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Try the multishot receive over a buffer ring.
+    pub multishot: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { multishot: true }
+    }
+}
+
+/// An entry of the buffer ring: `struct io_uring_buf`. The `resv` field of entry 0 is the
+/// ring's tail.
+#[repr(C)]
+struct RawBuf {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const _: () = assert!(size_of::<RawBuf>() == 16 && offset_of!(RawBuf, resv) == 14);
+
+/// The provided-buffer ring and the buffers it hands out. Its memory must stay valid while the
+/// kernel may use it: until the buffer group is unregistered and no receive is in flight.
+struct RxRing {
+    entries: NonNull<RawBuf>,
+    entries_layout: Layout,
+    arena: NonNull<u8>,
+    arena_layout: Layout,
+    /// Our copy of the ring tail (the kernel only reads it).
+    tail: u16,
+    /// The `msghdr` the multishot receive was armed with: only its name and control lengths
+    /// matter, and the completions are parsed with it.
+    msg: Box<libc::msghdr>,
+}
+
+impl RxRing {
+    fn new() -> io::Result<RxRing> {
+        let oom = || io::Error::from(io::ErrorKind::OutOfMemory);
+        // The ring must be page aligned.
+        let entries_layout =
+            Layout::from_size_align(usize::from(RX_BUFS) * size_of::<RawBuf>(), 4096)
+                .map_err(|_| oom())?;
+        let arena_layout =
+            Layout::from_size_align(usize::from(RX_BUFS) * RX_BUF_LEN, 64).map_err(|_| oom())?;
+        // SAFETY: both layouts have a non-zero size.
+        let entries = NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<RawBuf>())
+            .ok_or_else(oom)?;
+        // SAFETY: non-zero size; zeroed so every byte the receive path may read is initialised.
+        let arena = match NonNull::new(unsafe { alloc::alloc_zeroed(arena_layout) }) {
+            Some(a) => a,
+            None => {
+                // SAFETY: allocated just above with this layout, not shared with anyone yet.
+                unsafe { alloc::dealloc(entries.as_ptr().cast(), entries_layout) };
+                return Err(oom());
+            }
+        };
+        // SAFETY: all-zero is a valid `msghdr` (null pointers, zero lengths).
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = RX_NAME_LEN as libc::socklen_t;
+        msg.msg_controllen = RX_CONTROL_LEN as _;
+        let mut rx = RxRing {
+            entries,
+            entries_layout,
+            arena,
+            arena_layout,
+            tail: 0,
+            msg,
+        };
+        for bid in 0..RX_BUFS {
+            rx.recycle(bid);
+        }
+        Ok(rx)
+    }
+
+    /// Gives buffer `bid` (back) to the kernel.
+    fn recycle(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (RX_BUFS - 1));
+        let addr = self.arena.as_ptr() as u64 + u64::from(bid) * RX_BUF_LEN as u64;
+        // SAFETY: `idx < RX_BUFS`, so the entry lies inside the ring allocation. The kernel
+        // reads only entries between its head and our published tail, and this one is at the
+        // tail, so nobody reads it while we write. The fields are written through raw pointers
+        // so the `resv` field of entry 0 (the tail, read by the kernel) is never touched here.
+        unsafe {
+            let e = self.entries.as_ptr().add(idx);
+            std::ptr::addr_of_mut!((*e).addr).write(addr);
+            std::ptr::addr_of_mut!((*e).len).write(RX_BUF_LEN as u32);
+            std::ptr::addr_of_mut!((*e).bid).write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail is the aligned `u16` at offset 14 of entry 0, inside the ring
+        // allocation, and is only ever accessed atomically (by us with this store, by the
+        // kernel with an acquiring load). The release store publishes the entry written above.
+        let tail =
+            unsafe { &*std::ptr::addr_of!((*self.entries.as_ptr()).resv).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid`, which the kernel filled and handed back.
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let bid = usize::from(bid.min(RX_BUFS - 1));
+        let len = len.min(RX_BUF_LEN);
+        // SAFETY: the range lies inside the arena (bid and len are clamped). The arena was
+        // zero-initialised. A completion handed this buffer to us, and it goes back to the
+        // kernel only through `recycle(&mut self)`, which cannot run while this shared borrow
+        // lives, so the kernel does not write it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.arena.as_ptr().add(bid * RX_BUF_LEN), len) }
+    }
+
+    fn ring_addr(&self) -> u64 {
+        self.entries.as_ptr() as u64
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts; the back end drops an `RxRing` only
+        // after the kernel stopped using it (see `UringBackend::drop`, which leaks it otherwise).
+        unsafe {
+            alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
+            alloc::dealloc(self.arena.as_ptr(), self.arena_layout);
+        }
+    }
+}
+
+/// Control message space for one `UDP_SEGMENT` (a `u16`), aligned like `cmsghdr`.
+#[repr(C, align(8))]
+struct SegmentCmsg([u8; CMSG_HDR + cmsg_align(2)]);
+
+impl SegmentCmsg {
+    fn new(segment: u16) -> SegmentCmsg {
+        let mut b = [0u8; CMSG_HDR + cmsg_align(2)];
+        let len = (CMSG_HDR + 2) as libc::size_t;
+        b[..CMSG_LEVEL].copy_from_slice(&len.to_ne_bytes());
+        b[CMSG_LEVEL..CMSG_LEVEL + 4].copy_from_slice(&SOL_UDP.to_ne_bytes());
+        b[CMSG_TYPE..CMSG_TYPE + 4].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
+        b[CMSG_HDR..CMSG_HDR + 2].copy_from_slice(&segment.to_ne_bytes());
+        SegmentCmsg(b)
+    }
+}
+
+/// A send buffer with everything its `SENDMSG` points to. Boxed so those pointers stay valid
+/// while the kernel may read them (until the completion).
+struct SendSlot {
+    buf: Box<[u8]>,
+    addr: SockaddrStorage,
+    iov: libc::iovec,
+    ctrl: SegmentCmsg,
+    msg: libc::msghdr,
+    dst: SocketAddr,
+    len: usize,
+    segment: Option<usize>,
+}
+
+impl SendSlot {
+    fn new() -> Box<SendSlot> {
+        Box::new(SendSlot {
+            buf: vec![0; TX_BUF_LEN].into_boxed_slice(),
+            addr: SockaddrStorage::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            ctrl: SegmentCmsg::new(0),
+            // SAFETY: all-zero is a valid `msghdr` (null pointers, zero lengths).
+            msg: unsafe { std::mem::zeroed() },
+            dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+            len: 0,
+            segment: None,
+        })
+    }
+
+    /// Copies the datagram in and points the `msghdr` at this slot's fields.
+    fn prepare(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) {
+        self.buf[..data.len()].copy_from_slice(data);
+        self.dst = dst;
+        self.len = data.len();
+        self.segment = segment.filter(|&s| s > 0 && s < data.len());
+        self.addr = SockaddrStorage::from(dst);
+        self.iov = libc::iovec {
+            iov_base: self.buf.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        self.msg.msg_name = self.addr.as_ptr().cast_mut().cast();
+        self.msg.msg_namelen = self.addr.len();
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_flags = 0;
+        match self.segment {
+            Some(s) => {
+                self.ctrl = SegmentCmsg::new(s as u16);
+                self.msg.msg_control = self.ctrl.0.as_mut_ptr().cast();
+                self.msg.msg_controllen = self.ctrl.0.len() as _;
+            }
+            None => {
+                self.msg.msg_control = std::ptr::null_mut();
+                self.msg.msg_controllen = 0;
+            }
+        }
+    }
+}
+
+/// The io_uring back end (see the module documentation).
+pub(crate) struct UringBackend {
+    ring: IoUring,
+    sock: UdpSocket,
+    /// The buffer ring, when the multishot receive works; `None`: receive with syscalls.
+    rx: Option<RxRing>,
+    syscall_rx: SyscallRx,
+    /// The multishot receive is in flight.
+    armed: bool,
+    /// Receive completions taken off the ring by a send path, waiting for `recv_ready`.
+    pending_rx: VecDeque<(i32, u32)>,
+    /// Each slot boxed on its own: the kernel reads an in-flight slot while another one is
+    /// filled through `&mut`, which then borrows only that slot's memory.
+    #[allow(clippy::vec_box)]
+    slots: Vec<Box<SendSlot>>,
+    free: Vec<usize>,
+    gso: bool,
+    gro: bool,
+    local_default: IpAddr,
+    stats: DriverStats,
+}
+
+// SAFETY: the raw pointers inside (`RxRing`, the `msghdr`s and iovecs of the send slots) point
+// only into heap memory this back end owns and that never moves; nothing else holds them but
+// the kernel, whose accesses do not depend on which thread owns the back end. All use goes
+// through `&mut self` (the device keeps the back end behind its mutex), so moving it to
+// another thread transfers sole ownership like any owned buffer.
+unsafe impl Send for UringBackend {}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+/// Sets up the ring with the most useful flags this kernel accepts.
+fn build_ring() -> io::Result<(IoUring, &'static str)> {
+    let mut b = IoUring::builder();
+    b.setup_submit_all().setup_cqsize(CQ_ENTRIES);
+    match b.build(SQ_ENTRIES) {
+        Ok(r) => return Ok((r, "SUBMIT_ALL|CQSIZE")),
+        Err(e) if errno(&e) == libc::EINVAL => {}
+        Err(e) => return Err(e),
+    }
+    let mut b = IoUring::builder();
+    b.setup_cqsize(CQ_ENTRIES);
+    match b.build(SQ_ENTRIES) {
+        Ok(r) => Ok((r, "CQSIZE")),
+        Err(e) if errno(&e) == libc::EINVAL => Ok((IoUring::new(SQ_ENTRIES)?, "none")),
+        Err(e) => Err(e),
+    }
+}
+
+impl UringBackend {
+    /// A back end on `sock` (`gro`: the socket has UDP_GRO on). Fails, handing the socket
+    /// back, when io_uring is unusable here (not built in, disabled, or lacking `SENDMSG`).
+    pub(crate) fn new(sock: UdpSocket, gro: bool) -> Result<Self, (UdpSocket, io::Error)> {
+        Self::with_options(sock, gro, Options::default())
+    }
+
+    pub(crate) fn with_options(
+        sock: UdpSocket,
+        gro: bool,
+        opts: Options,
+    ) -> Result<Self, (UdpSocket, io::Error)> {
+        let (ring, flags) = match build_ring() {
+            Ok(r) => r,
+            Err(e) => return Err((sock, e)),
+        };
+        let mut probe = Probe::new();
+        if let Err(e) = ring.submitter().register_probe(&mut probe) {
+            return Err((sock, e));
+        }
+        for (code, name) in [
+            (opcode::SendMsg::CODE, "SENDMSG"),
+            (opcode::RecvMsg::CODE, "RECVMSG"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        ] {
+            if !probe.is_supported(code) {
+                let e = io::Error::new(io::ErrorKind::Unsupported, format!("no {name}"));
+                return Err((sock, e));
+            }
+        }
+        let local_default = match sock.local_addr() {
+            Ok(a) => a.ip(),
+            Err(e) => return Err((sock, e)),
+        };
+        let mut b = UringBackend {
+            ring,
+            sock,
+            rx: None,
+            syscall_rx: SyscallRx::new(),
+            armed: false,
+            pending_rx: VecDeque::new(),
+            slots: (0..TX_SLOTS).map(|_| SendSlot::new()).collect(),
+            free: (0..TX_SLOTS).rev().collect(),
+            gso: true,
+            gro,
+            local_default,
+            stats: DriverStats::default(),
+        };
+        let rx = if opts.multishot {
+            b.probe_multishot()
+        } else {
+            Err("turned off".to_string())
+        };
+        if let Err(why) = &rx {
+            WARN_RX.call_once(|| {
+                tracing::warn!(
+                    "io_uring: multishot recvmsg over a buffer ring unavailable ({why}); \
+                     receiving with recvmsg syscalls (sends still use io_uring)"
+                );
+            });
+        }
+        tracing::debug!(
+            ring_flags = flags,
+            multishot_recv = rx.is_ok(),
+            gro,
+            "io_uring back end"
+        );
+        Ok(b)
+    }
+
+    /// Registers the buffer ring and arms a multishot receive, then cancels it (it is armed
+    /// for good from `recv_ready`, on the thread that reaps). Leaves `self.rx` set if both work.
+    fn probe_multishot(&mut self) -> Result<(), String> {
+        let rx = RxRing::new().map_err(|e| e.to_string())?;
+        // SAFETY: the ring memory holds `RX_BUFS` entries and stays valid until the group is
+        // unregistered: `self.rx` owns it, and `Drop` unregisters it (or leaks it when the
+        // kernel could still use it).
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(rx.ring_addr(), RX_BUFS, BGID, 0)
+        }
+        .map_err(|e| format!("buffer ring: {e}"))?;
+        self.rx = Some(rx);
+        let arm = self.arm().and_then(|()| {
+            self.push(
+                opcode::AsyncCancel::new(UD_RECV)
+                    .build()
+                    .user_data(UD_CANCEL),
+            )
+        });
+        let mut failed = arm.err().map(|e| e.to_string());
+        if failed.is_none() {
+            failed = self.settle(Duration::from_secs(5)).err();
+        }
+        // Only an error other than the cancellation tells that multishot recvmsg is missing.
+        let refused = self
+            .pending_rx
+            .iter()
+            .find(|&&(res, flags)| res < 0 && res != -libc::ECANCELED && !cqueue::more(flags))
+            .map(|&(res, _)| io::Error::from_raw_os_error(-res));
+        // Keep received data (a peer may already send), drop the probe's end.
+        self.pending_rx
+            .retain(|&(res, flags)| res >= 0 || cqueue::more(flags));
+        let failed = failed.or(refused.map(|e| format!("multishot recvmsg: {e}")));
+        match failed {
+            None => Ok(()),
+            Some(why) => {
+                if !self.armed {
+                    let _ = self.ring.submitter().unregister_buf_ring(BGID);
+                    self.rx = None;
+                    self.pending_rx.clear();
+                }
+                // else: still in flight after 5 s; `Drop` deals with it.
+                Err(why)
+            }
+        }
+    }
+
+    /// Submits, then waits until the receive is no longer armed and every send completed
+    /// (or `timeout` passed). Receive completions stay in `pending_rx`; `armed` is updated.
+    fn settle(&mut self, timeout: Duration) -> Result<(), String> {
+        let end = std::time::Instant::now() + timeout;
+        self.submit().map_err(|e| e.to_string())?;
+        loop {
+            self.reap();
+            if self.pending_rx.iter().any(|&(_, f)| !cqueue::more(f)) {
+                self.armed = false;
+            }
+            if !self.armed && self.free.len() == self.slots.len() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= end {
+                return Err("operations still in flight".into());
+            }
+            self.wait_cqe(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `timeout` for a completion.
+    fn wait_cqe(&mut self, timeout: Duration) {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        self.stats.ring_enters += 1;
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(errno(&e), libc::ETIME | libc::EINTR | libc::EBUSY) => {}
+            // No EXT_ARG (before 5.11): sleep instead.
+            Err(_) => std::thread::sleep(timeout.min(Duration::from_millis(1))),
+        }
+    }
+
+    /// Queues the multishot receive.
+    fn arm(&mut self) -> io::Result<()> {
+        let Some(rx) = &self.rx else { return Ok(()) };
+        let entry = opcode::RecvMsgMulti::new(
+            types::Fd(self.sock.as_raw_fd()),
+            &*rx.msg as *const libc::msghdr,
+            BGID,
+        )
+        .build()
+        .user_data(UD_RECV);
+        self.push(entry)?;
+        self.armed = true;
+        self.stats.rx_arms += 1;
+        Ok(())
+    }
+
+    /// Puts `entry` in the submission queue (submitting first if it is full).
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry pushed points only at memory owned by this back end that
+            // outlives the operation: a send slot, which is not reused before its completion
+            // was reaped, or the receive `msghdr` and buffer ring, kept until `Drop` has seen
+            // the receive end (or leaked). A cancellation points at nothing.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    /// Submits what is queued.
+    fn submit(&mut self) -> io::Result<()> {
+        loop {
+            if self.ring.submission().is_empty() {
+                return Ok(());
+            }
+            self.stats.ring_enters += 1;
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if errno(&e) == libc::EINTR => {}
+                // Completions must be reaped first.
+                Err(e) if matches!(errno(&e), libc::EBUSY | libc::EAGAIN) => self.reap(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes every completion off the ring: sends free their slot, receives wait in
+    /// `pending_rx`.
+    fn reap(&mut self) {
+        let UringBackend {
+            ring,
+            sock,
+            pending_rx,
+            slots,
+            free,
+            gso,
+            stats,
+            ..
+        } = self;
+        for cqe in ring.completion() {
+            let ud = cqe.user_data();
+            if ud == UD_RECV {
+                pending_rx.push_back((cqe.result(), cqe.flags()));
+                continue;
+            }
+            let Ok(i) = usize::try_from(ud) else { continue };
+            let Some(slot) = slots.get(i) else { continue };
+            let res = cqe.result();
+            if res < 0 {
+                let e = -res;
+                match e {
+                    // Lost like on a network (RC retransmits), or cancelled at shutdown.
+                    libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED | libc::ECANCELED => {}
+                    // The route's device cannot segment (no checksum offload) or take this
+                    // segment size: send this batch and every later one packet by packet.
+                    libc::EIO | libc::EINVAL if slot.segment.is_some() => {
+                        WARN_GSO.call_once(|| {
+                            tracing::warn!(
+                                "io_uring: UDP GSO send failed ({}); sending packet by packet",
+                                io::Error::from_raw_os_error(e)
+                            );
+                        });
+                        *gso = false;
+                        let to = SockaddrStorage::from(slot.dst);
+                        let seg = slot.segment.unwrap_or(slot.len);
+                        for pkt in slot.buf[..slot.len].chunks(seg) {
+                            let _ = send_one(sock, &to, pkt, stats);
+                        }
+                    }
+                    _ => stats.tx_errors += 1,
+                }
+            }
+            free.push(i);
+        }
+    }
+
+    /// A free send slot; when all are in flight, submits and waits for one.
+    fn take_slot(&mut self) -> io::Result<usize> {
+        if self.free.is_empty() {
+            self.submit()?;
+            self.reap();
+        }
+        while self.free.is_empty() {
+            self.stats.ring_enters += 1;
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(errno(&e), libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+            self.reap();
+        }
+        Ok(self.free.pop().expect("a free slot"))
+    }
+
+    /// Hands the datagrams of receive buffer `bid` (`len` bytes filled) to `sink`.
+    fn deliver_buffer(&mut self, bid: u16, len: usize, sink: Sink<'_>) -> usize {
+        let UringBackend {
+            rx,
+            stats,
+            local_default,
+            ..
+        } = self;
+        let Some(rx) = rx else { return 0 };
+        let Ok(out) = types::RecvMsgOut::parse(rx.buffer(bid, len), &rx.msg) else {
+            stats.rx_truncated += 1;
+            return 0;
+        };
+        if out.is_payload_truncated() || out.is_control_data_truncated() {
+            stats.rx_truncated += 1;
+            return 0;
+        }
+        let Some(from) = parse_name(out.name_data()) else {
+            return 0;
+        };
+        let (to, gro) = parse_cmsgs(out.control_data());
+        deliver(
+            from,
+            to.unwrap_or(*local_default),
+            out.payload_data(),
+            gro,
+            sink,
+            stats,
+        )
+    }
+}
+
+/// A `sockaddr_in` or `sockaddr_in6` as received.
+fn parse_name(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
+    match libc::c_int::from(family) {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::from((Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_ne_bytes(name.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// The local address (`IP_PKTINFO`/`IPV6_PKTINFO`) and the GRO segment size (`UDP_GRO`) from
+/// received control data.
+fn parse_cmsgs(ctrl: &[u8]) -> (Option<IpAddr>, Option<usize>) {
+    let (mut to, mut gro) = (None, None);
+    let mut off = 0;
+    while off + CMSG_HDR <= ctrl.len() {
+        let h = &ctrl[off..off + CMSG_HDR];
+        let Ok(len) = h[..CMSG_LEVEL].try_into().map(libc::size_t::from_ne_bytes) else {
+            break;
+        };
+        let level = libc::c_int::from_ne_bytes(h[CMSG_LEVEL..CMSG_LEVEL + 4].try_into().unwrap());
+        let ty = libc::c_int::from_ne_bytes(h[CMSG_TYPE..CMSG_TYPE + 4].try_into().unwrap());
+        if len < CMSG_HDR || off + len > ctrl.len() {
+            break;
+        }
+        let data = &ctrl[off + CMSG_HDR..off + len];
+        match (level, ty) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
+                if let Some(a) = data.get(8..12) {
+                    let a: [u8; 4] = a.try_into().unwrap();
+                    to = Some(IpAddr::V4(Ipv4Addr::from(a)));
+                }
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                // struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex; }
+                if let Some(a) = data.get(0..16) {
+                    let a: [u8; 16] = a.try_into().unwrap();
+                    to = Some(IpAddr::V6(Ipv6Addr::from(a)));
+                }
+            }
+            (SOL_UDP, UDP_GRO) => {
+                if let Some(s) = data.get(0..4) {
+                    let s = libc::c_int::from_ne_bytes(s.try_into().unwrap());
+                    gro = usize::try_from(s).ok();
+                }
+            }
+            _ => {}
+        }
+        off += cmsg_align(len);
+    }
+    (to, gro)
+}
+
+impl Backend for UringBackend {
+    fn send(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) -> io::Result<()> {
+        if data.len() > TX_BUF_LEN {
+            self.stats.tx_errors += 1;
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
+        if let Some(seg) = segment.filter(|&s| s > 0 && s < data.len()) {
+            if !self.gso {
+                for pkt in data.chunks(seg) {
+                    self.send(dst, pkt, None)?;
+                }
+                return Ok(());
+            }
+        }
+        let i = self.take_slot()?;
+        let slot = &mut *self.slots[i];
+        slot.prepare(dst, data, segment);
+        let batch = slot.segment.is_some();
+        let entry = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), &slot.msg)
+            .build()
+            .user_data(i as u64);
+        self.stats.tx_sends += 1;
+        if batch {
+            self.stats.tx_gso_sends += 1;
+        }
+        if let Err(e) = self.push(entry) {
+            self.free.push(i);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.submit();
+        // UDP sends complete while being submitted: free their buffers now.
+        self.reap();
+        r
+    }
+
+    fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
+        if self.rx.is_none() {
+            return self
+                .syscall_rx
+                .recv_ready(&self.sock, sink, &mut self.stats);
+        }
+        self.reap();
+        let mut n = 0;
+        let mut err = None;
+        for _ in 0..RX_BUDGET {
+            let Some((res, flags)) = self.pending_rx.pop_front() else {
+                break;
+            };
+            let bid = cqueue::buffer_select(flags);
+            if res >= 0 {
+                if let Some(bid) = bid {
+                    n += self.deliver_buffer(bid, res as usize, sink);
+                }
+            } else {
+                match -res {
+                    libc::ENOBUFS => self.stats.rx_no_buffers += 1,
+                    libc::ECANCELED | libc::EINTR => {}
+                    e => err = Some(io::Error::from_raw_os_error(e)),
+                }
+            }
+            if let (Some(bid), Some(rx)) = (bid, self.rx.as_mut()) {
+                rx.recycle(bid);
+            }
+            if !cqueue::more(flags) {
+                self.armed = false;
+            }
+        }
+        if !self.armed {
+            self.arm()?;
+            self.submit()?;
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    fn wait_fd(&self) -> io::Result<OwnedFd> {
+        if self.rx.is_some() {
+            // The ring's descriptor polls readable while completions are waiting.
+            self.ring.as_fd().try_clone_to_owned()
+        } else {
+            self.sock.as_fd().try_clone_to_owned()
+        }
+    }
+
+    fn max_segments(&self) -> usize {
+        64
+    }
+
+    fn rx_pending(&self) -> bool {
+        !self.pending_rx.is_empty()
+    }
+
+    fn features(&self) -> DriverFeatures {
+        DriverFeatures {
+            backend: BackendKind::Uring,
+            multishot_recv: self.rx.is_some(),
+            gro: self.gro,
+            gso: self.gso,
+        }
+    }
+
+    fn stats(&self) -> DriverStats {
+        self.stats
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        if self.armed {
+            let cancel = opcode::AsyncCancel::new(UD_RECV)
+                .build()
+                .user_data(UD_CANCEL);
+            let _ = self.push(cancel);
+        }
+        if self.settle(Duration::from_secs(2)).is_ok() {
+            if self.rx.is_some() {
+                let _ = self.ring.submitter().unregister_buf_ring(BGID);
+            }
+        } else {
+            // The kernel may still write the receive buffers or read a send buffer (the ring
+            // outlives this back end while a duplicate of its descriptor is open): leak them
+            // rather than free memory in use.
+            tracing::error!("io_uring: operations still in flight at close; leaking buffers");
+            std::mem::forget(self.rx.take());
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    fn backend(ip: &str, opts: Options) -> UringBackend {
+        let local: SocketAddr = format!("{ip}:4791").parse().unwrap();
+        let (sock, f) = crate::sys::roce_socket(local, true).unwrap();
+        assert!(f.gro);
+        UringBackend::with_options(sock, f.gro, opts).unwrap_or_else(|(_, e)| panic!("{e}"))
+    }
+
+    fn collect(b: &mut UringBackend, want: usize) -> Vec<(SocketAddr, IpAddr, Vec<u8>)> {
+        let mut got = Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < want && std::time::Instant::now() < end {
+            b.recv_ready(&mut |f, t, d| got.push((f, t, d.to_vec())))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    }
+
+    #[test]
+    fn cmsg_and_name_parsing() {
+        let mut c = Vec::new();
+        for (level, ty, data) in [
+            (
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                vec![0, 0, 0, 0, 1, 2, 3, 4, 127, 0, 0, 9],
+            ),
+            (SOL_UDP, UDP_GRO, 1040i32.to_ne_bytes().to_vec()),
+        ] {
+            let mut h = vec![0u8; CMSG_HDR];
+            h[..CMSG_LEVEL].copy_from_slice(&(CMSG_HDR + data.len()).to_ne_bytes());
+            h[CMSG_LEVEL..CMSG_LEVEL + 4].copy_from_slice(&level.to_ne_bytes());
+            h[CMSG_TYPE..CMSG_TYPE + 4].copy_from_slice(&ty.to_ne_bytes());
+            c.extend(h);
+            c.extend(&data);
+            c.resize(cmsg_align(c.len()), 0);
+        }
+        assert_eq!(
+            parse_cmsgs(&c),
+            (Some("127.0.0.9".parse().unwrap()), Some(1040))
+        );
+        assert_eq!(parse_cmsgs(&c[..20]), (None, None), "truncated");
+        let a = SockaddrStorage::from("127.1.2.3:4791".parse::<SocketAddr>().unwrap());
+        // SAFETY: `as_ptr` points at `len()` initialised bytes of `a`, alive for this borrow.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.len() as usize) };
+        assert_eq!(parse_name(bytes), Some("127.1.2.3:4791".parse().unwrap()));
+        assert_eq!(parse_name(&bytes[..3]), None);
+    }
+
+    #[test]
+    fn ring_fd_polls_readable_and_gro_splits() {
+        let mut rx = backend("127.0.40.1", Options::default());
+        let mut tx = backend("127.0.40.2", Options::default());
+        assert!(rx.features().multishot_recv);
+        assert_eq!(rx.recv_ready(&mut |_, _, _| {}).unwrap(), 0);
+        let wait = rx.wait_fd().unwrap();
+        // One batch of 10 packets of 1000 bytes and a shorter last one.
+        let data: Vec<u8> = (0..10_500u32).map(|i| (i % 251) as u8).collect();
+        tx.send(rx.sock.local_addr().unwrap(), &data, Some(1000))
+            .unwrap();
+        tx.flush().unwrap();
+        let mut fds = [PollFd::new(wait.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(5000u16)).unwrap();
+        assert_eq!(n, 1, "ring fd did not poll readable");
+        let got = collect(&mut rx, 11);
+        assert_eq!(got.len(), 11);
+        let from: SocketAddr = "127.0.40.2:4791".parse().unwrap();
+        let to: IpAddr = "127.0.40.1".parse().unwrap();
+        let mut joined: Vec<u8> = Vec::new();
+        for (f, t, d) in &got {
+            assert_eq!((*f, *t), (from, to));
+            joined.extend(d);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(got[10].2.len(), 500);
+        let s = rx.stats();
+        assert_eq!((s.rx_receives, s.rx_gro_receives), (1, 1), "{s:?}");
+        assert_eq!(tx.stats().tx_gso_sends, 1);
+    }
+
+    #[test]
+    fn many_datagrams_recycle_buffers_and_rearm() {
+        let mut rx = backend("127.0.40.3", Options::default());
+        let mut tx = backend("127.0.40.4", Options::default());
+        rx.recv_ready(&mut |_, _, _| {}).unwrap();
+        let dst = rx.sock.local_addr().unwrap();
+        // More datagrams than receive buffers, from different sizes so GRO cannot merge all.
+        let mut total = 0;
+        for round in 0..4 {
+            for i in 0..100usize {
+                tx.send(dst, &vec![i as u8; 100 + (i % 7) + round], None)
+                    .unwrap();
+                total += 1;
+            }
+            tx.flush().unwrap();
+        }
+        let got = collect(&mut rx, total);
+        assert_eq!(got.len(), total, "{:?}", rx.stats());
+        assert!(rx.stats().rx_arms >= 1);
+    }
+
+    #[test]
+    fn syscall_receive_fallback() {
+        let mut rx = backend("127.0.40.5", Options { multishot: false });
+        let mut tx = backend("127.0.40.6", Options::default());
+        assert!(!rx.features().multishot_recv);
+        let data = vec![7u8; 3000];
+        tx.send(rx.sock.local_addr().unwrap(), &data, Some(1000))
+            .unwrap();
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 3);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|(_, _, d)| d.len() == 1000));
+    }
+}
