@@ -78,7 +78,8 @@ pub struct DriverStats {
     pub tx_sends: u64,
     /// GSO batches among them.
     pub tx_gso_sends: u64,
-    /// Sends that failed other than with a full buffer or an unreachable peer.
+    /// Sends whose completion reported an error other than a full buffer or an unreachable
+    /// peer (an error returned to the device directly is counted by the device instead).
     pub tx_errors: u64,
     /// `io_uring_enter` calls made to submit or wait.
     pub ring_enters: u64,

@@ -95,10 +95,7 @@ pub(crate) fn send_one(
                 | nix::errno::Errno::ENOBUFS
                 | nix::errno::Errno::ECONNREFUSED,
             ) => return Ok(()),
-            Err(e) => {
-                stats.tx_errors += 1;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
