@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Self-test of the rxe harness: kernel Soft-RoCE against kernel Soft-RoCE, then host -> rxe.
+#
+#   scripts/rxe/selftest.sh
+#
+# 1. setup (packages, initramfs, netns), boots guests st1 (10.77.0.201, fd77::c9) and st2
+#    (10.77.0.202, fd77::ca) in parallel;
+# 2. captures RoCEv2 (UDP 4791) on st1's tap with tcpdump;
+# 3. ibv_rc_pingpong -g 1 -c -n 10 -s 4000: server in st1, client in st2;
+# 4. ib_write_bw -x 1 -n 100 -s 65536: server in st1, client in st2;
+# 5. checks the capture holds RoCEv2 packets in both directions;
+# 6. stops st2 and runs probe.sh st1: packets from the bridge address reach rxe in st1;
+# 7. stops st1 (also on failure or interrupt). The netns stays (guest.sh teardown removes it).
+# Exits 0 on success. Artifacts (outputs, capture, consoles) in target/rxe/selftest/.
+# Needs root and about 1.5 minutes on 2 busy cores (see docs/INTEROP.md).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+G=$here/guest.sh
+[[ $(id -u) -eq 0 ]] || { echo "selftest.sh needs root" >&2; exit 1; }
+state=${UROCE_RXE_DIR:-$(cd "$here/../.." && pwd)/target/rxe}
+art=$state/selftest
+A4=10.77.0.201 A6=fd77::c9
+B4=10.77.0.202 B6=fd77::ca
+
+t_all=$(date +%s.%N)
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+step() { echo "== selftest: $*" >&2; }
+fail() {
+    echo "selftest: FAILED: $*" >&2
+    exit 1
+}
+
+cap_pid=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $cap_pid ]]; then
+        kill -INT "$cap_pid" 2>/dev/null || true
+        wait "$cap_pid" 2>/dev/null || true
+    fi
+    for g in st1 st2; do
+        if [[ $rc -ne 0 && -e $("$G" dir "$g")/console.log ]]; then
+            cp "$("$G" dir "$g")/console.log" "$art/$g.console.log" 2>/dev/null || true
+        fi
+        "$G" stop "$g" 2>/dev/null || true
+    done
+    if [[ $rc -eq 0 ]]; then
+        echo "selftest: OK in $(since "$t_all") s" >&2
+    else
+        echo "selftest: failed (exit $rc) after $(since "$t_all") s; artifacts in $art" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+rm -rf "$art"
+mkdir -p "$art"
+
+step "setup"
+"$G" setup
+ns=$("$G" netns)
+
+step "booting st1 ($A4) and st2 ($B4)"
+t=$(date +%s.%N)
+"$G" start st1 "$A4" "$A6" >"$art/st1.info" 2>"$art/st1.start" &
+p1=$!
+"$G" start st2 "$B4" "$B6" >"$art/st2.info" 2>"$art/st2.start" &
+p2=$!
+r1=0 r2=0
+wait "$p1" || r1=$?
+wait "$p2" || r2=$?
+cat "$art/st1.start" "$art/st2.start" >&2
+((r1 == 0 && r2 == 0)) || fail "boot (st1: $r1, st2: $r2)"
+t_boot=$(since "$t")
+grep -E '^(link rxe0|[0-9] [0-9a-f:]{39} )' "$art/st1.info" "$art/st2.info" >&2
+
+step "capturing UDP 4791 on st1's tap"
+pcap=$art/roce.pcap
+ip netns exec "$ns" tcpdump -i urxe-st1 -n -U -s 128 -w "$pcap" 'udp dst port 4791' \
+    2>"$art/tcpdump.err" &
+cap_pid=$!
+end=$(($(date +%s) + 30))
+until grep -q "listening on" "$art/tcpdump.err"; do
+    kill -0 "$cap_pid" 2>/dev/null || fail "tcpdump: $(cat "$art/tcpdump.err")"
+    (($(date +%s) < end)) || fail "tcpdump did not start in 30 s"
+    sleep 0.1
+done
+
+# pair NAME SERVER_CMD CLIENT_CMD: server in st1, client in st2 pointing at st1.
+pair() {
+    local what=$1 cmd=$2 id t r=0
+    step "$what: $cmd"
+    t=$(date +%s.%N)
+    id=$("$G" submit st1 -t 240 "$cmd")
+    "$G" wait-port st1 18515 120
+    "$G" run st2 -t 240 "$cmd $A4" >"$art/$what.client.out" 2>&1 || r=$?
+    "$G" wait st1 "$id" >"$art/$what.server.out" 2>&1 || r=$((r ? r : $?))
+    echo "-- $what client (st2):" >&2
+    cat "$art/$what.client.out" >&2
+    ((r == 0)) || {
+        echo "-- $what server (st1):" >&2
+        cat "$art/$what.server.out" >&2
+        fail "$what exited $r"
+    }
+    echo "$what took $(since "$t") s" >&2
+}
+
+t=$(date +%s.%N)
+pair pingpong "ibv_rc_pingpong -d rxe0 -g 1 -c -n 10 -s 4000"
+grep -q "10 iters in" "$art/pingpong.client.out" || fail "pingpong client did not report 10 iters"
+grep -q "10 iters in" "$art/pingpong.server.out" || fail "pingpong server did not report 10 iters"
+t_pp=$(since "$t")
+
+t=$(date +%s.%N)
+pair write_bw "ib_write_bw -d rxe0 -x 1 -n 100 -s 65536 --report_gbits"
+grep -qE '^ *65536 +100 ' "$art/write_bw.client.out" || fail "ib_write_bw reported no result line"
+t_bw=$(since "$t")
+
+kill -INT "$cap_pid"
+wait "$cap_pid" || true
+cap_pid=
+cat "$art/tcpdump.err" >&2
+to_a=$(tcpdump -r "$pcap" -n "src host $B4 and dst host $A4" 2>/dev/null | wc -l)
+to_b=$(tcpdump -r "$pcap" -n "src host $A4 and dst host $B4" 2>/dev/null | wc -l)
+echo "capture on urxe-st1: $to_a RoCEv2 packets st2 -> st1, $to_b st1 -> st2 (UDP dst port 4791)" >&2
+if command -v tshark >/dev/null; then
+    echo "BTH opcodes in the capture (tshark), count and opcode:" >&2
+    tshark -r "$pcap" -T fields -e infiniband.bth.opcode 2>/dev/null | sort | uniq -c >&2 || true
+fi
+((to_a > 0 && to_b > 0)) || fail "the capture lacks RoCEv2 packets in one direction"
+
+step "host -> rxe: stopping st2, probing st1 from the bridge address"
+"$G" stop st2
+t=$(date +%s.%N)
+"$here/probe.sh" st1 >"$art/probe.out" 2>&1 || {
+    cat "$art/probe.out" >&2
+    fail "probe"
+}
+cat "$art/probe.out" >&2
+t_probe=$(since "$t")
+
+echo "selftest timings: boot (2 guests in parallel) ${t_boot} s, pingpong ${t_pp} s," \
+    "ib_write_bw ${t_bw} s, probe ${t_probe} s" >&2
