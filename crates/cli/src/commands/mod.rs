@@ -3,6 +3,8 @@
 
 pub mod decode;
 pub mod demo;
+pub mod devinfo;
+mod netif;
 
 use std::io;
 use std::path::PathBuf;
@@ -19,6 +21,9 @@ pub enum Command {
     /// Move checked data between two devices on this machine (127.0.0.1 ↔ 127.0.0.2) with
     /// RDMA WRITE, READ, SEND and atomics, and print throughput, latency and CPU cost.
     Demo(demo::Args),
+    /// Show the uroce device of each network interface as ibv_devinfo shows rxe's: port
+    /// state, active MTU and the GID table with rxe's numbering.
+    Devinfo(devinfo::Args),
 }
 
 /// Runs a subcommand and reports its error, if any, on stderr.
@@ -26,6 +31,7 @@ pub fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Decode(args) => decode::run(&args, &mut io::stdout().lock()),
         Command::Demo(args) => demo::run(&args, &mut io::stdout().lock()),
+        Command::Devinfo(args) => devinfo::run(&args, &mut io::stdout().lock()),
     };
     match result {
         Ok(code) => code,
