@@ -5,6 +5,7 @@ pub mod decode;
 pub mod demo;
 pub mod devinfo;
 mod netif;
+pub mod pingpong;
 
 use std::io;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ pub enum Command {
     /// Show the uroce device of each network interface as ibv_devinfo shows rxe's: port
     /// state, active MTU and the GID table with rxe's numbering.
     Devinfo(devinfo::Args),
+    /// Ping-pong SENDs with rdma-core's ibv_rc_pingpong, ibv_uc_pingpong, ibv_ud_pingpong or
+    /// ibv_srq_pingpong (same TCP exchange on port 18515, same data), or with another uroce.
+    Pingpong(pingpong::Args),
 }
 
 /// Runs a subcommand and reports its error, if any, on stderr.
@@ -32,6 +36,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Decode(args) => decode::run(&args, &mut io::stdout().lock()),
         Command::Demo(args) => demo::run(&args, &mut io::stdout().lock()),
         Command::Devinfo(args) => devinfo::run(&args, &mut io::stdout().lock()),
+        Command::Pingpong(args) => pingpong::run(&args, &mut io::stdout().lock()),
     };
     match result {
         Ok(code) => code,
