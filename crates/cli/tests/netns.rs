@@ -1,0 +1,166 @@
+//! `uroce pingpong` between two network namespaces joined by a veth pair
+//! (`scripts/netns.sh up NAME N`: 10.66.N.1/2 and fd66:N::1/2, MTU 9000), over IPv4 and IPv6,
+//! in every mode, with both sides on their default addresses and ports: the server's device
+//! on the address the client connected to, the client's on its TCP source address, RoCE on
+//! UDP 4791, the side channel on TCP 18515. Needs root; without it every test prints that it
+//! was skipped and returns.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{pair, spawn, strings};
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns.sh")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Two namespaces, removed on drop (also when the test fails).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn up(name: &str, n: u8) -> Netns {
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        let o = Command::new("bash")
+            .arg(script())
+            .args(["up", name, &n.to_string()])
+            .output()
+            .expect("run scripts/netns.sh");
+        assert!(
+            o.status.success(),
+            "scripts/netns.sh up {name} {n}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        ns
+    }
+
+    fn a(&self) -> String {
+        format!("{}-a", self.name)
+    }
+
+    fn b(&self) -> String {
+        format!("{}-b", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["down", &self.name])
+            .status();
+    }
+}
+
+/// Skips (returns false) when not root.
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    println!("{test}: skipped: the netns tests need root (scripts/netns.sh creates namespaces)");
+    false
+}
+
+/// Every mode between `ns`'s two namespaces, the server at `server_ip`.
+fn every_mode(ns: &Netns, server_ip: &str, client_ip: &str) {
+    let (a, b) = (ns.a(), ns.b());
+    let exec_a = ["ip", "netns", "exec", a.as_str()];
+    let exec_b = ["ip", "netns", "exec", b.as_str()];
+    // (options, message size, iterations)
+    let cases: [(&[&str], u64, u64); 9] = [
+        (&["--rc"], 4096, 500),
+        (&["--rc", "-s", "1048576", "-m", "4096"], 1 << 20, 20),
+        (&["--rc", "-e", "-s", "1", "-m", "1024"], 1, 500),
+        (&["--uc", "-s", "4000", "-m", "4096"], 4000, 500),
+        (&["--uc", "-s", "1"], 1, 500),
+        (&["--ud"], 1024, 500),
+        // No -m: the port MTU is rxe's for the 9000-byte link, 4096.
+        (&["--ud", "-s", "4096"], 4096, 500),
+        (&["--srq", "-s", "65536", "-m", "4096"], 65536, 200),
+        (&["--srq", "-e", "-q", "4", "-s", "4000"], 4000, 200),
+    ];
+    for (opts, size, iters) in cases {
+        let mut args = strings(&["pingpong", "-c", "--timeout", "60"]);
+        args.extend(strings(opts));
+        args.extend(strings(&["-n", &iters.to_string()]));
+        let mut client = args.clone();
+        client.push(server_ip.to_string());
+        let (server, client) = pair(&exec_a, &args, &exec_b, &client, size, iters);
+        let gid = |ip: &str| {
+            if ip.contains(':') {
+                format!("GID {ip}")
+            } else {
+                format!("GID ::ffff:{ip}")
+            }
+        };
+        for (o, mine, theirs) in [
+            (&server, server_ip, client_ip),
+            (&client, client_ip, server_ip),
+        ] {
+            let has = |what: &str, ip: &str| {
+                o.stdout
+                    .lines()
+                    .any(|l| l.contains(what) && l.ends_with(&gid(ip)))
+            };
+            assert!(has("local address:", mine), "{opts:?}: local GID\n{o}");
+            assert!(has("remote address:", theirs), "{opts:?}: remote GID\n{o}");
+        }
+    }
+}
+
+#[test]
+fn netns_ipv4_every_mode() {
+    if !need_root("netns_ipv4_every_mode") {
+        return;
+    }
+    let ns = Netns::up("uppv4", 171);
+    every_mode(&ns, "10.66.171.1", "10.66.171.2");
+}
+
+#[test]
+fn netns_ipv6_every_mode() {
+    if !need_root("netns_ipv6_every_mode") {
+        return;
+    }
+    let ns = Netns::up("uppv6", 172);
+    every_mode(&ns, "fd66:172::1", "fd66:172::2");
+}
+
+#[test]
+fn netns_devinfo_gid_table() {
+    if !need_root("netns_devinfo_gid_table") {
+        return;
+    }
+    let ns = Netns::up("uppdi", 173);
+    let a = ns.a();
+    let o = spawn(
+        &["ip", "netns", "exec", &a],
+        &strings(&["devinfo", "--dev-ip", "10.66.173.1"]),
+    )
+    .finish();
+    assert!(o.ok(), "{o}");
+    // rxe's layout for eth0 (MTU 9000): the default GID from the MAC, then IPv4, then IPv6.
+    for want in [
+        "netdev:\t\t\t\teth0 (link MTU 9000)",
+        "active_mtu:\t\t4096 (5)",
+        "state:\t\t\tPORT_ACTIVE (4)",
+        "GID[  0]:\t\tfe80::",
+        "GID[  1]:\t\t::ffff:10.66.173.1, RoCE v2 (this uroce device)",
+        "GID[  2]:\t\tfd66:173::1, RoCE v2\n",
+    ] {
+        assert!(o.stdout.contains(want), "{want:?} missing\n{o}");
+    }
+}
