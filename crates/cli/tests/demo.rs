@@ -6,12 +6,30 @@ use std::process::Command;
 #[test]
 fn demo_moves_checked_data_and_prints_the_table() {
     let out = Command::new(env!("CARGO_BIN_EXE_uroce"))
-        .args(["demo", "--a", "127.0.20.1", "--b", "127.0.20.2", "--mib", "16"])
+        .args([
+            "demo",
+            "--a",
+            "127.0.20.1",
+            "--b",
+            "127.0.20.2",
+            "--mib",
+            "16",
+        ])
         .output()
         .expect("run uroce demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["RDMA WRITE", "RDMA READ", "SEND 4 KiB", "latency: median", "all data verified"] {
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "RDMA WRITE",
+        "RDMA READ",
+        "SEND 4 KiB",
+        "latency: median",
+        "all data verified",
+    ] {
         assert!(stdout.contains(needle), "missing '{needle}' in:\n{stdout}");
     }
 }
@@ -19,7 +37,15 @@ fn demo_moves_checked_data_and_prints_the_table() {
 #[test]
 fn demo_refuses_a_bad_mtu() {
     let out = Command::new(env!("CARGO_BIN_EXE_uroce"))
-        .args(["demo", "--a", "127.0.21.1", "--b", "127.0.21.2", "--mtu", "1000"])
+        .args([
+            "demo",
+            "--a",
+            "127.0.21.1",
+            "--b",
+            "127.0.21.2",
+            "--mtu",
+            "1000",
+        ])
         .output()
         .expect("run uroce demo");
     assert!(!out.status.success());
