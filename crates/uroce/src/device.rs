@@ -22,6 +22,7 @@ use uroce_proto::{Config, DeviceCounters, Instant};
 use uroce_wire::{IcrcContext, IpFields, Ipv4IdMode};
 
 use crate::driver::{
+    faults::{Faults, FaultyBackend},
     syscall::SyscallBackend, uring::UringBackend, Backend, BackendKind, DriverFeatures, DriverStats,
 };
 use crate::{Error, Result};
@@ -53,6 +54,8 @@ pub struct DeviceConfig {
     /// Accept IPv4 packets whose ICRC verifies only for an unknown IP Identification (what the
     /// kernel's rxe sends), at a 2^-16 false-accept chance; see `docs/ARCHITECTURE.md`.
     pub accept_any_ipv4_id: bool,
+    /// Impair outgoing packets (tests over real sockets); `UROCE_FAULTS` by default.
+    pub faults: Option<Faults>,
 }
 
 impl DeviceConfig {
@@ -66,6 +69,7 @@ impl DeviceConfig {
             progress: Progress::default(),
             pcap: std::env::var_os("UROCE_PCAP").map(PathBuf::from),
             accept_any_ipv4_id: false,
+            faults: None,
         }
     }
 }
@@ -249,6 +253,17 @@ impl Device {
                     }
                 }
             }
+        };
+        let faults = match cfg.faults {
+            Some(f) => Some(f),
+            None => Faults::from_env().map_err(Error::Config)?,
+        };
+        let backend: Box<dyn Backend> = match faults {
+            Some(f) => {
+                tracing::warn!(?f, "injecting faults into outgoing packets");
+                Box::new(FaultyBackend::new(backend, f))
+            }
+            None => backend,
         };
         let features = backend.features();
         let mut ecfg = Config::new(cfg.local_ip);

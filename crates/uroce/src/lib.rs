@@ -21,6 +21,7 @@ mod sys;
 pub mod verbs;
 
 pub use device::{Device, DeviceConfig, Progress};
+pub use driver::faults::{FaultCounters, Faults};
 pub use driver::{BackendKind, DriverFeatures, DriverStats};
 pub use error::{Error, Result};
 pub use verbs::{

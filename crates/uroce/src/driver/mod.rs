@@ -1,6 +1,7 @@
 //! Drivers: move datagrams between a UDP socket and the engine. Each back end implements
 //! [`Backend`]; the device's progress loop is the same for all of them.
 
+pub mod faults;
 pub(crate) mod syscall;
 pub(crate) mod uring;
 
@@ -83,6 +84,8 @@ pub struct DriverStats {
     pub tx_errors: u64,
     /// `io_uring_enter` calls made to submit or wait.
     pub ring_enters: u64,
+    /// What fault injection did to outgoing packets (all zero without `UROCE_FAULTS`).
+    pub faults: faults::FaultCounters,
 }
 
 /// A received datagram's addresses and bytes, handed to the engine.
