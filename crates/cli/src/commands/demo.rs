@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4791)]
     pub port: u16,
     /// Socket back end: uring or syscall.
-    #[arg(long, default_value = "syscall")]
+    #[arg(long, default_value = "uring")]
     pub backend: BackendKind,
     /// MiB moved by WRITE and by READ.
     #[arg(long, default_value_t = 256)]
