@@ -114,6 +114,34 @@ fn events_mode() {
 }
 
 #[test]
+fn syscall_back_end() {
+    run_case(
+        45,
+        "--rc",
+        Some(MIB),
+        Some(4096),
+        8,
+        &["--backend", "syscall"],
+    );
+    run_case(
+        46,
+        "--ud",
+        Some(4096),
+        Some(4096),
+        200,
+        &["--backend", "syscall"],
+    );
+    run_case(
+        47,
+        "--srq",
+        Some(4000),
+        Some(1024),
+        200,
+        &["--backend", "syscall", "-e"],
+    );
+}
+
+#[test]
 fn chk_detects_data_without_the_pattern() {
     // The client does not write the pattern (no -c), the server checks (-c): every page's
     // first byte is 0x7b instead of 0.

@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(short = 'p', long, default_value_t = 18515)]
     pub port: u16,
     /// Local address to open the uroce device on. Default: a client uses the local address of
-    /// its TCP connection, a server the address the client connected to.
+    /// its TCP connection, a server the address the client connected to. Two uroce peers on
+    /// one host need two addresses (e.g. 127.0.0.1 and 127.0.0.2): give the client this.
     #[arg(long)]
     pub dev_ip: Option<IpAddr>,
     /// Message size in bytes [default: 4096, with --ud 1024].
