@@ -22,6 +22,22 @@ need() {
 need cargo fmt --version
 need cargo clippy --version
 
+# System packages some tests use: tshark (wireshark's dissector checks our captures), iproute2
+# (network namespaces). Installing needs root; without root those tests report themselves
+# skipped.
+if [[ $(id -u) -eq 0 ]]; then
+    missing=()
+    command -v tshark >/dev/null || missing+=(tshark)
+    command -v ip >/dev/null || missing+=(iproute2)
+    if ((${#missing[@]})); then
+        echo "== apt-get install ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" </dev/null >/dev/null
+    fi
+else
+    echo "== not root: the network-namespace tests (and tshark, if missing) are SKIPPED; they need root" >&2
+fi
+
 echo "== rustfmt" >&2
 cargo fmt --all -- --check
 

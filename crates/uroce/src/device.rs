@@ -23,7 +23,9 @@ use uroce_wire::{IcrcContext, IpFields, Ipv4IdMode};
 
 use crate::driver::{
     faults::{Faults, FaultyBackend},
-    syscall::SyscallBackend, uring::UringBackend, Backend, BackendKind, DriverFeatures, DriverStats,
+    syscall::SyscallBackend,
+    uring::UringBackend,
+    Backend, BackendKind, DriverFeatures, DriverStats,
 };
 use crate::{Error, Result};
 
@@ -77,30 +79,39 @@ impl DeviceConfig {
 /// Writes both directions of traffic to a pcap file.
 struct Capture {
     writer: uroce_capture::pcap::PcapWriter<std::io::BufWriter<std::fs::File>>,
+    solver: uroce_wire::Ipv4IdSolver,
 }
 
 impl Capture {
     /// Records one packet; `ipv4_id` is the Identification it has on the wire (0 for a lone
-    /// packet, `i` for segment `i` of a GSO batch; received packets are recorded with 0, as
-    /// a UDP socket does not see it).
+    /// packet, `i` for segment `i` of a GSO batch), or `None` for a received packet, whose ID a
+    /// UDP socket does not see: it is then solved from the ICRC, so that the file holds the
+    /// packet as it was on the wire and its ICRC verifies (a corrupted packet keeps ID 0).
     fn record(
         &mut self,
         now: Instant,
         src: SocketAddr,
         dst: SocketAddr,
-        ipv4_id: u16,
+        ipv4_id: Option<u16>,
         bytes: &[u8],
     ) {
         let ip = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id.unwrap_or(0)),
             (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
             _ => return,
         };
-        let ctx = IcrcContext {
+        let mut ctx = IcrcContext {
             ip,
             src_port: src.port(),
             dst_port: dst.port(),
         };
+        if ipv4_id.is_none() {
+            if let Ok(uroce_wire::IcrcCheck::SolvedIpv4Id(id)) =
+                ctx.verify_with(bytes, Ipv4IdMode::Solve, &mut self.solver)
+            {
+                ctx = ctx.with_ipv4_id(id);
+            }
+        }
         let ts = Duration::from_nanos(now.as_nanos());
         // Capture is best effort: a full disk must not stop the data path.
         let _ = self.writer.write_roce(ts, &ctx, bytes);
@@ -135,7 +146,7 @@ impl Inner {
         let local = *local;
         let r = backend.recv_ready(&mut |from, to, bytes| {
             if let Some(c) = capture.as_mut() {
-                c.record(now, from, SocketAddr::new(to, local.port()), 0, bytes);
+                c.record(now, from, SocketAddr::new(to, local.port()), None, bytes);
             }
             eng.handle_datagram(now, from, to, bytes);
         });
@@ -155,7 +166,7 @@ impl Inner {
             if let Some(c) = self.capture.as_mut() {
                 let seg = t.segment_size.unwrap_or(t.len).max(1);
                 for (i, p) in data.chunks(seg).enumerate() {
-                    c.record(now, self.local, t.dst, i as u16, p);
+                    c.record(now, self.local, t.dst, Some(i as u16), p);
                 }
             }
             if self.backend.send(t.dst, data, t.segment_size).is_err() {
@@ -277,7 +288,10 @@ impl Device {
                 let f = std::fs::File::create(p)?;
                 let writer = uroce_capture::pcap::PcapWriter::new(std::io::BufWriter::new(f))
                     .map_err(|e| Error::Config(format!("pcap {}: {e}", p.display())))?;
-                Some(Capture { writer })
+                Some(Capture {
+                    writer,
+                    solver: uroce_wire::Ipv4IdSolver::default(),
+                })
             }
             None => None,
         };
