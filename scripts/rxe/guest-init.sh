@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash disable=SC2013
 # uroce rxe guest, stage 1: the /init of the busybox initramfs that scripts/rxe/guest.sh builds.
 #
 # Loads the virtio, 9p and overlay modules shipped in the initramfs (in the order of
@@ -37,5 +38,6 @@ cp /stage2.sh /newroot/uroce-stage2.sh || fail "copy stage 2"
 
 echo "uroce-rxe init: switch_root, uptime $(cut -d' ' -f1 /proc/uptime)s"
 umount /proc /sys /dev
+# shellcheck disable=SC2093 # fail runs only if exec itself fails
 exec switch_root /newroot /bin/sh /uroce-stage2.sh
 fail "switch_root"

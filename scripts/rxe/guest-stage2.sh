@@ -55,6 +55,7 @@ mkdir -p "$S"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 uroce "$S" || fail "mount control share"
 mkdir -p "$S/state" "$S/cmd" "$S/run" "$S/out"
 [ -r "$S/config.sh" ] || fail "no config.sh on the control share"
+# shellcheck disable=SC1091 # written by guest.sh start
 . "$S/config.sh"
 hostname "$NAME"
 

@@ -27,7 +27,7 @@
 #
 # Environment: UROCE_RXE_DIR (state and cache, default <repo>/target/rxe), UROCE_RXE_NETNS,
 # UROCE_RXE_KVER (guest kernel), UROCE_RXE_ACCEL (default tcg: KVM hangs in early boot here),
-# UROCE_RXE_MEM (MiB, 1024), UROCE_RXE_BOOT_TIMEOUT (s, 600), UROCE_RXE_LIFETIME (s, 7200: a
+# UROCE_RXE_CPU (qemu -cpu, default qemu's), UROCE_RXE_MEM (MiB, 1024), UROCE_RXE_BOOT_TIMEOUT (s, 600), UROCE_RXE_LIFETIME (s, 7200: a
 # guest powers itself off, and qemu is killed, after that long).
 set -euo pipefail
 
@@ -38,11 +38,10 @@ NS=${UROCE_RXE_NETNS:-uroce-rxe}
 BR=urxebr0
 BR4=10.77.0.1
 BR6=fd77::1
-NET4=10.77.0
-NET6=fd77:
 MTU=9000
 ACCEL=${UROCE_RXE_ACCEL:-tcg}
 MEM=${UROCE_RXE_MEM:-1024}
+CPU=${UROCE_RXE_CPU:-}
 BOOT_TIMEOUT=${UROCE_RXE_BOOT_TIMEOUT:-600}
 LIFETIME=${UROCE_RXE_LIFETIME:-7200}
 PACKAGES=(qemu-system-x86 linux-image-amd64 rdma-core ibverbs-utils ibverbs-providers perftest
@@ -156,6 +155,17 @@ build_initramfs() {
     echo "$sum" >"$out.sum"
 }
 
+# Setup steps under one lock, so that guests started in parallel do not race on them.
+setup_locked() {
+    mkdir -p "$STATE"
+    (
+        flock -w 900 9 || die "could not lock $STATE/setup.lock in 900 s"
+        install_packages
+        build_initramfs
+        netns_up
+    ) 9>"$STATE/setup.lock"
+}
+
 # ---------------------------------------------------------------- network namespace
 
 netns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$NS"; }
@@ -176,6 +186,7 @@ netns_up() {
 netns_down() {
     if netns_exists; then
         ip netns del "$NS"
+        log "netns $NS removed"
     fi
 }
 
@@ -193,9 +204,10 @@ check_name() {
 guest_pids() {
     local d pid
     d=$(gdir "$1")
+    # shellcheck disable=SC2013 # one pid per file
     for pid in $(cat "$d/pgid" "$d/qemu.pid" 2>/dev/null); do
         [[ $pid =~ ^[0-9]+$ ]] || continue
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-name uroce-rxe-$1 " &&
+        { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "-name uroce-rxe-$1 " &&
             echo "$pid"
     done
     return 0
@@ -227,11 +239,21 @@ ensure_ready() {
     [[ -e $d/share/state/ready ]] || die "guest $1 is not ready"
 }
 
+drop_tap() {
+    if netns_exists; then
+        ip -n "$NS" link del "$(tap_of "$1")" 2>/dev/null || true
+    fi
+}
+
+# Kills NAME's qemu (TERM, then KILL after 10 s) and removes its tap.
 kill_guest() {
     local name=$1 d pgid pids end
     d=$(gdir "$name")
     pids=$(guest_pids "$name")
-    [[ -z $pids ]] && return 0
+    if [[ -z $pids ]]; then
+        drop_tap "$name"
+        return 0
+    fi
     pgid=$(cat "$d/pgid" 2>/dev/null || true)
     if [[ -n $pgid ]] && grep -qx "$pgid" <<<"$pids"; then
         kill -TERM -- "-$pgid" 2>/dev/null || true
@@ -244,8 +266,9 @@ kill_guest() {
     if [[ -n $pids ]]; then
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
-        [[ -n $pgid ]] && kill -KILL -- "-$pgid" 2>/dev/null || true
+        if [[ -n $pgid ]]; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
     fi
+    drop_tap "$name"
 }
 
 cmd_stop() {
@@ -262,16 +285,15 @@ cmd_stop() {
         fi
         log "stopped $name"
     fi
-    if netns_exists; then
-        ip -n "$NS" link del "$(tap_of "$name")" 2>/dev/null || true
-    fi
+    drop_tap "$name"
     rm -f "$d/pgid" "$d/qemu.pid"
 }
 
 cmd_start() {
     local name=$1 ip4=$2 ip6=${3:-} d tap mac k initrd t0 end other
     check_name "$name"
-    [[ $ip4 =~ ^10\.77\.0\.([0-9]{1,3})$ ]] && ((BASH_REMATCH[1] >= 2 && BASH_REMATCH[1] <= 254)) ||
+    # shellcheck disable=SC2015 # die unless both hold
+    [[ $ip4 =~ ^10\.77\.0\.([1-9][0-9]{0,2})$ ]] && ((BASH_REMATCH[1] >= 2 && BASH_REMATCH[1] <= 254)) ||
         die "IPv4 '$ip4': use 10.77.0.2 to 10.77.0.254 (the netns' subnet; .1 is the bridge)"
     local last=${BASH_REMATCH[1]}
     if [[ -n $ip6 ]]; then
@@ -295,9 +317,7 @@ cmd_start() {
         fi
     done
 
-    install_packages
-    build_initramfs
-    netns_up
+    setup_locked
     k=$(kver)
     initrd=$(initramfs_path)
 
@@ -326,7 +346,7 @@ EOF
     setsid timeout -s KILL "$((LIFETIME + 60))" \
         ip netns exec "$NS" qemu-system-x86_64 \
         -name "uroce-rxe-$name" \
-        -accel "$ACCEL" -m "$MEM" -smp 1 \
+        -accel "$ACCEL" ${CPU:+-cpu "$CPU"} -m "$MEM" -smp 1 \
         -nodefaults -no-user-config -display none -monitor none -no-reboot \
         -serial "file:$d/console.log" \
         -kernel "/boot/vmlinuz-$k" -initrd "$initrd" \
@@ -338,6 +358,8 @@ EOF
         -pidfile "$d/qemu.pid" \
         </dev/null >"$d/qemu.log" 2>&1 &
     echo $! >"$d/pgid"
+    # Interrupted while booting: the guest goes too.
+    trap 'kill_guest "$name"; log "interrupted: killed guest $name"; exit 130' INT TERM
     log "booting $name ($ip4 ${ip6}) with $ACCEL, kernel $k; console: $d/console.log"
 
     end=$(($(date +%s) + BOOT_TIMEOUT))
@@ -354,6 +376,7 @@ EOF
         fi
         sleep 0.2
     done
+    trap - INT TERM
     log "guest $name ready in $(since "$t0") s"
     cat "$d/share/state/info.txt"
 }
@@ -438,7 +461,6 @@ cmd_teardown() {
         cmd_stop "${g##*/}"
     done
     netns_down
-    log "netns $NS removed"
 }
 
 main() {
@@ -446,9 +468,7 @@ main() {
     shift || true
     case $cmd in
     setup)
-        install_packages
-        build_initramfs
-        netns_up
+        setup_locked
         log "ready: kernel $(kver), initramfs $(initramfs_path), netns $NS bridge $BR $BR4 $BR6"
         ;;
     start)

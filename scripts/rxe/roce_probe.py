@@ -5,7 +5,8 @@ Each probe is a UD SEND Only to QP1 (the GSI QP, which every RoCE port has) with
 0x80010000, P_Key 0xffff and a 256-byte zero MAD (which the MAD layer discards after rxe has
 counted the packet), carrying a valid ICRC. rxe counts it in `rdma statistic` as rcvd_pkts: its
 receive path only counts a packet whose destination GID is its own, whose QP exists and matches
-the opcode and keys, and whose ICRC is right, so the counter proves the whole path.
+the opcode and keys, and whose ICRC is right, so the counter proves the whole path. With
+--bad-icrc one more IPv4 probe goes first with its ICRC inverted: rxe must not count it.
 
 IPv4 goes out through a raw socket with the IP header built here, because the ICRC covers the
 IPv4 Identification field, which the kernel would choose for an ordinary UDP socket. IPv6 uses
@@ -54,7 +55,7 @@ def csum16(data):
     return ~s & 0xFFFF
 
 
-def probe4(src, dst, psn):
+def probe4(src, dst, psn, bad_icrc=False):
     bth, rest = bth_deth_payload(psn)
     udp_len = 8 + len(bth) + len(rest) + 4
     total = 20 + udp_len
@@ -67,6 +68,8 @@ def probe4(src, dst, psn):
 
     udp_nocsum = struct.pack("!HHHH", SRC_PORT, ROCE_PORT, udp_len, 0)
     crc = icrc(iphdr(0xFF, 0xFF, 0xFFFF), udp_nocsum, bth, rest)
+    if bad_icrc:
+        crc = bytes(b ^ 0xFF for b in crc)
     payload = bth + rest + crc
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, udp_len)
     c = csum16(pseudo + udp_nocsum + payload) or 0xFFFF
@@ -101,8 +104,14 @@ def main():
     ap.add_argument("--src6")
     ap.add_argument("--dst6")
     ap.add_argument("--count", type=int, default=1, help="probes per address family")
+    ap.add_argument("--bad-icrc", action="store_true",
+                    help="also send one IPv4 probe whose ICRC is wrong (rxe must drop it)")
     a = ap.parse_args()
     sent = 0
+    if a.bad_icrc and a.src4 and a.dst4:
+        n = probe4(a.src4, a.dst4, 0xBAD, bad_icrc=True)
+        print(f"sent IPv4 {a.src4}:{SRC_PORT} -> {a.dst4}:{ROCE_PORT} UD SEND to QP1, "
+              f"{n} bytes, PSN {0xBAD}, WRONG ICRC")
     for i in range(a.count):
         if a.src4 and a.dst4:
             n = probe4(a.src4, a.dst4, i)

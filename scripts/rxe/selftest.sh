@@ -56,10 +56,16 @@ trap 'exit 130' INT TERM
 
 rm -rf "$art"
 mkdir -p "$art"
+# Guests of a self-test killed without its cleanup power off after 15 minutes at most.
+export UROCE_RXE_LIFETIME=${UROCE_RXE_LIFETIME:-900}
 
 step "setup"
 "$G" setup
 ns=$("$G" netns)
+
+# Left over from an earlier run that could not clean up: start afresh.
+"$G" stop st1
+"$G" stop st2
 
 step "booting st1 ($A4) and st2 ($B4)"
 t=$(date +%s.%N)
@@ -87,34 +93,57 @@ until grep -q "listening on" "$art/tcpdump.err"; do
     sleep 0.1
 done
 
-# pair NAME SERVER_CMD CLIENT_CMD: server in st1, client in st2 pointing at st1.
-pair() {
-    local what=$1 cmd=$2 id t r=0
-    step "$what: $cmd"
-    t=$(date +%s.%N)
-    id=$("$G" submit st1 -t 240 "$cmd")
-    "$G" wait-port st1 18515 120
-    "$G" run st2 -t 240 "$cmd $A4" >"$art/$what.client.out" 2>&1 || r=$?
-    "$G" wait st1 "$id" >"$art/$what.server.out" 2>&1 || r=$((r ? r : $?))
+# pair_once WHAT CMD CHECK: server `CMD` in st1, client `CMD st1's address` in st2; both must
+# exit 0 and both outputs match the regex CHECK.
+pair_once() {
+    local what=$1 cmd=$2 check=$3 id r=0 rs=0
+    # The server records its pid so that a failed attempt can end it (by pid) in the guest.
+    id=$("$G" submit st1 -t 240 "echo \$\$ >/tmp/server.pid; exec $cmd")
+    if "$G" wait-port st1 18515 120; then
+        "$G" run st2 -t 240 "$cmd $A4" >"$art/$what.client.out" 2>&1 || r=$?
+    else
+        r=1
+    fi
+    if ((r != 0)); then
+        # shellcheck disable=SC2016 # expands in the guest
+        "$G" run st1 -t 30 'kill "$(cat /tmp/server.pid)" 2>/dev/null; true' || true
+    fi
+    "$G" wait st1 "$id" >"$art/$what.server.out" 2>&1 || rs=$?
     echo "-- $what client (st2):" >&2
     cat "$art/$what.client.out" >&2
-    ((r == 0)) || {
+    if ((r != 0 || rs != 0)) || ! grep -qE "$check" "$art/$what.client.out" ||
+        ! grep -qE "$check" "$art/$what.server.out"; then
         echo "-- $what server (st1):" >&2
         cat "$art/$what.server.out" >&2
-        fail "$what exited $r"
-    }
-    echo "$what took $(since "$t") s" >&2
+        echo "selftest: $what failed: client exit $r, server exit $rs" >&2
+        return 1
+    fi
 }
 
+# pair WHAT CMD CHECK: pair_once, tried a second time if the first fails (TCG guests on busy
+# cores can stall past rxe's retransmission limits); a second failure fails the test.
+pair() {
+    local what=$1 t
+    step "$what: $2"
+    t=$(date +%s.%N)
+    if ! pair_once "$@"; then
+        echo "selftest: $what: attempt 1 failed, trying once more" >&2
+        retries+=("$what")
+        pair_once "$@" || fail "$what failed twice"
+    fi
+    echo "$what took $(since "$t") s" >&2
+}
+retries=()
+
 t=$(date +%s.%N)
-pair pingpong "ibv_rc_pingpong -d rxe0 -g 1 -c -n 10 -s 4000"
-grep -q "10 iters in" "$art/pingpong.client.out" || fail "pingpong client did not report 10 iters"
-grep -q "10 iters in" "$art/pingpong.server.out" || fail "pingpong server did not report 10 iters"
+pair pingpong "ibv_rc_pingpong -d rxe0 -g 1 -c -n 10 -s 4000" "10 iters in"
 t_pp=$(since "$t")
 
 t=$(date +%s.%N)
-pair write_bw "ib_write_bw -d rxe0 -x 1 -n 100 -s 65536 --report_gbits"
-grep -qE '^ *65536 +100 ' "$art/write_bw.client.out" || fail "ib_write_bw reported no result line"
+# -F: perftest samples the CPU clock and, when TCG on busy cores spoils the sample
+# ("Correlation coefficient r^2 < 0.9"), exits with "Can't produce a report" unless -F is given
+# (the bandwidth it prints is then 0). -u 18: QP ACK timeout ~1 s instead of ~67 ms.
+pair write_bw "ib_write_bw -d rxe0 -x 1 -n 100 -s 65536 -F -u 18 --report_gbits" '^ *65536 +100 '
 t_bw=$(since "$t")
 
 kill -INT "$cap_pid"
@@ -141,4 +170,4 @@ cat "$art/probe.out" >&2
 t_probe=$(since "$t")
 
 echo "selftest timings: boot (2 guests in parallel) ${t_boot} s, pingpong ${t_pp} s," \
-    "ib_write_bw ${t_bw} s, probe ${t_probe} s" >&2
+    "ib_write_bw ${t_bw} s, probe ${t_probe} s; retried: ${retries[*]:-none}" >&2
