@@ -459,6 +459,11 @@ impl Device {
         self.qps.get(&qpn)
     }
 
+    /// The QPs, in no particular order.
+    pub fn qps(&self) -> impl Iterator<Item = &Qp> {
+        self.qps.values()
+    }
+
     /// Number of QPs.
     pub fn qp_count(&self) -> usize {
         self.qps.len()

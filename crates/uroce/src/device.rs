@@ -123,6 +123,7 @@ pub(crate) struct Inner {
     backend: Box<dyn Backend>,
     txbuf: Vec<u8>,
     capture: Option<Capture>,
+    stats: Option<crate::stats::StatsFile>,
     pub(crate) channels: HashMap<u32, Arc<crate::verbs::ChannelShared>>,
     local: SocketAddr,
     pub(crate) io_errors: u64,
@@ -157,6 +158,9 @@ impl Inner {
             eng.handle_timeout(now);
         }
         self.transmit(now);
+        if let Some(f) = self.stats.as_mut() {
+            f.maybe_write(now, self.local, &self.eng, &self.backend.stats());
+        }
     }
 
     /// Sends everything the engine has ready and raises CQ events.
@@ -302,6 +306,7 @@ impl Device {
                 backend,
                 txbuf: vec![0; TXBUF_LEN],
                 capture,
+                stats: crate::stats::StatsFile::new(local),
                 channels: HashMap::new(),
                 local,
                 io_errors: 0,
@@ -403,8 +408,10 @@ impl Drop for Device {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // Flush the capture file.
-        self.shared.lock().capture = None;
+        // Flush the capture file, remove the counters file.
+        let mut g = self.shared.lock();
+        g.capture = None;
+        g.stats = None;
     }
 }
 

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod devinfo;
 mod netif;
 pub mod pingpong;
+pub mod stat;
 
 use std::io;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub enum Command {
     /// Move checked data between two devices on this machine (127.0.0.1 ↔ 127.0.0.2) with
     /// RDMA WRITE, READ, SEND and atomics, and print throughput, latency and CPU cost.
     Demo(demo::Args),
+    /// Print the counters of every uroce device open on this machine (device, driver, per QP).
+    Stat(stat::Args),
     /// Show the uroce device of each network interface as ibv_devinfo shows rxe's: port
     /// state, active MTU and the GID table with rxe's numbering.
     Devinfo(devinfo::Args),
@@ -35,6 +38,7 @@ pub fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Decode(args) => decode::run(&args, &mut io::stdout().lock()),
         Command::Demo(args) => demo::run(&args, &mut io::stdout().lock()),
+        Command::Stat(args) => stat::run(&args, &mut io::stdout().lock()),
         Command::Devinfo(args) => devinfo::run(&args, &mut io::stdout().lock()),
         Command::Pingpong(args) => pingpong::run(&args, &mut io::stdout().lock()),
     };
