@@ -275,7 +275,11 @@ cmd_stop() {
     local name=$1 d end
     check_name "$name"
     d=$(gdir "$name")
-    if alive "$name"; then
+    if alive "$name" && [[ ! -e $d/share/state/ready ]]; then
+        # Still booting: its command loop is not there yet to see `stop`.
+        kill_guest "$name"
+        log "killed $name (it was still booting)"
+    elif alive "$name"; then
         touch "$d/share/stop"
         end=$(($(date +%s) + 60))
         while alive "$name" && (($(date +%s) < end)); do sleep 0.2; done

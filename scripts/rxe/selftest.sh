@@ -32,9 +32,14 @@ fail() {
 }
 
 cap_pid=
+p1='' p2=''
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    # guest.sh start still booting: TERM makes it kill its guest.
+    for p in $p1 $p2; do
+        if kill -TERM "$p" 2>/dev/null; then wait "$p" 2>/dev/null || true; fi
+    done
     if [[ -n $cap_pid ]]; then
         kill -INT "$cap_pid" 2>/dev/null || true
         wait "$cap_pid" 2>/dev/null || true
@@ -77,6 +82,7 @@ p2=$!
 r1=0 r2=0
 wait "$p1" || r1=$?
 wait "$p2" || r2=$?
+p1='' p2=''
 cat "$art/st1.start" "$art/st2.start" >&2
 ((r1 == 0 && r2 == 0)) || fail "boot (st1: $r1, st2: $r2)"
 t_boot=$(since "$t")
