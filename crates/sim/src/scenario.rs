@@ -276,6 +276,28 @@ pub fn drop_in_flight(
     dropped
 }
 
+/// Like [`drop_in_flight`], but offers each packet to `f` only once: packets handed to the
+/// network before the previous call with the same `cursor` are skipped. Call it before every
+/// step (e.g. from a `run_until` condition) for a per-packet loss decision, such as losing a
+/// share of one direction's packets only.
+pub fn drop_new_in_flight(
+    sim: &mut Sim,
+    cursor: &mut u64,
+    mut f: impl FnMut(std::net::SocketAddr, usize, &[u8]) -> bool,
+) -> usize {
+    let since = *cursor;
+    if sim.seq == since {
+        return 0;
+    }
+    *cursor = sim.seq;
+    let before = sim.queue.len();
+    sim.queue
+        .retain(|std::cmp::Reverse(p)| p.seq <= since || !f(p.from, p.to, &p.bytes));
+    let dropped = before - sim.queue.len();
+    sim.stats.lost += dropped as u64;
+    dropped
+}
+
 /// The BTH opcode of a RoCEv2 transport packet (its first byte).
 pub fn opcode_of(packet: &[u8]) -> Option<uroce_wire::Opcode> {
     packet.first().and_then(|b| uroce_wire::Opcode::from_u8(*b))
