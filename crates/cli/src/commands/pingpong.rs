@@ -110,6 +110,10 @@ pub struct Args {
     /// Give up after this many seconds without progress (0: wait forever, as rdma-core does).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
+    /// Print the device's counters to stderr at the end (ICRC verified exactly vs through the
+    /// unknown-IPv4-ID path, retransmits, drops).
+    #[arg(long)]
+    pub counters: bool,
 }
 
 /// Which example to behave as.
@@ -862,6 +866,21 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     );
 
     let elapsed = ctx.run(client)?;
+    if args.counters {
+        let c = ctx.dev.counters();
+        eprintln!(
+            "counters: rx {} packets ({} ICRC exact, {} with a solved IPv4 ID, {} ICRC drops, {} malformed), \
+             tx {} packets in {} datagrams; {:?}",
+            c.rx_packets,
+            c.rx_packets.saturating_sub(c.icrc_solved_id + c.icrc_drops + c.malformed),
+            c.icrc_solved_id,
+            c.icrc_drops,
+            c.malformed,
+            c.tx_packets,
+            c.tx_datagrams,
+            c
+        );
+    }
 
     // As the examples: float microseconds, bytes both ways.
     let usec = elapsed.as_micros() as f32;

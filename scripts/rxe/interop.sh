@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# uroce against the kernel's Soft-RoCE (rdma_rxe) driven by rdma-core's own example programs:
+# ibv_{rc,uc,ud,srq}_pingpong -c in a qemu guest against `uroce pingpong` in the host netns
+# (bridge address 10.77.0.1 / fd77::1), in both directions (uroce client ↔ rxe server, rxe
+# client ↔ uroce server), RC at 1 B, 4000 B and 1 MiB, path MTU 1024 and 4096, IPv4 and IPv6.
+# Every run validates the data (-c) on both sides; every one must exit 0 on both sides.
+#
+#   scripts/rxe/interop.sh [--quick]
+#
+# Needs root (exit 77 = skipped otherwise). Builds the release CLI, boots one guest (ix1,
+# 10.77.0.2 / fd77::2), stops it at the end. Prints "N passed, N failed" and exits 1 on any
+# failure; outputs go to target/rxe/interop/.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+G=$here/guest.sh
+[[ $(id -u) -eq 0 ]] || { echo "interop.sh needs root (netns, taps, qemu): skipped" >&2; exit 77; }
+quick=0
+[[ ${1:-} == --quick ]] && quick=1
+art=$root/target/rxe/interop
+mkdir -p "$art"
+NS=uroce-rxe
+GUEST=ix1 G4=10.77.0.2 G6=fd77::2 H4=10.77.0.1 H6=fd77::1
+
+cd "$root"
+cargo build --release --locked -p uroce-cli >&2
+U=$root/target/release/uroce
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    "$G" stop "$GUEST" 2>/dev/null || true
+    exit "$rc"
+}
+trap cleanup EXIT INT TERM
+"$G" setup >&2
+"$G" start "$GUEST" "$G4" "$G6" > "$art/guest-start.txt"
+
+pass=0 fail=0
+n=0
+record() { # name status...
+    local name=$1 ok=$2
+    if [[ $ok == 1 ]]; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name (see $art/$n.*)"; fi
+}
+
+# uroce is the client, rxe the server.
+to_rxe() { # mode ip-version args...
+    local mode=$1 v=$2; shift 2
+    local gidx=1 dev=$H4 peer=$G4
+    [[ $v == 6 ]] && { gidx=2; dev=$H6; }
+    n=$((n + 1))
+    local id
+    id=$("$G" submit "$GUEST" "ibv_${mode}_pingpong -g $gidx -c $*")
+    "$G" wait-port "$GUEST" 18515 >/dev/null
+    local u=0 g=0
+    timeout 120 ip netns exec "$NS" "$U" pingpong "--$mode" -g "$gidx" -c "$@" --dev-ip "$dev" --counters \
+        --timeout 90 "$peer" > "$art/$n.uroce" 2>&1 || u=$?
+    "$G" wait "$GUEST" "$id" > "$art/$n.rxe" 2>&1 || g=$?
+    record "uroce client -> rxe server: $mode IPv$v $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
+}
+
+# rxe is the client, uroce the server.
+from_rxe() {
+    local mode=$1 v=$2; shift 2
+    local gidx=1 dev=$H4
+    [[ $v == 6 ]] && { gidx=2; dev=$H6; }
+    n=$((n + 1))
+    local u=0 g=0
+    timeout 120 ip netns exec "$NS" "$U" pingpong "--$mode" -g "$gidx" -c "$@" --dev-ip "$dev" --counters \
+        --timeout 90 > "$art/$n.uroce" 2>&1 &
+    local pid=$!
+    # The server prints "listening" on stderr once its TCP port is open.
+    local deadline=$((SECONDS + 30))
+    until grep -q listening "$art/$n.uroce" 2>/dev/null; do
+        ((SECONDS < deadline)) && kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    "$G" run "$GUEST" -t 100 "ibv_${mode}_pingpong -g $gidx -c $* $H4" > "$art/$n.rxe" 2>&1 || g=$?
+    wait "$pid" || u=$?
+    record "rxe client -> uroce server: $mode IPv$v $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
+}
+
+t0=$SECONDS
+for v in 4 6; do
+    for mtu in 1024 4096; do
+        sizes="1 4000 1048576"
+        ((quick)) && sizes="4000"
+        for s in $sizes; do
+            iters=20
+            [[ $s == 1048576 ]] && iters=5
+            to_rxe rc "$v" -n "$iters" -s "$s" -m "$mtu"
+            from_rxe rc "$v" -n "$iters" -s "$s" -m "$mtu"
+        done
+        ((quick)) && [[ $v == 6 || $mtu == 1024 ]] && continue
+        to_rxe uc "$v" -n 20 -s 4000 -m "$mtu"
+        from_rxe uc "$v" -n 20 -s 4000 -m "$mtu"
+        to_rxe srq "$v" -n 20 -s 4000 -m "$mtu"
+        from_rxe srq "$v" -n 20 -s 4000 -m "$mtu"
+    done
+    # UD has no -m: the port MTU (4096 with the 9000-byte link) bounds the size.
+    to_rxe ud "$v" -n 20 -s 2048
+    from_rxe ud "$v" -n 20 -s 4096
+done
+echo "interop: $((SECONDS - t0)) s"
+echo "$pass passed, $fail failed"
+((fail == 0))
