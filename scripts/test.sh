@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # Order: format, lints (clippy -D warnings, missing_docs via the workspace lints), the whole
-# test suite, then a bounded fuzz run of each cargo-fuzz target. Installs what it needs with
+# test suite, interop against the kernel's rxe in a qemu guest (root), then a bounded fuzz run
+# of each cargo-fuzz target. Installs what it needs with
 # cargo (cargo-fuzz). Tests that need root (network namespaces, later issues) say so and are
 # counted as skipped when not root.
 set -euo pipefail
@@ -46,6 +47,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests" >&2
 cargo test --workspace --locked
+
+echo "== interop with the kernel's rxe (qemu guest; root)" >&2
+rc=0
+scripts/rxe/interop.sh || rc=$?
+case $rc in
+0) ;;
+77) echo "interop with rxe: SKIPPED (needs root)" >&2 ;;
+*) echo "interop with rxe: FAILED" >&2; exit "$rc" ;;
+esac
 
 echo "== fuzz (bounded, ${fuzz_seconds}s per target)" >&2
 for t in fuzz/fuzz_targets/*.rs; do
