@@ -46,7 +46,7 @@ echo "== clippy (-D warnings, workspace lints incl. missing_docs)" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests" >&2
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 echo "== interop with the kernel's rxe (qemu guest; root)" >&2
 rc=0
