@@ -1,6 +1,7 @@
 //! The subcommands: one module each, with an `Args` (clap) and a `run` returning
 //! `Result<ExitCode, CliError>`.
 
+pub mod bench;
 pub mod decode;
 pub mod demo;
 pub mod devinfo;
@@ -18,6 +19,9 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
+    /// perftest's bandwidth and latency tests (ib_write_bw, ib_read_bw, ib_send_bw,
+    /// ib_atomic_bw, ib_write_lat): same TCP side channel on port 18515, either side.
+    Bench(bench::Args),
     /// Print one line per frame of a pcap capture, decoding RoCEv2 headers and checking ICRCs.
     Decode(decode::Args),
     /// Move checked data between two devices on this machine (127.0.0.1 ↔ 127.0.0.2) with
@@ -36,6 +40,7 @@ pub enum Command {
 /// Runs a subcommand and reports its error, if any, on stderr.
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
+        Command::Bench(args) => bench::run(&args, &mut io::stdout().lock()),
         Command::Decode(args) => decode::run(&args, &mut io::stdout().lock()),
         Command::Demo(args) => demo::run(&args, &mut io::stdout().lock()),
         Command::Stat(args) => stat::run(&args, &mut io::stdout().lock()),

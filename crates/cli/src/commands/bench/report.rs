@@ -1,0 +1,458 @@
+//! Result lines: a perftest-like table, or one JSON object per line with `--json`, plus the
+//! link's health (retransmissions, ICRC drops, ...) so that a run that lost packets is never
+//! shown as clean, and the CPU time of this process.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nix::sys::resource::{getrusage, UsageWho};
+use serde_json::{json, Value};
+
+/// User + system CPU seconds of this process so far (all its threads: the progress thread's
+/// receive work counts too).
+pub fn cpu_seconds() -> f64 {
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// Counters that say whether the link lost or damaged anything, summed over the QPs and the
+/// device. Differences of two snapshots describe one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Request packets sent again.
+    pub retransmits: u64,
+    /// Retries started by the ACK timer.
+    pub timeouts: u64,
+    /// NAKs received (any code).
+    pub naks: u64,
+    /// RNR NAKs received (the receiver had no receive posted: not a loss).
+    pub rnr_naks: u64,
+    /// Duplicate requests the responder saw.
+    pub duplicates: u64,
+    /// Requests that arrived ahead of the expected PSN (a packet before them was lost).
+    pub out_of_sequence: u64,
+    /// Packets dropped because their ICRC did not verify.
+    pub icrc_drops: u64,
+    /// Completions lost to a full CQ.
+    pub cq_overruns: u64,
+    /// Socket errors.
+    pub io_errors: u64,
+}
+
+impl Health {
+    /// Snapshot of `dev` and its `qps`.
+    pub fn of(dev: &uroce::Device, qps: &[uroce::QueuePair]) -> Health {
+        let mut h = Health::default();
+        for q in qps {
+            if let Some(c) = q.counters() {
+                h.retransmits += c.retransmits;
+                h.timeouts += c.timeouts;
+                h.naks += c.naks_received.iter().sum::<u64>();
+                h.rnr_naks += c.rnr_naks_received;
+                h.duplicates += c.duplicates;
+                h.out_of_sequence += c.out_of_sequence;
+            }
+        }
+        let d = dev.counters();
+        h.icrc_drops = d.icrc_drops;
+        h.cq_overruns = d.cq_overruns;
+        h.io_errors = dev.io_errors();
+        h
+    }
+
+    /// `self - before`.
+    pub fn since(&self, before: &Health) -> Health {
+        Health {
+            retransmits: self.retransmits.saturating_sub(before.retransmits),
+            timeouts: self.timeouts.saturating_sub(before.timeouts),
+            naks: self.naks.saturating_sub(before.naks),
+            rnr_naks: self.rnr_naks.saturating_sub(before.rnr_naks),
+            duplicates: self.duplicates.saturating_sub(before.duplicates),
+            out_of_sequence: self.out_of_sequence.saturating_sub(before.out_of_sequence),
+            icrc_drops: self.icrc_drops.saturating_sub(before.icrc_drops),
+            cq_overruns: self.cq_overruns.saturating_sub(before.cq_overruns),
+            io_errors: self.io_errors.saturating_sub(before.io_errors),
+        }
+    }
+
+    /// Nothing was lost, resent, damaged or dropped (RNR NAKs alone are flow control).
+    pub fn clean(&self) -> bool {
+        self.retransmits == 0
+            && self.timeouts == 0
+            && self.naks == 0
+            && self.duplicates == 0
+            && self.out_of_sequence == 0
+            && self.icrc_drops == 0
+            && self.cq_overruns == 0
+            && self.io_errors == 0
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "retransmits": self.retransmits,
+            "timeouts": self.timeouts,
+            "naks": self.naks,
+            "rnr_naks": self.rnr_naks,
+            "duplicates": self.duplicates,
+            "out_of_sequence": self.out_of_sequence,
+            "icrc_drops": self.icrc_drops,
+            "cq_overruns": self.cq_overruns,
+            "io_errors": self.io_errors,
+            "clean": self.clean(),
+        })
+    }
+}
+
+/// What became of the data check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataCheck {
+    /// This side checked the data and it was right.
+    Verified,
+    /// The uroce peer checked it and said it was right.
+    VerifiedByPeer,
+    /// Nothing to check here (the peer is perftest, whose buffers hold random bytes).
+    NotChecked(&'static str),
+    /// Wrong data: what was wrong.
+    Failed(String),
+}
+
+impl DataCheck {
+    fn word(&self) -> &'static str {
+        match self {
+            DataCheck::Verified => "verified",
+            DataCheck::VerifiedByPeer => "verified-by-peer",
+            DataCheck::NotChecked(_) => "not-checked",
+            DataCheck::Failed(_) => "FAILED",
+        }
+    }
+
+    /// Whether the data is known to be wrong.
+    pub fn failed(&self) -> bool {
+        matches!(self, DataCheck::Failed(_))
+    }
+}
+
+/// One bandwidth result.
+#[derive(Debug, Clone)]
+pub struct BwRow {
+    /// Message size.
+    pub size: u64,
+    /// Messages (all QPs).
+    pub iters: u64,
+    /// Seconds from the first post to the last completion.
+    pub secs: f64,
+    /// CPU seconds of this process during the run.
+    pub cpu: f64,
+    /// Bytes the CPU time is charged to (usually `size * iters`).
+    pub cpu_bytes: u64,
+    /// Where the numbers come from: "measured", or "peer-report" (a server that only hosts
+    /// the buffer shows what the client measured, as perftest's server does).
+    pub source: &'static str,
+    /// Link health during the run.
+    pub health: Health,
+    /// Data check.
+    pub data: DataCheck,
+}
+
+impl BwRow {
+    fn gbps(&self) -> f64 {
+        (self.size * self.iters) as f64 * 8.0 / self.secs.max(1e-12) / 1e9
+    }
+    /// perftest's MB/s: 2^20 bytes per second.
+    pub fn mbps(&self) -> f64 {
+        (self.size * self.iters) as f64 / self.secs.max(1e-12) / 1_048_576.0
+    }
+    /// Millions of messages per second.
+    pub fn mpps(&self) -> f64 {
+        self.iters as f64 / self.secs.max(1e-12) / 1e6
+    }
+    fn cpu_per_gb(&self) -> f64 {
+        if self.cpu_bytes == 0 {
+            0.0
+        } else {
+            self.cpu / (self.cpu_bytes as f64 / 1e9)
+        }
+    }
+}
+
+/// One latency result: half round trips, as perftest's write_lat reports them.
+#[derive(Debug)]
+pub struct LatRow {
+    /// Message size.
+    pub size: u64,
+    /// Round trips.
+    pub iters: u64,
+    /// Half round-trip times in nanoseconds.
+    pub hist: Histogram<u64>,
+    /// Link health during the run.
+    pub health: Health,
+    /// Data check.
+    pub data: DataCheck,
+}
+
+impl LatRow {
+    /// An empty histogram for nanoseconds up to an hour, 3 significant digits.
+    pub fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    }
+
+    fn us(&self, ns: u64) -> f64 {
+        ns as f64 / 1000.0
+    }
+}
+
+/// What every line says about the run.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// write, read, send or atomic.
+    pub test: &'static str,
+    /// bw or lat.
+    pub kind: &'static str,
+    /// client or server.
+    pub role: &'static str,
+    /// uroce or perftest (its version).
+    pub peer: String,
+    /// Socket back end.
+    pub backend: &'static str,
+    /// Progress mode.
+    pub progress: &'static str,
+    /// QPs.
+    pub qps: usize,
+    /// Path MTU.
+    pub mtu: u32,
+    /// perftest's --report_gbits.
+    pub report_gbits: bool,
+}
+
+/// Writes result lines: a table on the first one, or JSON objects.
+pub struct Reporter<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+    ctx: Context,
+    header_done: bool,
+}
+
+impl<'a> Reporter<'a> {
+    /// A reporter writing to `out`.
+    pub fn new(out: &'a mut dyn Write, json: bool, ctx: Context) -> Self {
+        Reporter {
+            out,
+            json,
+            ctx,
+            header_done: false,
+        }
+    }
+
+    fn base(&self) -> serde_json::Map<String, Value> {
+        let c = &self.ctx;
+        let v = json!({
+            "test": c.test,
+            "kind": c.kind,
+            "role": c.role,
+            "peer": c.peer,
+            "backend": c.backend,
+            "progress": c.progress,
+            "qps": c.qps,
+            "mtu": c.mtu,
+            "report_gbits": c.report_gbits,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    fn data_json(d: &DataCheck) -> (Value, Value) {
+        let detail = match d {
+            DataCheck::NotChecked(why) => Value::from(*why),
+            DataCheck::Failed(what) => Value::from(what.as_str()),
+            _ => Value::Null,
+        };
+        (Value::from(d.word()), detail)
+    }
+
+    /// One bandwidth line.
+    pub fn bw(&mut self, r: &BwRow) -> std::io::Result<()> {
+        if self.json {
+            let mut m = self.base();
+            let (data, detail) = Self::data_json(&r.data);
+            let fields = json!({
+                "size": r.size,
+                "iterations": r.iters,
+                "seconds": r.secs,
+                "gbit_s": r.gbps(),
+                "mb_s": r.mbps(),
+                "mpps": r.mpps(),
+                "cpu_s": r.cpu,
+                "cpu_s_per_gb": r.cpu_per_gb(),
+                "source": r.source,
+                "health": r.health.json(),
+                "data": data,
+                "data_detail": detail,
+            });
+            if let Value::Object(f) = fields {
+                m.extend(f);
+            }
+            writeln!(self.out, "{}", Value::Object(m))?;
+            return self.out.flush();
+        }
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(self.out, "{}", "-".repeat(118))?;
+            writeln!(
+                self.out,
+                " {:<9} {:<12} {:>12} {:>12} {:>14} {:>11} {:>8} {:>6} {:>6}  data",
+                "#bytes",
+                "#iterations",
+                "BW [Gb/s]",
+                "BW [MB/s]",
+                "MsgRate[Mpps]",
+                "CPU[s/GB]",
+                "retrans",
+                "ICRC",
+                "clean",
+            )?;
+        }
+        writeln!(
+            self.out,
+            " {:<9} {:<12} {:>12.2} {:>12.2} {:>14.6} {:>11.3} {:>8} {:>6} {:>6}  {}{}",
+            r.size,
+            r.iters,
+            r.gbps(),
+            r.mbps(),
+            r.mpps(),
+            r.cpu_per_gb(),
+            r.health.retransmits,
+            r.health.icrc_drops,
+            if r.health.clean() { "yes" } else { "NO" },
+            r.data.word(),
+            if r.source == "peer-report" {
+                "  (client's report)"
+            } else {
+                ""
+            }
+        )?;
+        self.out.flush()
+    }
+
+    /// One latency line.
+    pub fn lat(&mut self, r: &LatRow) -> std::io::Result<()> {
+        let h = &r.hist;
+        let (min, med, avg, p99, p999, max) = (
+            r.us(h.min()),
+            r.us(h.value_at_quantile(0.5)),
+            h.mean() / 1000.0,
+            r.us(h.value_at_quantile(0.99)),
+            r.us(h.value_at_quantile(0.999)),
+            r.us(h.max()),
+        );
+        if self.json {
+            let mut m = self.base();
+            let (data, detail) = Self::data_json(&r.data);
+            let fields = json!({
+                "size": r.size,
+                "iterations": r.iters,
+                "t_min_us": min,
+                "t_median_us": med,
+                "t_avg_us": avg,
+                "t_p99_us": p99,
+                "t_p99_9_us": p999,
+                "t_max_us": max,
+                "health": r.health.json(),
+                "data": data,
+                "data_detail": detail,
+            });
+            if let Value::Object(f) = fields {
+                m.extend(f);
+            }
+            writeln!(self.out, "{}", Value::Object(m))?;
+            return self.out.flush();
+        }
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(self.out, "{}", "-".repeat(118))?;
+            writeln!(
+                self.out,
+                " {:<9} {:<12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>6}  data",
+                "#bytes",
+                "#iterations",
+                "t_min[us]",
+                "t_med[us]",
+                "t_avg[us]",
+                "t_99%[us]",
+                "t_99.9%[us]",
+                "t_max[us]",
+                "retrans",
+                "clean",
+            )?;
+        }
+        writeln!(
+            self.out,
+            " {:<9} {:<12} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>8} {:>6}  {}",
+            r.size,
+            r.iters,
+            min,
+            med,
+            avg,
+            p99,
+            p999,
+            max,
+            r.health.retransmits,
+            if r.health.clean() { "yes" } else { "NO" },
+            r.data.word()
+        )?;
+        self.out.flush()
+    }
+
+    /// Closes the table.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        if !self.json && self.header_done {
+            writeln!(self.out, "{}", "-".repeat(118))?;
+        }
+        self.out.flush()
+    }
+}
+
+/// A progress line on stderr, at most once a second, for runs longer than a second.
+pub struct Ticker {
+    start: Instant,
+    last: Instant,
+    quiet: bool,
+}
+
+impl Ticker {
+    /// Starts timing.
+    pub fn new(quiet: bool) -> Self {
+        let now = Instant::now();
+        Ticker {
+            start: now,
+            last: now,
+            quiet,
+        }
+    }
+
+    /// Prints `what` with the rate so far if a second has passed since the last line.
+    pub fn tick(&mut self, what: &str, done: u64, total: Option<u64>, bytes: u64) {
+        if self.quiet {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last) < Duration::from_secs(1) {
+            return;
+        }
+        self.last = now;
+        let secs = now.duration_since(self.start).as_secs_f64();
+        let of = match total {
+            Some(t) if t > 0 => format!("/{t} ({:.0}%)", done as f64 * 100.0 / t as f64),
+            _ => String::new(),
+        };
+        eprintln!(
+            "uroce bench: {what}: {done}{of} in {secs:.1} s, {:.2} Gbit/s",
+            bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
+        );
+    }
+}
