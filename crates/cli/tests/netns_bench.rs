@@ -1,0 +1,178 @@
+//! `uroce bench` between two network namespaces joined by a veth pair
+//! (`scripts/netns.sh up NAME N`: 10.66.N.1/2 and fd66:N::1/2, MTU 9000), over IPv4 and IPv6,
+//! for every test, with both sides on their defaults as perftest's would be: the side channel
+//! on TCP 18515, RoCE on UDP 4791, the server's device on the address the client connected
+//! to, the client's on its TCP source address. The client retries its connection until the
+//! server listens. Needs root; without it every test prints that it was skipped and returns.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{spawn, strings};
+use serde_json::Value;
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns.sh")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Skips (returns false) when not root.
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    println!("{test}: skipped: the netns tests need root (scripts/netns.sh creates namespaces)");
+    false
+}
+
+/// Two namespaces, removed on drop (also when the test fails).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn up(name: &str, n: u8) -> Netns {
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        let o = Command::new("bash")
+            .arg(script())
+            .args(["up", name, &n.to_string()])
+            .output()
+            .expect("run scripts/netns.sh");
+        assert!(
+            o.status.success(),
+            "scripts/netns.sh up {name} {n}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        ns
+    }
+
+    fn exec(&self, side: &str) -> Vec<String> {
+        strings(&["ip", "netns", "exec", &format!("{}-{side}", self.name)])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["down", &self.name])
+            .status();
+    }
+}
+
+/// Runs `bench test kind extra` with the server in namespace a and the client in b, which
+/// connects to `server_ip`; checks exit codes, JSON lines, addresses and the data check.
+fn run(ns: &Netns, server_ip: &str, client_ip: &str, test: &str, kind: &str, extra: &[&str]) {
+    let mut args = strings(&["bench", test, kind, "--json", "--timeout", "60"]);
+    args.extend(strings(extra));
+    let mut cargs = args.clone();
+    cargs.extend(strings(&["--connect-timeout", "60", server_ip]));
+    let (ea, eb) = (ns.exec("a"), ns.exec("b"));
+    let ea: Vec<&str> = ea.iter().map(String::as_str).collect();
+    let eb: Vec<&str> = eb.iter().map(String::as_str).collect();
+    let server = spawn(&ea, &args);
+    let client = spawn(&eb, &cargs).finish();
+    let server = if client.ok() {
+        server.finish()
+    } else {
+        server.kill()
+    };
+    assert!(client.ok(), "client failed\n{client}\n{server}");
+    assert!(server.ok(), "server failed\n{server}\n{client}");
+    let gid = |ip: &str| {
+        if ip.contains(':') {
+            ip.to_string()
+        } else {
+            format!("::ffff:{ip}")
+        }
+    };
+    assert!(
+        server.stderr.contains(&format!("device {server_ip} ")),
+        "the server's device is on the address the client connected to\n{server}"
+    );
+    assert!(
+        client.stderr.contains(&format!("device {client_ip} ")),
+        "the client's device is on its TCP source address\n{client}"
+    );
+    assert!(
+        client.stderr.contains(&format!("at {}", gid(server_ip))),
+        "{client}"
+    );
+    for (o, role) in [(&server, "server"), (&client, "client")] {
+        let lines: Vec<Value> = o
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{o}")))
+            .collect();
+        assert!(!lines.is_empty(), "{o}");
+        for v in &lines {
+            assert_eq!(v["role"], role, "{v}");
+            assert_eq!(v["peer"], "uroce", "{v}");
+            // rxe's port MTU for a 9000-byte link.
+            assert_eq!(v["mtu"], 4096, "{v}");
+            let data = v["data"].as_str().unwrap_or_default();
+            let ok = match (test, role) {
+                ("read", "server") => data == "not-checked",
+                ("write" | "send", "client") if kind == "bw" => data == "verified-by-peer",
+                _ => data == "verified",
+            };
+            assert!(ok, "{test} {kind} {role}: data {data}\n{v}");
+        }
+    }
+}
+
+fn every_test(ns: &Netns, server_ip: &str, client_ip: &str) {
+    for backend in ["uring", "syscall"] {
+        let b = ["--backend", backend, "-n", "200"];
+        run(ns, server_ip, client_ip, "write", "bw", &b);
+        run(ns, server_ip, client_ip, "read", "bw", &b);
+        run(ns, server_ip, client_ip, "send", "bw", &b);
+        run(ns, server_ip, client_ip, "atomic", "bw", &b);
+        run(ns, server_ip, client_ip, "write", "lat", &b);
+    }
+    run(
+        ns,
+        server_ip,
+        client_ip,
+        "write",
+        "bw",
+        &["--sizes", "64,1048576", "-q", "2", "-n", "50"],
+    );
+    run(
+        ns,
+        server_ip,
+        client_ip,
+        "write",
+        "lat",
+        &["--progress", "polled", "-s", "4096", "-n", "200"],
+    );
+}
+
+#[test]
+fn netns_bench_ipv4() {
+    if !need_root("netns_bench_ipv4") {
+        return;
+    }
+    let ns = Netns::up("ubnv4", 181);
+    every_test(&ns, "10.66.181.1", "10.66.181.2");
+}
+
+#[test]
+fn netns_bench_ipv6() {
+    if !need_root("netns_bench_ipv6") {
+        return;
+    }
+    let ns = Netns::up("ubnv6", 182);
+    every_test(&ns, "fd66:182::1", "fd66:182::2");
+}
