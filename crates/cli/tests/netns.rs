@@ -164,3 +164,55 @@ fn netns_devinfo_gid_table() {
         assert!(o.stdout.contains(want), "{want:?} missing\n{o}");
     }
 }
+
+/// RC between the two namespaces over impaired links: this kernel has no `tc netem`, so both
+/// processes impair their own outgoing packets (`UROCE_FAULTS`: 2 % loss, 5 % reordering, 1 %
+/// duplication, 1 % corruption). Every byte is validated (-c), and both sides retransmitted.
+#[test]
+fn netns_rc_under_injected_faults() {
+    if !need_root("netns_rc_under_injected_faults") {
+        return;
+    }
+    let ns = Netns::up("uppft", 174);
+    let (a, b) = (ns.a(), ns.b());
+    let faults = "UROCE_FAULTS=loss=0.02,reorder=0.05,duplicate=0.01,corrupt=0.01,seed=5";
+    let exec_a = ["env", faults, "ip", "netns", "exec", a.as_str()];
+    let exec_b = ["env", faults, "ip", "netns", "exec", b.as_str()];
+    let args = strings(&[
+        "pingpong",
+        "--rc",
+        "-c",
+        "--counters",
+        "--timeout",
+        "120",
+        "-s",
+        "1048576",
+        "-m",
+        "4096",
+        "-n",
+        "20",
+    ]);
+    let mut client = args.clone();
+    client.push("10.66.174.1".into());
+    let (server, client) = pair(&exec_a, &args, &exec_b, &client, 1 << 20, 20);
+    let count = |o: &common::Outcome, what: &str| -> u64 {
+        let line = o
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("counters:"))
+            .unwrap_or_default();
+        let before = line.split(what).next().unwrap_or_default();
+        before
+            .rsplit([' ', '('])
+            .find(|w| !w.is_empty())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0)
+    };
+    for o in [&server, &client] {
+        assert!(count(o, " retransmitted") > 0, "no retransmission\n{o}");
+    }
+    assert!(
+        count(&server, " ICRC drops") + count(&client, " ICRC drops") > 0,
+        "corruption not caught by the ICRC\n{server}\n{client}"
+    );
+}

@@ -868,9 +868,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let elapsed = ctx.run(client)?;
     if args.counters {
         let c = ctx.dev.counters();
+        let q = ctx
+            .qps
+            .iter()
+            .filter_map(QueuePair::counters)
+            .fold((0, 0), |(r, t), q| (r + q.retransmits, t + q.timeouts));
         eprintln!(
             "counters: rx {} packets ({} ICRC exact, {} with a solved IPv4 ID, {} ICRC drops, {} malformed), \
-             tx {} packets in {} datagrams; {:?}",
+             tx {} packets in {} datagrams, {} retransmitted, {} ACK timeouts; {:?}",
             c.rx_packets,
             c.rx_packets.saturating_sub(c.icrc_solved_id + c.icrc_drops + c.malformed),
             c.icrc_solved_id,
@@ -878,6 +883,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             c.malformed,
             c.tx_packets,
             c.tx_datagrams,
+            q.0,
+            q.1,
             c
         );
     }
