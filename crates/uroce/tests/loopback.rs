@@ -430,8 +430,14 @@ fn pcap_capture_decodes_with_valid_icrcs() {
 fn pcap_capture_decodes_with_valid_icrcs_uring() {
     let (sent, received) = pcap_capture(BackendKind::Uring, "127.0.26.1", "127.0.26.2", 200_000);
     assert!(sent.nonzero_id > 0, "no GSO segment recorded: {sent:?}");
-    assert!(received.nonzero_id > 0, "no GRO segment recorded with its ID: {received:?}");
-    assert_eq!(received.solved, 0, "every received frame verifies exactly: {received:?}");
+    assert!(
+        received.nonzero_id > 0,
+        "no GRO segment recorded with its ID: {received:?}"
+    );
+    assert_eq!(
+        received.solved, 0,
+        "every received frame verifies exactly: {received:?}"
+    );
 }
 
 /// What one capture file held.
