@@ -725,3 +725,42 @@ impl Ctx {
         Ok(tposted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_as_perftest() {
+        // 1 QP, 64 KiB messages, 4 KiB pages, 64-byte lines: BUFF_SIZE 64 KiB, no cycling.
+        let g = Geometry::new(1, 65536, 4096, 64);
+        assert_eq!(
+            (g.bsize, g.total(), g.local(0), g.remote(0)),
+            (65536, 131072, 0, 65536)
+        );
+        assert_eq!((g.slots(65536), g.slot(65536, 7)), (1, 0));
+        // 2 QPs, 100-byte messages: BUFF_SIZE is the page, INC(100) = 128, 32 slots.
+        let g = Geometry::new(2, 100, 4096, 64);
+        assert_eq!((g.bsize, g.total(), g.remote(1)), (4096, 16384, 12288));
+        assert_eq!((g.inc(100), g.slots(100), g.slot(100, 33)), (128, 32, 128));
+        // Atomics: INC(8) is a cache line, 64 slots.
+        assert_eq!(
+            (g.inc(8), g.slots(8), g.slot(8, 63), g.slot(8, 64)),
+            (64, 64, 4032, 0)
+        );
+        // Half the page still cycles, more does not.
+        assert_eq!((g.slots(2048), g.slots(2049)), (2, 1));
+        assert_eq!(g.coverage(2048, 5), vec![(0, 2048), (2048, 4096)]);
+        // An odd size: INC rounds up to the line, BUFF_SIZE stays the size.
+        let g = Geometry::new(1, 5000, 4096, 64);
+        assert_eq!((g.bsize, g.inc(g.bsize), g.total()), (5000, 5056, 10112));
+    }
+
+    #[test]
+    fn pattern_differs_by_qp_and_offset() {
+        let (a, b) = (pattern(0, 4096), pattern(1, 4096));
+        assert_ne!(a, b);
+        assert_ne!(a[..8], a[8..16]);
+        assert_eq!(a[100], pattern_byte(0, 100));
+    }
+}

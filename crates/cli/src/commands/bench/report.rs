@@ -158,16 +158,25 @@ pub struct BwRow {
 }
 
 impl BwRow {
+    /// `x` per second (0 for a run of no measurable length: a peer whose clock failed
+    /// reports a bandwidth of 0).
+    fn rate(&self, x: f64) -> f64 {
+        if self.secs > 0.0 {
+            x / self.secs
+        } else {
+            0.0
+        }
+    }
     fn gbps(&self) -> f64 {
-        (self.size * self.iters) as f64 * 8.0 / self.secs.max(1e-12) / 1e9
+        self.rate((self.size * self.iters) as f64 * 8.0) / 1e9
     }
     /// perftest's MB/s: 2^20 bytes per second.
     pub fn mbps(&self) -> f64 {
-        (self.size * self.iters) as f64 / self.secs.max(1e-12) / 1_048_576.0
+        self.rate((self.size * self.iters) as f64) / 1_048_576.0
     }
     /// Millions of messages per second.
     pub fn mpps(&self) -> f64 {
-        self.iters as f64 / self.secs.max(1e-12) / 1e6
+        self.rate(self.iters as f64) / 1e6
     }
     fn cpu_per_gb(&self) -> f64 {
         if self.cpu_bytes == 0 {
@@ -454,5 +463,75 @@ impl Ticker {
             "uroce bench: {what}: {done}{of} in {secs:.1} s, {:.2} Gbit/s",
             bytes as f64 * 8.0 / secs.max(1e-9) / 1e9
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(secs: f64) -> BwRow {
+        BwRow {
+            size: 65536,
+            iters: 1000,
+            secs,
+            cpu: 0.5,
+            cpu_bytes: 65_536_000,
+            source: "measured",
+            health: Health::default(),
+            data: DataCheck::Verified,
+        }
+    }
+
+    #[test]
+    fn rates() {
+        let r = row(0.5);
+        assert!((r.gbps() - 65_536_000.0 * 8.0 / 0.5 / 1e9).abs() < 1e-9);
+        assert!((r.mbps() - 125.0).abs() < 1e-9);
+        assert!((r.mpps() - 0.002).abs() < 1e-12);
+        assert!((r.cpu_per_gb() - 0.5 / 0.065_536).abs() < 1e-9);
+        // A peer whose clock failed reports 0: no rate, not infinity.
+        let z = row(0.0);
+        assert_eq!((z.gbps(), z.mbps(), z.mpps()), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn health_is_clean_without_losses_only() {
+        let mut h = Health::default();
+        assert!(h.clean());
+        h.rnr_naks = 3;
+        assert!(h.clean(), "RNR NAKs are flow control");
+        h.retransmits = 1;
+        assert!(!h.clean());
+        let h2 = Health {
+            icrc_drops: 1,
+            ..Health::default()
+        };
+        assert!(!h2.clean());
+        assert_eq!(h.since(&h).retransmits, 0);
+    }
+
+    #[test]
+    fn json_lines() {
+        let mut out = Vec::new();
+        let ctx = Context {
+            test: "write",
+            kind: "bw",
+            role: "client",
+            peer: "uroce".into(),
+            backend: "uring",
+            progress: "thread",
+            qps: 1,
+            mtu: 4096,
+            report_gbits: false,
+        };
+        let mut r = Reporter::new(&mut out, true, ctx);
+        r.bw(&row(1.0)).unwrap();
+        r.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["size"], 65536);
+        assert_eq!(v["data"], "verified");
+        assert_eq!(v["health"]["clean"], true);
     }
 }
