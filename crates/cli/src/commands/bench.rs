@@ -1,31 +1,33 @@
 //! `uroce bench`: the peer of perftest's `ib_write_bw`, `ib_read_bw`, `ib_send_bw`,
-//! `ib_atomic_bw` and `ib_write_lat` (perftest 4.5-0.17, Debian's `perftest`, version "6.06"),
-//! or of another uroce. Same TCP side channel (port 18515: versions, page and cache-line
-//! sizes, MTU, one 108-byte key message per QP and handshake, the client's report), same
-//! buffer layout and addresses, same RC QP set-up, same posting pattern, so either side can be
-//! the real program on the kernel's rxe.
+//! `ib_atomic_bw`, `ib_write_lat`, `ib_read_lat`, `ib_send_lat` and `ib_atomic_lat` (perftest
+//! 4.5-0.17, Debian's `perftest`, version "6.06"), or of another uroce. Same TCP side channel
+//! (port 18515: versions, page and cache-line sizes, MTU, one 108-byte key message per QP and
+//! handshake, the client's report), same buffer layout and addresses, same RC QP set-up, same
+//! posting pattern, so either side can be the real program on the kernel's rxe.
 //!
 //! Protocol, after perftest's `main` of each test and `src/perftest_communication.c`:
 //!
 //! 1. TCP connection; `exchange_versions` (16 bytes), `check_sys_data` (page size, cache line
 //!    size), `check_mtu` (the `ibv_mtu` number as text).
-//! 2. Key messages (`ctx_hand_shake`): bandwidth tests one per QP, then RTR/RTS, then
-//!    `ib_send_bw` one for QP 0 and one per QP, the others one per QP and one for QP 0;
-//!    `ib_write_lat` one for QP 0 first, then as the others.
-//! 3. The run. WRITE/READ/atomic: the server only waits in a handshake for the client to
-//!    finish, takes its report (`xchg_bw_reports`) and prints it. SEND: the server posts its
+//! 2. Key messages (`ctx_hand_shake`): one per QP, then RTR/RTS, then for SEND one for QP 0
+//!    and one per QP, for the others one per QP and one for QP 0; the WRITE/READ/atomic
+//!    latency tests start with one for QP 0.
+//! 3. The run. WRITE/READ/atomic bw: the server only waits in a handshake for the client to
+//!    finish, takes its report (`xchg_bw_reports`) and prints it. SEND bw: the server posts its
 //!    receives before a handshake, counts and times them (with `-a` a handshake before and
 //!    after each size). write_lat: a ping-pong of WRITEs on the last byte of the buffer.
+//!    read_lat/atomic_lat: the client times one operation at a time; the server goes straight
+//!    to the closing handshake. send_lat: receives and a handshake per size, a SEND ping-pong.
 //! 4. `ctx_close_connection`: a last handshake and "done" (not for write_lat).
 //!
 //! Differences, all for running without an IB device: the device is a uroce device on one
 //! address (`--dev-ip`, or the address at `-x` in rxe's GID numbering of the interface of
 //! the TCP connection, or that address itself); buffers hold a known pattern instead of
 //! random bytes, and what arrives is checked where the sender is known (another uroce, whose
-//! version message carries a mark after the string perftest reads); bandwidth is the average
-//! (no peak); latency percentiles come from an HDR histogram of all samples (perftest drops
-//! the two largest); `-D` only on a WRITE/READ/atomic client; RC only; no `--run_infinitely`,
-//! bidirectional (`-b`) or rdma_cm modes.
+//! version message carries a mark after the string perftest reads; atomics against any peer);
+//! bandwidth is the average (no peak); latency percentiles come from an HDR histogram of all
+//! samples (perftest drops the two largest); `-D` only on a WRITE/READ/atomic bandwidth
+//! client; RC only; no `--run_infinitely`, bidirectional (`-b`) or rdma_cm modes.
 
 mod channel;
 mod ctx;
@@ -93,7 +95,7 @@ pub struct Args {
     /// Operation.
     #[arg(value_enum)]
     pub test: Test,
-    /// bw or lat (lat: write only).
+    /// bw or lat.
     #[arg(value_enum)]
     pub kind: Kind,
     /// Server to connect to; without it, wait for a client.
@@ -227,11 +229,6 @@ impl Opts {
         }
         if a.ib_port != 1 {
             return Err(fail("uroce devices have one port, port 1"));
-        }
-        if a.kind == Kind::Lat && a.test != Test::Write {
-            return Err(fail(
-                "only write lat (ib_write_lat) is implemented; read/send/atomic lat are not",
-            ));
         }
         if a.qps == 0 {
             return Err(fail("-q must be at least 1"));
@@ -603,8 +600,9 @@ impl Session<'_, '_> {
     /// Steps 2 of the module comment: key messages and RTR/RTS, in the test's order.
     fn establish(&mut self, tcp_peer: IpAddr, mtu: Mtu) -> Result<(), CliError> {
         let lat = self.o.kind == Kind::Lat;
-        if lat {
-            // write_lat.c: a first handshake for QP 0.
+        let send = self.o.test == Test::Send;
+        if lat && !send {
+            // write_lat.c, read_lat.c, atomic_lat.c: a first handshake for QP 0.
             self.hs0()?;
         }
         self.rem = self.hs_each()?;
@@ -613,12 +611,12 @@ impl Session<'_, '_> {
             let ip = peer_ip(&self.rem[q], tcp_peer, dev_ip)?;
             self.c.connect(q, ip, mtu, &self.my[q], &self.rem[q])?;
         }
-        if self.o.test == Test::Send && !lat {
-            // send_bw.c: one for QP 0, then one per QP.
+        if send {
+            // send_bw.c, send_lat.c: one for QP 0, then one per QP.
             self.hs0()?;
             self.hs_each()?;
         } else {
-            // write_bw.c, read_bw.c, atomic_bw.c, write_lat.c: one per QP, then "an
+            // write_bw.c, read_bw.c, atomic_bw.c and the *_lat.c: one per QP, then "an
             // additional handshake ... after moving qp to RTR".
             self.hs_each()?;
             self.hs0()?;
@@ -775,7 +773,7 @@ impl Session<'_, '_> {
         let mut all_ok = true;
         for &size in &o.sizes {
             let initial = o.rx_depth.min(o.iters);
-            c.post_initial_recvs(size, initial)?;
+            c.post_initial_recvs(size, initial, true)?;
             self.hs0()?;
             let h0 = Health::of(&c.dev, &c.qps);
             let cpu0 = report::cpu_seconds();
@@ -911,6 +909,121 @@ impl Session<'_, '_> {
         }])
     }
 
+    /// Half round trips (SEND, WRITE ping-pongs) or round trips (READ, atomics: perftest's
+    /// `rtt_factor`) between consecutive posts.
+    fn histogram(&self, t: &[Instant]) -> hdrhistogram::Histogram<u64> {
+        let factor = if matches!(self.o.op, Op::Write | Op::Send) {
+            2
+        } else {
+            1
+        };
+        let mut hist = LatRow::histogram();
+        for w in t.windows(2) {
+            let ns = (w[1] - w[0]).as_nanos() as u64 / factor;
+            hist.saturating_record(ns.max(1));
+        }
+        hist
+    }
+
+    /// The client of read_lat and atomic_lat: `run_iter_lat` for every size, then
+    /// `ctx_close_connection`.
+    fn req_lat(&mut self) -> Result<Vec<LatRow>, CliError> {
+        let o = self.o.clone();
+        let c = self.c;
+        let mut rows = Vec::new();
+        let mut tick = Ticker::new(self.quiet);
+        let atomic = matches!(o.op, Op::FetchAdd | Op::CmpSwap);
+        for &size in &o.sizes {
+            let before = if atomic {
+                Some(c.atomic_probe(&self.rem[..1], 1, 0, 1)?)
+            } else {
+                None
+            };
+            let h0 = Health::of(&c.dev, &c.qps);
+            let t = c.run_lat_req(o.op, size, o.iters, &self.rem[0], &mut tick)?;
+            let health = Health::of(&c.dev, &c.qps).since(&h0);
+            let data = if let Some(before) = before {
+                let after = c.atomic_probe(&self.rem[..1], 1, c.geo.bsize / 2, 1)?;
+                let mut w = [0u8; 8];
+                c.mr.read(c.geo.local(0) as usize, &mut w);
+                let last = u64::from_ne_bytes(w);
+                let want_last = if o.op == Op::FetchAdd {
+                    after[0][0].wrapping_sub(1)
+                } else {
+                    before[0][0]
+                };
+                match check_atomics(o.op, 0, &before[0], &after[0], &[o.iters]) {
+                    Err(e) => DataCheck::Failed(e),
+                    Ok(()) if last != want_last => DataCheck::Failed(format!(
+                        "the last atomic returned {last:#x}, expected {want_last:#x}"
+                    )),
+                    Ok(()) => DataCheck::Verified,
+                }
+            } else if self.peer_uroce {
+                match check_area(c, c.geo.local(0), 0, &[(0, size)]) {
+                    Ok(()) => DataCheck::Verified,
+                    Err(e) => DataCheck::Failed(e),
+                }
+            } else {
+                DataCheck::NotChecked("perftest's buffer holds random bytes")
+            };
+            rows.push(LatRow {
+                size,
+                iters: o.iters,
+                hist: self.histogram(&t),
+                health,
+                data,
+            });
+        }
+        self.ch.close(&self.my[0]).map_err(fail)?;
+        Ok(rows)
+    }
+
+    /// The server of read_lat and atomic_lat only hosts the buffer: it goes straight to
+    /// `ctx_close_connection`, whose handshake returns when the client is done, and prints
+    /// nothing (as perftest's).
+    fn req_lat_server(&mut self) -> Result<Vec<LatRow>, CliError> {
+        if !self.quiet {
+            eprintln!("uroce bench: waiting for the client to finish (the client measures)");
+        }
+        self.ch.close(&self.my[0]).map_err(fail)?;
+        Ok(Vec::new())
+    }
+
+    /// Both sides of send_lat: for every size, receives posted, a handshake, the ping-pong;
+    /// then `ctx_close_connection`.
+    fn send_lat(&mut self) -> Result<Vec<LatRow>, CliError> {
+        let o = self.o.clone();
+        let c = self.c;
+        let mut rows = Vec::new();
+        let mut tick = Ticker::new(self.quiet);
+        for &size in &o.sizes {
+            let initial = o.rx_depth.min(o.iters);
+            c.post_initial_recvs(size, initial, false)?;
+            self.hs0()?;
+            let h0 = Health::of(&c.dev, &c.qps);
+            let t = c.run_lat_send(size, o.iters, initial, self.client, &mut tick)?;
+            let health = Health::of(&c.dev, &c.qps).since(&h0);
+            let data = if self.peer_uroce {
+                match check_area(c, c.geo.remote(0), 0, &[(0, size)]) {
+                    Ok(()) => DataCheck::Verified,
+                    Err(e) => DataCheck::Failed(e),
+                }
+            } else {
+                DataCheck::NotChecked("perftest sends random bytes (lengths were checked)")
+            };
+            rows.push(LatRow {
+                size,
+                iters: o.iters,
+                hist: self.histogram(&t),
+                health,
+                data,
+            });
+        }
+        self.ch.close(&self.my[0]).map_err(fail)?;
+        Ok(rows)
+    }
+
     /// Both sides of write_lat, every size.
     fn lat(&mut self) -> Result<Vec<LatRow>, CliError> {
         let o = self.o.clone();
@@ -922,11 +1035,7 @@ impl Session<'_, '_> {
             let h0 = Health::of(&c.dev, &c.qps);
             let t = c.run_lat_write(size, o.iters, !self.client, &self.rem[0], &mut tick)?;
             let health = Health::of(&c.dev, &c.qps).since(&h0);
-            let mut hist = LatRow::histogram();
-            for w in t.windows(2) {
-                let ns = (w[1] - w[0]).as_nanos() as u64 / 2;
-                hist.saturating_record(ns.max(1));
-            }
+            let hist = self.histogram(&t);
             // What the peer wrote last: its buffer, zeroed at the start as perftest's, with
             // its count in the last byte, and the final counts of earlier sizes in theirs.
             let mut got = vec![0u8; size as usize];
@@ -1011,7 +1120,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let mtu = Mtu::from_bytes(128 << mtu_enum).unwrap_or(Mtu::M1024);
 
     let geo = Geometry::new(o.qps, o.alloc_size, u64::from(cycle), u64::from(cl));
-    let rx_depth = if o.test == Test::Send && !client {
+    let rx_depth = if o.test == Test::Send && (!client || o.kind == Kind::Lat) {
         o.rx_depth
     } else {
         1
@@ -1030,7 +1139,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     }
 
     // The data: a known pattern where this side is the source (perftest fills random bytes).
-    let source_local = client && matches!(o.op, Op::Write | Op::Send) && o.kind == Kind::Bw;
+    let source_local = match o.kind {
+        Kind::Bw => client && matches!(o.op, Op::Write | Op::Send),
+        // write_lat's buffer is zeroed (create_single_mr); both sides of send_lat send.
+        Kind::Lat => o.op == Op::Send,
+    };
     let source_remote = !client && matches!(o.op, Op::Read | Op::FetchAdd | Op::CmpSwap);
     for q in 0..o.qps {
         if source_local {
@@ -1111,7 +1224,13 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let mut failures = Vec::new();
     match o.kind {
         Kind::Lat => {
-            for r in s.lat()? {
+            let rows = match o.op {
+                Op::Write => s.lat()?,
+                Op::Send => s.send_lat()?,
+                _ if client => s.req_lat()?,
+                _ => s.req_lat_server()?,
+            };
+            for r in rows {
                 if let DataCheck::Failed(e) = &r.data {
                     failures.push(e.clone());
                 }

@@ -584,9 +584,11 @@ impl Ctx {
     }
 
     /// Posts receive number `p` of QP `q` for messages of `size`: into slot `p` of the QP's
-    /// advertised area, so message `p` lands where the sender's slot `p` is.
-    fn post_recv(&self, q: u64, p: u64, size: u64) -> Result<(), CliError> {
-        let off = self.geo.remote(q) + self.geo.slot(size, p);
+    /// advertised area, so message `p` lands where the sender's slot `p` is (bandwidth tests;
+    /// latency tests use offset 0, as perftest steps addresses in bandwidth tests only).
+    fn post_recv(&self, q: u64, p: u64, size: u64, cycle: bool) -> Result<(), CliError> {
+        let slot = if cycle { self.geo.slot(size, p) } else { 0 };
+        let off = self.geo.remote(q) + slot;
         self.qps[q as usize]
             .post_recv(RecvWr {
                 wr_id: (q << QP_SHIFT) | p,
@@ -597,10 +599,10 @@ impl Ctx {
 
     /// `ctx_set_recv_wqes`: `count` receives on every QP, before the handshake that lets the
     /// client start.
-    pub fn post_initial_recvs(&self, size: u64, count: u64) -> Result<(), CliError> {
+    pub fn post_initial_recvs(&self, size: u64, count: u64, cycle: bool) -> Result<(), CliError> {
         for q in 0..self.qps.len() as u64 {
             for p in 0..count {
-                self.post_recv(q, p, size)?;
+                self.post_recv(q, p, size, cycle)?;
             }
         }
         Ok(())
@@ -640,7 +642,7 @@ impl Ctx {
                 rcnt[q] += 1;
                 done += 1;
                 if posted[q] < iters {
-                    self.post_recv(q as u64, posted[q], size)?;
+                    self.post_recv(q as u64, posted[q], size, true)?;
                     posted[q] += 1;
                 }
             }
@@ -651,6 +653,98 @@ impl Ctx {
             per_qp: rcnt,
             secs: first.map_or(0.0, |t| t.elapsed().as_secs_f64()),
         })
+    }
+
+    /// `run_iter_lat` (ib_read_lat, ib_atomic_lat): one READ or atomic at a time at the
+    /// peer's advertised address, each waited for. Returns the post times.
+    pub fn run_lat_req(
+        &self,
+        op: Op,
+        size: u64,
+        iters: u64,
+        rem: &Dest,
+        tick: &mut Ticker,
+    ) -> Result<Vec<Instant>, CliError> {
+        let label = format!("{op:?} lat {size} B");
+        let mut tposted = Vec::with_capacity(iters as usize);
+        for k in 0..iters {
+            tposted.push(Instant::now());
+            // Slot 0 every time: latency tests do not step addresses.
+            let mut wr = self.send_wr(op, 0, 0, size, rem, true);
+            wr.wr_id = k;
+            self.qps[0]
+                .post_send(wr)
+                .map_err(|e| fail(format!("Couldn't post send: scnt={k}: {e}")))?;
+            for c in self.wait_some(1, &label)? {
+                Self::check_wc(&c, op.wc(), &label)?;
+            }
+            tick.tick(&label, k + 1, Some(iters), (k + 1) * size);
+        }
+        Ok(tposted)
+    }
+
+    /// `run_iter_lat_send` (ib_send_lat): a ping-pong of SENDs; the client sends first, each
+    /// side answers every message it receives, every send is signaled and waited for (CQ
+    /// moderation is the TX depth, 1). Receives were posted before the handshake; they are
+    /// reposted while fewer than `iters` were. Returns the post times.
+    pub fn run_lat_send(
+        &self,
+        size: u64,
+        iters: u64,
+        initial: u64,
+        client: bool,
+        tick: &mut Ticker,
+    ) -> Result<Vec<Instant>, CliError> {
+        let label = format!("send lat {size} B");
+        let n = self.qps.len();
+        let mut posted = vec![initial; n];
+        let mut tposted = Vec::with_capacity(iters as usize);
+        let (mut scnt, mut ccnt, mut rcnt, mut ready) = (0u64, 0u64, 0u64, 0u64);
+        let mut handle = |this: &Ctx, ready: &mut u64, ccnt: &mut u64| -> Result<(), CliError> {
+            for c in this.wait_some(4, &label)? {
+                if c.opcode == WcOpcode::Recv {
+                    Self::check_wc(&c, WcOpcode::Recv, &label)?;
+                    if u64::from(c.byte_len) != size {
+                        return Err(fail(format!(
+                            "{label}: received {} bytes, expected {size}",
+                            c.byte_len
+                        )));
+                    }
+                    let q = (c.wr_id >> QP_SHIFT) as usize;
+                    if q < n && posted[q] < iters {
+                        this.post_recv(q as u64, posted[q], size, false)?;
+                        posted[q] += 1;
+                    }
+                    *ready += 1;
+                } else {
+                    Self::check_wc(&c, WcOpcode::Send, &label)?;
+                    *ccnt += 1;
+                }
+            }
+            Ok(())
+        };
+        while scnt < iters || rcnt < iters {
+            if rcnt < iters && !(scnt < 1 && client) {
+                while ready == 0 {
+                    handle(self, &mut ready, &mut ccnt)?;
+                }
+                ready -= 1;
+                rcnt += 1;
+            }
+            if scnt < iters {
+                tposted.push(Instant::now());
+                let wr = self.send_wr(Op::Send, 0, 0, size, &Dest::default(), true);
+                scnt += 1;
+                self.qps[0]
+                    .post_send(SendWr { wr_id: scnt, ..wr })
+                    .map_err(|e| fail(format!("Couldn't post send: scnt={scnt}: {e}")))?;
+                while ccnt < scnt {
+                    handle(self, &mut ready, &mut ccnt)?;
+                }
+            }
+            tick.tick(&label, scnt, Some(iters), scnt * size);
+        }
+        Ok(tposted)
     }
 
     /// Spins until the byte at `off` is `want` (the WRITE ping-pong's poll byte).
