@@ -262,9 +262,6 @@ impl Opts {
         if sizes.iter().any(|&s| s == 0 || s > u64::from(u32::MAX)) {
             return Err(fail("message sizes must be 1 B .. 4 GiB"));
         }
-        if a.kind == Kind::Lat && sizes.contains(&1) {
-            // The ping-pong byte is the last one; a 1-byte message works, as in perftest.
-        }
         let iters = a
             .iters
             .unwrap_or(if a.test == Test::Write && a.kind == Kind::Bw {
@@ -581,7 +578,6 @@ struct Session<'a, 'c> {
     peer_uroce: bool,
     client: bool,
     report_gbits: bool,
-    quiet: bool,
 }
 
 impl Session<'_, '_> {
@@ -649,7 +645,7 @@ impl Session<'_, '_> {
         let n = self.my.len() as u64;
         let mut rows = Vec::new();
         let mut last_report = BwReport::default();
-        let mut tick = Ticker::new(self.quiet);
+        let mut tick = Ticker::new();
         for &size in &o.sizes {
             if o.test == Test::Send {
                 // send_bw.c: the server posted its receives before this handshake.
@@ -769,7 +765,7 @@ impl Session<'_, '_> {
         let c = self.c;
         let n = self.my.len() as u64;
         let mut rows = Vec::new();
-        let mut tick = Ticker::new(self.quiet);
+        let mut tick = Ticker::new();
         let mut all_ok = true;
         for &size in &o.sizes {
             let initial = o.rx_depth.min(o.iters);
@@ -833,9 +829,7 @@ impl Session<'_, '_> {
         let n = self.my.len() as u64;
         let h0 = Health::of(&c.dev, &c.qps);
         let cpu0 = report::cpu_seconds();
-        if !self.quiet {
-            eprintln!("uroce bench: waiting for the client to finish");
-        }
+        eprintln!("uroce bench: waiting for the client to finish");
         self.hs0()?;
         let rep = self
             .ch
@@ -931,7 +925,7 @@ impl Session<'_, '_> {
         let o = self.o.clone();
         let c = self.c;
         let mut rows = Vec::new();
-        let mut tick = Ticker::new(self.quiet);
+        let mut tick = Ticker::new();
         let atomic = matches!(o.op, Op::FetchAdd | Op::CmpSwap);
         for &size in &o.sizes {
             let before = if atomic {
@@ -983,9 +977,7 @@ impl Session<'_, '_> {
     /// `ctx_close_connection`, whose handshake returns when the client is done, and prints
     /// nothing (as perftest's).
     fn req_lat_server(&mut self) -> Result<Vec<LatRow>, CliError> {
-        if !self.quiet {
-            eprintln!("uroce bench: waiting for the client to finish (the client measures)");
-        }
+        eprintln!("uroce bench: waiting for the client to finish (the client measures)");
         self.ch.close(&self.my[0]).map_err(fail)?;
         Ok(Vec::new())
     }
@@ -996,7 +988,7 @@ impl Session<'_, '_> {
         let o = self.o.clone();
         let c = self.c;
         let mut rows = Vec::new();
-        let mut tick = Ticker::new(self.quiet);
+        let mut tick = Ticker::new();
         for &size in &o.sizes {
             let initial = o.rx_depth.min(o.iters);
             c.post_initial_recvs(size, initial, false)?;
@@ -1029,7 +1021,7 @@ impl Session<'_, '_> {
         let o = self.o.clone();
         let c = self.c;
         let mut rows = Vec::new();
-        let mut tick = Ticker::new(self.quiet);
+        let mut tick = Ticker::new();
         let mut done: Vec<u64> = Vec::new();
         for &size in &o.sizes {
             let h0 = Health::of(&c.dev, &c.qps);
@@ -1179,7 +1171,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         peer_uroce,
         client,
         report_gbits: args.report_gbits,
-        quiet: false,
     };
     s.establish(tcp_peer, mtu)?;
     let peer = if peer_uroce {

@@ -430,25 +430,20 @@ impl<'a> Reporter<'a> {
 pub struct Ticker {
     start: Instant,
     last: Instant,
-    quiet: bool,
 }
 
 impl Ticker {
     /// Starts timing.
-    pub fn new(quiet: bool) -> Self {
+    pub fn new() -> Self {
         let now = Instant::now();
         Ticker {
             start: now,
             last: now,
-            quiet,
         }
     }
 
     /// Prints `what` with the rate so far if a second has passed since the last line.
     pub fn tick(&mut self, what: &str, done: u64, total: Option<u64>, bytes: u64) {
-        if self.quiet {
-            return;
-        }
         let now = Instant::now();
         if now.duration_since(self.last) < Duration::from_secs(1) {
             return;
