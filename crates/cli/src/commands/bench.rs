@@ -853,10 +853,12 @@ impl Session<'_, '_> {
             Op::Write => DataCheck::NotChecked("perftest writes random bytes"),
             Op::Read => DataCheck::NotChecked("the client checks what it READs"),
             Op::FetchAdd | Op::CmpSwap => {
-                // Any client: its report says how many atomics each QP did, and this side
-                // knows the values it started with.
+                // Any client: this side knows the values it started with, and perftest's
+                // client steps through the slots round-robin (`increase_rem_addr`), so the
+                // increments must be the same on every slot, one more on a prefix of them,
+                // and add up to the client's count. (A perftest client with -D reports only
+                // the operations of its sampling window: then more may have arrived.)
                 let slots = c.geo.slots(8);
-                let counts = slot_counts(per_qp, slots);
                 let mut r = Ok(());
                 for q in 0..n {
                     let before = pattern_words(&c.geo, q, slots);
@@ -867,7 +869,30 @@ impl Session<'_, '_> {
                             u64::from_ne_bytes(w)
                         })
                         .collect();
-                    r = r.and_then(|_| check_atomics(o.op, q as usize, &before, &after, &counts));
+                    if r.is_err() {
+                        break;
+                    }
+                    r = if o.op == Op::CmpSwap {
+                        check_atomics(o.op, q as usize, &before, &after, &vec![0; slots as usize])
+                    } else {
+                        let deltas: Vec<u64> = after
+                            .iter()
+                            .zip(&before)
+                            .map(|(a, b)| a.wrapping_sub(*b))
+                            .collect();
+                        let total: u64 = deltas.iter().sum();
+                        if deltas != slot_counts(total, slots) {
+                            Err(format!(
+                                "QP {q}: the fetch-and-adds did not land once each, round-robin                                  over the {slots} slots: increments {deltas:?}"
+                            ))
+                        } else if total != per_qp && (self.peer_uroce || total < per_qp) {
+                            Err(format!(
+                                "QP {q}: {total} fetch-and-adds arrived, the client reported                                  {per_qp}"
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    };
                 }
                 match r {
                     Ok(()) => DataCheck::Verified,
