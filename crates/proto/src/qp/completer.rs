@@ -68,6 +68,7 @@ impl Qp {
                         let status = match code {
                             NakCode::PsnSequenceError => {
                                 if self.req.rewound_to != Some(psn) {
+                                    self.req.window.on_loss(ctx.config.max_unacked_psns);
                                     self.rewind(psn);
                                     self.arm_ack_timer(ctx);
                                 }
@@ -136,6 +137,7 @@ impl Qp {
             // Responses were lost: go back to the first missing one (once per gap).
             self.counters.out_of_sequence += 1;
             if self.req.rewound_to != Some(expected) {
+                self.req.window.on_loss(ctx.config.max_unacked_psns);
                 self.rewind(expected);
                 self.arm_ack_timer(ctx);
             }
@@ -183,6 +185,7 @@ impl Qp {
                 if a.diff(w.first_psn) >= 0 && self.req.rewound_to != Some(self.req.comp_psn) {
                     self.counters.out_of_sequence += 1;
                     let at = self.req.comp_psn;
+                    self.req.window.on_loss(ctx.config.max_unacked_psns);
                     self.rewind(at);
                     self.arm_ack_timer(ctx);
                 }
@@ -224,6 +227,13 @@ impl Qp {
 
     /// Forward progress: refill retry budgets and restart the ACK timer.
     fn progress(&mut self, ctx: &mut Ctx<'_>) {
+        let acked = self.req.comp_psn.diff(self.req.window_psn);
+        if acked > 0 {
+            self.req
+                .window
+                .on_acked(acked as u32, ctx.config.max_unacked_psns);
+            self.req.window_psn = self.req.comp_psn;
+        }
         self.req.retries_left = self.attrs.retry_cnt;
         self.req.rnr_retries_left = self.attrs.rnr_retry;
         self.req.rewound_to = None;
@@ -259,6 +269,7 @@ impl Qp {
             self.req.retries_left -= 1;
             let at = self.req.comp_psn;
             self.req.rewound_to = None;
+            self.req.window.on_loss(ctx.config.max_unacked_psns);
             self.rewind(at);
             self.arm_ack_timer(ctx);
         }

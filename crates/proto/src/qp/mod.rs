@@ -10,6 +10,7 @@
 pub(crate) mod completer;
 pub(crate) mod requester;
 pub(crate) mod responder;
+pub(crate) mod window;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};

@@ -42,6 +42,10 @@ pub(crate) struct Requester {
     pub ack_deadline: Option<Instant>,
     /// Sending paused until then after an RNR NAK.
     pub rnr_until: Option<Instant>,
+    /// Adaptive send window.
+    pub window: super::window::Window,
+    /// `comp_psn` when the window last counted acknowledged PSNs.
+    pub window_psn: Psn,
     /// The PSN the last rewind went back to, until progress: stops repeated rewinds for the
     /// same gap.
     pub rewound_to: Option<Psn>,
@@ -52,6 +56,7 @@ impl Requester {
         self.next_psn = sq_psn;
         self.comp_psn = sq_psn;
         self.high_psn = sq_psn;
+        self.window_psn = sq_psn;
         self.retries_left = retry_cnt;
         self.rnr_retries_left = rnr_retry;
     }
@@ -171,7 +176,8 @@ impl Qp {
             return Blocked::Idle;
         }
         if self.qp_type == QpType::Rc {
-            if self.req.next_psn.diff(self.req.comp_psn) >= config.max_unacked_psns as i32 {
+            let window = self.req.window.limit(config.max_unacked_psns);
+            if self.req.next_psn.diff(self.req.comp_psn) >= window as i32 {
                 return Blocked::Idle;
             }
             if starting && (w.wr.flags.fence || w.wr.op.is_read_or_atomic()) {
@@ -388,8 +394,12 @@ impl Qp {
                 let first = off == 0;
                 last = off + n == w.len;
                 bth.opcode = opcode_for(self.qp_type, &op, first, last);
-                bth.ack_req = self.qp_type == QpType::Rc
-                    && (last || self.req.since_ack_req + 1 >= ctx.config.ack_req_interval);
+                // Ask for an ACK at least twice per window, so a small window never waits for
+                // an ACK that nothing requested.
+                let window = self.req.window.limit(ctx.config.max_unacked_psns);
+                let interval = ctx.config.ack_req_interval.min((window / 2).max(1));
+                bth.ack_req =
+                    self.qp_type == QpType::Rc && (last || self.req.since_ack_req + 1 >= interval);
                 bth.solicited = last && w.wr.flags.solicited;
                 let mut r = PacketRepr::new(bth, n as usize);
                 let info = bth.opcode.info();
