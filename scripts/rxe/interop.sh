@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # uroce against the kernel's Soft-RoCE (rdma_rxe) driven by rdma-core's own example programs:
-# ibv_{rc,uc,ud,srq}_pingpong -c in a qemu guest against `uroce pingpong` in the host netns
+# ibv_{rc,uc,ud,srq}_pingpong -c and perftest (ib_{write,read,send,atomic}_bw, ib_write_lat)
+# in a qemu guest against `uroce pingpong` / `uroce bench` in the host netns
 # (bridge address 10.77.0.1 / fd77::1), in both directions (uroce client ↔ rxe server, rxe
 # client ↔ uroce server), RC at 1 B, 4000 B and 1 MiB, path MTU 1024 and 4096, IPv4 and IPv6.
 # Every run validates the data (-c) on both sides; every one must exit 0 on both sides.
@@ -80,7 +81,48 @@ from_rxe() {
     record "rxe client -> uroce server: $mode IPv$v $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
 }
 
+# perftest: uroce bench is the client, perftest on rxe the server.
+bench_to_rxe() { # test kind perftest-binary args...
+    local test=$1 kind=$2 bin=$3; shift 3
+    n=$((n + 1))
+    local id u=0 g=0
+    id=$("$G" submit "$GUEST" "$bin -x 1 -F $*")
+    "$G" wait-port "$GUEST" 18515 >/dev/null
+    timeout 180 ip netns exec "$NS" "$U" bench "$test" "$kind" -x 1 -F "$@" --dev-ip "$H4" --timeout 150 \
+        "$G4" > "$art/$n.uroce" 2>&1 || u=$?
+    "$G" wait "$GUEST" "$id" > "$art/$n.rxe" 2>&1 || g=$?
+    record "uroce bench $test $kind -> $bin on rxe: $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
+}
+
+# perftest on rxe is the client, uroce bench the server.
+bench_from_rxe() {
+    local test=$1 kind=$2 bin=$3; shift 3
+    n=$((n + 1))
+    local u=0 g=0
+    timeout 180 ip netns exec "$NS" "$U" bench "$test" "$kind" -x 1 -F "$@" --dev-ip "$H4" --timeout 150 \
+        > "$art/$n.uroce" 2>&1 &
+    local pid=$!
+    local deadline=$((SECONDS + 30))
+    until grep -q listening "$art/$n.uroce" 2>/dev/null; do
+        ((SECONDS < deadline)) && kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    "$G" run "$GUEST" -t 170 "$bin -x 1 -F $* $H4" > "$art/$n.rxe" 2>&1 || g=$?
+    wait "$pid" || u=$?
+    record "$bin on rxe -> uroce bench $test $kind: $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
+}
+
 t0=$SECONDS
+for dir in bench_to_rxe bench_from_rxe; do
+    $dir write bw ib_write_bw -n 200 -s 65536
+    $dir read bw ib_read_bw -n 200 -s 65536
+    $dir send bw ib_send_bw -n 200 -s 65536
+    $dir atomic bw ib_atomic_bw -n 200 -A FETCH_AND_ADD
+    $dir atomic bw ib_atomic_bw -n 200 -A CMP_AND_SWAP
+    $dir write lat ib_write_lat -n 200 -s 8
+    ((quick)) && break
+done
+
 for v in 4 6; do
     for mtu in 1024 4096; do
         sizes="1 4000 1048576"
