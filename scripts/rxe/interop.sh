@@ -5,6 +5,8 @@
 # (bridge address 10.77.0.1 / fd77::1), in both directions (uroce client ↔ rxe server, rxe
 # client ↔ uroce server), RC at 1 B, 4000 B and 1 MiB, path MTU 1024 and 4096, IPv4 and IPv6.
 # Every run validates the data (-c) on both sides; every one must exit 0 on both sides.
+# Last, an RC transfer over a lossy path (netem in the guest, injected loss in uroce) must
+# complete with both sides retransmitting.
 #
 #   scripts/rxe/interop.sh [--quick]
 #
@@ -143,6 +145,30 @@ for v in 4 6; do
     to_rxe ud "$v" -n 20 -s 2048
     from_rxe ud "$v" -n 20 -s 4096
 done
+# RC over a lossy path: netem loss 1 % on the guest's eth0 (rxe → uroce) and 1 % loss injected
+# on uroce's own sends (the host kernel has no netem). Both sides must retransmit and the data
+# must arrive intact (-c).
+lossy() {
+    n=$((n + 1))
+    local stats='rdma statistic show link rxe0/1 | tr " " "\n" | grep -A1 -x completer_retry_err | tail -1'
+    "$G" run "$GUEST" "modprobe sch_netem && tc qdisc replace dev eth0 root netem loss 1%" > "$art/$n.netem" 2>&1
+    local before after id u=0 g=0
+    before=$("$G" run "$GUEST" "$stats")
+    id=$("$G" submit "$GUEST" "ibv_rc_pingpong -g 1 -c -n 5 -s 1048576 -m 4096")
+    "$G" wait-port "$GUEST" 18515 >/dev/null
+    UROCE_FAULTS=loss=0.01,seed=11 timeout 200 ip netns exec "$NS" "$U" pingpong --rc -g 1 -c -n 5 -s 1048576 \
+        -m 4096 --dev-ip "$H4" --counters --timeout 150 "$G4" > "$art/$n.uroce" 2>&1 || u=$?
+    "$G" wait "$GUEST" "$id" > "$art/$n.rxe" 2>&1 || g=$?
+    after=$("$G" run "$GUEST" "$stats")
+    "$G" run "$GUEST" "tc qdisc del dev eth0 root" >/dev/null 2>&1 || true
+    local ours
+    ours=$(grep -o '[0-9]* retransmitted' "$art/$n.uroce" | cut -d' ' -f1)
+    echo "lossy run: uroce retransmitted ${ours:-?} packets; rxe completer_retry_err $before -> $after" >&2
+    record "RC 1 MiB x 5 with 1 % loss both ways (netem in the guest, injected in uroce)" \
+        "$([[ $u == 0 && $g == 0 && ${ours:-0} -gt 0 && $after -gt $before ]] && echo 1 || echo 0)"
+}
+lossy
+
 echo "interop: $((SECONDS - t0)) s"
 echo "$pass passed, $fail failed"
 ((fail == 0))
