@@ -57,6 +57,15 @@ case $rc in
 *) echo "interop with rxe: FAILED" >&2; exit "$rc" ;;
 esac
 
+echo "== RC under tc netem on veth (inside a qemu guest; root)" >&2
+rc=0
+scripts/rxe/netem.sh || rc=$?
+case $rc in
+0) ;;
+77) echo "netem: SKIPPED (needs root)" >&2 ;;
+*) echo "netem: FAILED" >&2; exit "$rc" ;;
+esac
+
 echo "== fuzz (bounded, ${fuzz_seconds}s per target)" >&2
 for t in fuzz/fuzz_targets/*.rs; do
     scripts/fuzz.sh "$(basename "$t" .rs)" "$fuzz_seconds"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs INSIDE a guest of scripts/rxe/guest.sh (whose Debian kernel has sch_netem; the host
+# kernel does not): two network namespaces joined by veth with `tc netem delay 1ms loss 2%
+# reorder 5% duplicate 1%` on both ends, and an RC `uroce pingpong -c` between them with both
+# back ends. Prints each side's counters line; exits non-zero if a run fails.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+U=$root/target/release/uroce
+modprobe sch_netem 2>/dev/null || true
+out=$(mktemp -d)
+trap 'scripts/netns.sh down gn >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
+scripts/netns.sh up gn 5
+scripts/netns.sh netem gn delay 1ms loss 2% reorder 5% duplicate 1%
+ip netns exec gn-a tc qdisc show dev eth0
+for backend in uring syscall; do
+    args=(pingpong --rc -c --counters --timeout 200 --backend "$backend" -s 1048576 -m 4096 -n 10)
+    ip netns exec gn-a "$U" "${args[@]}" > "$out/server" 2>&1 &
+    pid=$!
+    deadline=$((SECONDS + 60))
+    until grep -q listening "$out/server" 2>/dev/null; do
+        ((SECONDS < deadline)) && kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    rc=0
+    ip netns exec gn-b "$U" "${args[@]}" 10.66.5.1 > "$out/client" 2>&1 || rc=$?
+    wait "$pid" || rc=$?
+    for side in server client; do
+        echo "$backend $side: $(grep -E '^counters:' "$out/$side" | cut -c1-200)"
+    done
+    if ((rc != 0)); then
+        cat "$out/server" "$out/client"
+        exit 1
+    fi
+done
