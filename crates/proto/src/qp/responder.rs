@@ -33,6 +33,9 @@ use crate::mr::{Access, KeyError, Span};
 /// Credit field rxe puts in every ACK: "unlimited" (IBTA §9.7.7.2.5 invalid credit count).
 const ACK_UNLIMITED: u8 = 0x1F;
 
+/// The Q_Key of the general services interface, QP1 (IBTA §13.4.6.1).
+pub const GSI_QKEY: u32 = 0x8001_0000;
+
 /// Bytes of GRH in front of UD receive data (IBTA §11.4.1.2).
 pub const GRH_LEN: usize = 40;
 
@@ -705,8 +708,12 @@ impl Qp {
         ctx: &mut Ctx<'_>,
     ) {
         let Some(deth) = repr.deth else { return };
-        if deth.qkey != self.attrs.qkey {
-            // IBTA C10-? Q_Key mismatch: silently dropped (counted).
+        // IBTA §10.2.4 / C10-16: a Q_Key mismatch drops the packet silently (counted). The
+        // GSI (QP1) always expects the well-known Q_Key 0x80010000, whatever its attribute,
+        // as rxe's `check_keys` does; uroce never allocates QP1, so today this only documents
+        // the rule where a future GSI would need it.
+        let expected = if self.qpn == 1 { GSI_QKEY } else { self.attrs.qkey };
+        if deth.qkey != expected {
             self.counters.dropped += 1;
             return;
         }
