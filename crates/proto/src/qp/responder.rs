@@ -712,7 +712,11 @@ impl Qp {
         // GSI (QP1) always expects the well-known Q_Key 0x80010000, whatever its attribute,
         // as rxe's `check_keys` does; uroce never allocates QP1, so today this only documents
         // the rule where a future GSI would need it.
-        let expected = if self.qpn == 1 { GSI_QKEY } else { self.attrs.qkey };
+        let expected = if self.qpn == 1 {
+            GSI_QKEY
+        } else {
+            self.attrs.qkey
+        };
         if deth.qkey != expected {
             self.counters.dropped += 1;
             return;
