@@ -3,15 +3,19 @@
 # kernel does not): two network namespaces joined by veth with `tc netem delay 1ms loss 2%
 # reorder 5% duplicate 1%` on both ends, and an RC `uroce pingpong -c` between them with both
 # back ends. Prints each side's counters line; exits non-zero if a run fails.
+#
+#   netem-guest.sh DIR    DIR holds `uroce` and `netns.sh` (netem.sh copies them to the guest's
+#                         share, since the host's /tmp, where a checkout may live, is not
+#                         visible in the guest)
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$root"
-U=$root/target/release/uroce
+dir=${1:?usage: netem-guest.sh DIR}
+U=$dir/uroce
+cd "$dir"
 modprobe sch_netem 2>/dev/null || true
 out=$(mktemp -d)
-trap 'scripts/netns.sh down gn >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
-scripts/netns.sh up gn 5
-scripts/netns.sh netem gn delay 1ms loss 2% reorder 5% duplicate 1%
+trap 'bash "$dir"/netns.sh down gn >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
+bash $dir/netns.sh up gn 5
+bash $dir/netns.sh netem gn delay 1ms loss 2% reorder 5% duplicate 1%
 ip netns exec gn-a tc qdisc show dev eth0
 for backend in uring syscall; do
     args=(pingpong --rc -c --counters --timeout 200 --backend "$backend" -s 1048576 -m 4096 -n 10)

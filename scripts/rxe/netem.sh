@@ -14,8 +14,12 @@ cargo build --release --locked -p uroce-cli >&2
 trap '"$G" stop nm1 >/dev/null 2>&1 || true' EXIT
 "$G" setup >&2
 "$G" start nm1 10.77.0.9 > /dev/null
+# The guest sees the host's / but mounts its own /tmp: hand it the files through its share.
+share=$("$G" dir nm1)/share
+mkdir -p "$share/netem"
+cp target/release/uroce scripts/netns.sh scripts/rxe/netem-guest.sh "$share/netem/"
 rc=0
-out=$("$G" run nm1 -t 600 "bash $root/scripts/rxe/netem-guest.sh") || rc=$?
+out=$("$G" run nm1 -t 600 "bash /uroce-share/netem/netem-guest.sh /uroce-share/netem") || rc=$?
 echo "$out"
 ((rc == 0)) || { echo "netem: FAILED" >&2; exit 1; }
 # Every side of every run retransmitted.
