@@ -7,72 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
+use common::netns::{need_root, Netns};
 use common::{pair, spawn, strings};
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns.sh")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Two namespaces, removed on drop (also when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn up(name: &str, n: u8) -> Netns {
-        let ns = Netns {
-            name: name.to_string(),
-        };
-        let o = Command::new("bash")
-            .arg(script())
-            .args(["up", name, &n.to_string()])
-            .output()
-            .expect("run scripts/netns.sh");
-        assert!(
-            o.status.success(),
-            "scripts/netns.sh up {name} {n}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        ns
-    }
-
-    fn a(&self) -> String {
-        format!("{}-a", self.name)
-    }
-
-    fn b(&self) -> String {
-        format!("{}-b", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["down", &self.name])
-            .status();
-    }
-}
-
-/// Skips (returns false) when not root.
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    println!("{test}: skipped: the netns tests need root (scripts/netns.sh creates namespaces)");
-    false
-}
 
 /// Every mode between `ns`'s two namespaces, the server at `server_ip`.
 fn every_mode(ns: &Netns, server_ip: &str, client_ip: &str) {

@@ -7,69 +7,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
+use common::netns::{need_root, Netns};
 use common::{spawn, strings};
 use serde_json::Value;
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns.sh")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Skips (returns false) when not root.
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    println!("{test}: skipped: the netns tests need root (scripts/netns.sh creates namespaces)");
-    false
-}
-
-/// Two namespaces, removed on drop (also when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn up(name: &str, n: u8) -> Netns {
-        let ns = Netns {
-            name: name.to_string(),
-        };
-        let o = Command::new("bash")
-            .arg(script())
-            .args(["up", name, &n.to_string()])
-            .output()
-            .expect("run scripts/netns.sh");
-        assert!(
-            o.status.success(),
-            "scripts/netns.sh up {name} {n}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        ns
-    }
-
-    fn exec(&self, side: &str) -> Vec<String> {
-        strings(&["ip", "netns", "exec", &format!("{}-{side}", self.name)])
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["down", &self.name])
-            .status();
-    }
-}
 
 /// Runs `bench test kind extra` with the server in namespace a and the client in b, which
 /// connects to `server_ip`; checks exit codes, JSON lines, addresses and the data check.
