@@ -189,6 +189,16 @@ impl core::fmt::Debug for Span {
 }
 
 impl Span {
+    /// A span over all of `memory` (zero-length or inline data: no region, no key check).
+    pub(crate) fn whole(memory: Arc<dyn RegionMemory>) -> Span {
+        let len = memory.len();
+        Span {
+            memory,
+            offset: 0,
+            len,
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -324,11 +334,7 @@ impl MrTable {
         need: Access,
     ) -> Result<Span, KeyError> {
         if len == 0 {
-            return Ok(Span {
-                memory: Arc::new(VecMemory::default()),
-                offset: 0,
-                len: 0,
-            });
+            return Ok(Span::whole(Arc::new(VecMemory::default())));
         }
         let mr = self
             .regions

@@ -32,6 +32,11 @@ fn side(
     cfg.backend = backend;
     cfg.progress = progress;
     cfg.pcap = pcap;
+    side_with(cfg, qp_type)
+}
+
+/// A side on a device opened with `cfg`: a 4 MiB region with every right, a CQ and a QP.
+fn side_with(cfg: DeviceConfig, qp_type: QpType) -> Side {
     let dev = Device::open(cfg).expect("open device");
     let pd = dev.alloc_pd();
     let mr = pd.reg_mr(0x10_0000, 4 << 20, ALL).unwrap();
@@ -608,30 +613,7 @@ fn rc_survives_injected_faults_on_real_sockets() {
             let mut cfg = DeviceConfig::new(ip.parse().unwrap());
             cfg.backend = backend;
             cfg.faults = Some(faults);
-            let dev = Device::open(cfg).expect("open device");
-            let pd = dev.alloc_pd();
-            let mr = pd.reg_mr(0x10_0000, 4 << 20, ALL).unwrap();
-            let cq = dev.create_cq(4096, None).unwrap();
-            let qp = pd
-                .create_qp(
-                    QpType::Rc,
-                    &cq,
-                    &cq,
-                    None,
-                    QpCap {
-                        max_send_wr: 512,
-                        max_recv_wr: 512,
-                        ..QpCap::default()
-                    },
-                )
-                .unwrap();
-            Side {
-                dev,
-                _pd: pd,
-                cq,
-                mr,
-                qp,
-            }
+            side_with(cfg, QpType::Rc)
         };
         let a = mk(ips.0);
         let b = mk(ips.1);

@@ -224,18 +224,8 @@ impl Qp {
             Access::NONE
         };
         let spans = match &w.wr.payload {
-            Payload::Inline(v) => {
-                let len = v.len();
-                let m = VecMemory::from_vec(v.clone());
-                let mut t = crate::mr::MrTable::default();
-                // A private one-region table turns inline bytes into a span like any other.
-                let k = t
-                    .register(pd, 0, m, Access::NONE, 1)
-                    .map_err(|_| WcStatus::LocProtErr)?;
-                vec![t
-                    .check(pd, k.lkey, 0, len, Access::NONE)
-                    .map_err(|_| WcStatus::LocProtErr)?]
-            }
+            // Inline bytes were copied at post time: they need no key check.
+            Payload::Inline(v) => vec![Span::whole(VecMemory::from_vec(v.clone()))],
             Payload::Sgl(sgl) => {
                 let mut v = Vec::with_capacity(sgl.len());
                 for s in sgl {
