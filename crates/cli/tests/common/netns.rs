@@ -3,6 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Namespace tests of one test binary run one at a time: each runs real transfers with real
+/// timeouts (e.g. RC's 67 ms ACK timeout × 7 retries), and several at once on 2 cores starve
+/// each other's processes long enough to exhaust those retries.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns.sh")
@@ -27,6 +33,7 @@ pub fn need_root(test: &str) -> bool {
 /// Two namespaces NAME-a and NAME-b, removed on drop (also when the test fails).
 pub struct Netns {
     name: String,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Netns {
@@ -34,6 +41,7 @@ impl Netns {
     pub fn up(name: &str, n: u8) -> Netns {
         let ns = Netns {
             name: name.to_string(),
+            _turn: ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner),
         };
         let o = Command::new("bash")
             .arg(script())
