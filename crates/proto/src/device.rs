@@ -91,7 +91,8 @@ pub struct DeviceCounters {
     pub icrc_drops: u64,
     /// Accepted only by solving for the IPv4 Identification.
     pub icrc_solved_id: u64,
-    /// Dropped: not a valid transport packet.
+    /// Dropped: not a valid transport packet (shorter than BTH + ICRC, unknown opcode,
+    /// TVer other than 0, headers cut short, bad pad count, payload where none is allowed).
     pub malformed: u64,
     /// Dropped: no QP with that number.
     pub unknown_qp: u64,
@@ -526,6 +527,13 @@ impl Device {
                 return;
             }
         };
+        // Too short to hold a BTH and an ICRC: not a transport packet at all, so it is counted
+        // as malformed rather than as an ICRC failure (rxe's `rxe_udp_encap_recv` likewise
+        // drops runts before the ICRC check).
+        if data.len() < uroce_wire::headers::BTH_LEN + uroce_wire::ICRC_LEN {
+            self.counters.malformed += 1;
+            return;
+        }
         let icrc = IcrcContext {
             ip: ctx_ip,
             src_port: from.port(),
