@@ -1357,3 +1357,37 @@ fn hostile_acks_for_psns_never_sent_are_dropped() {
         assert_eq!((c.wr_id, c.opcode), (77, WcOpcode::RdmaWrite));
     });
 }
+
+#[test]
+fn hostile_send_with_invalidate_of_a_regular_mr_is_nak_invalid_request() {
+    case(
+        "hostile_send_with_invalidate_of_a_regular_mr_is_nak_invalid_request",
+        |lab| {
+            // The attacker's QP shares the PD with the legitimate QP: it tries to revoke the
+            // region the legitimate peer uses. An ordinary region cannot be invalidated
+            // remotely (rxe refuses user MRs too); the legit flow after this test proves the
+            // rkey still works.
+            let v = &lab.v;
+            let before = v.snapshot();
+            let mut b = bth(Opcode::RcSendOnlyInv, v.rc.qpn(), RC_EPSN);
+            b.ack_req = true;
+            let mut r = PacketRepr::new(b, 0);
+            r.ieth = Some(v.mr("legit").rkey());
+            lab.atk.send(&r, &[]);
+            lab.atk.expect_nak(NakCode::InvalidRequest, RC_EPSN);
+            wait_for("the RC QP in ERR", || v.rc.state() == Some(QpState::Err));
+            let cs = Victim::drain(&v.rc_cq);
+            let st: Vec<(u64, WcStatus)> = cs.iter().map(|c| (c.wr_id, c.status)).collect();
+            assert_eq!(
+                st,
+                [
+                    (100, WcStatus::RemInvReqErr),
+                    (101, WcStatus::WrFlushErr),
+                    (102, WcStatus::WrFlushErr),
+                    (103, WcStatus::WrFlushErr)
+                ]
+            );
+            assert_untouched(v, &before);
+        },
+    );
+}

@@ -25,6 +25,12 @@ impl Access {
     pub const REMOTE_READ: Access = Access(4);
     /// Remote peers may perform atomics.
     pub const REMOTE_ATOMIC: Access = Access(8);
+    /// uroce extension (no `ibv_access_flags` equivalent): a peer's SEND with Invalidate may
+    /// invalidate this region. In verbs only fast-registered MRs and type-2 memory windows can
+    /// be invalidated remotely, never an `ibv_reg_mr` region (rxe's `rxe_invalidate_mr` refuses
+    /// them), and uroce has neither: without this bit any peer of any QP in the PD could revoke
+    /// every region of that PD.
+    pub const REMOTE_INVALIDATE: Access = Access(1 << 31);
 
     /// The raw bits.
     pub const fn bits(self) -> u32 {
@@ -310,14 +316,18 @@ impl MrTable {
         self.regions.is_empty()
     }
 
-    /// Invalidates the region with `rkey` if it belongs to `pd` (SEND with Invalidate).
+    /// Invalidates the region with `rkey` if it belongs to `pd` and was registered with
+    /// [`Access::REMOTE_INVALIDATE`] (SEND with Invalidate).
     pub fn invalidate(&mut self, pd: PdHandle, rkey: u32) -> Result<(), KeyError> {
         match self.regions.get_mut(&rkey) {
-            Some(mr) if mr.pd == pd && mr.valid => {
+            Some(mr) if mr.pd != pd => Err(KeyError::WrongPd),
+            Some(mr) if mr.valid && !mr.access.contains(Access::REMOTE_INVALIDATE) => {
+                Err(KeyError::Access)
+            }
+            Some(mr) if mr.valid => {
                 mr.valid = false;
                 Ok(())
             }
-            Some(mr) if mr.pd != pd => Err(KeyError::WrongPd),
             _ => Err(KeyError::UnknownKey),
         }
     }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use uroce_proto::{Access, Mtu, Payload, RecvWr, SendOp, SendWr, VecMemory, WcOpcode, WcStatus};
+use uroce_proto::{
+    Access, Mtu, Payload, QpAttr, QpState, RecvWr, SendOp, SendWr, VecMemory, WcOpcode, WcStatus,
+};
 use uroce_sim::scenario::{drain, pair, pattern, settle, wait_completions, PairOpts};
 use uroce_sim::{Link, Sim};
 
@@ -126,9 +128,12 @@ fn zero_length_send_and_write() {
 fn send_with_invalidate_kills_the_rkey() {
     let mut sim = Sim::new(12, Link::default());
     let (a, b) = pair(&mut sim, &PairOpts::default());
-    // A second region on B, which A's SEND will invalidate.
+    // A second region on B, which A's SEND will invalidate (it allows that).
     let mem2 = VecMemory::zeroed(4096);
-    let acc = Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ;
+    let acc = Access::LOCAL_WRITE
+        | Access::REMOTE_WRITE
+        | Access::REMOTE_READ
+        | Access::REMOTE_INVALIDATE;
     let k2 = sim
         .dev(b.host)
         .reg_mr(b.pd, 0x7000_0000, mem2.clone(), acc)
@@ -198,6 +203,63 @@ fn send_with_invalidate_kills_the_rkey() {
     );
     assert_eq!(b.counters(&sim).naks_sent[2], 1);
     assert_eq!(a.counters(&sim).naks_received[2], 1);
+}
+
+#[test]
+fn send_with_invalidate_of_a_region_without_remote_invalidate_is_refused() {
+    // An ordinary region (no REMOTE_INVALIDATE) cannot be revoked by a peer: the SEND is an
+    // invalid request (rxe refuses to invalidate a user MR likewise) and the rkey still works.
+    let mut sim = Sim::new(15, Link::default());
+    let (a, b) = pair(&mut sim, &PairOpts::default());
+    let mem2 = VecMemory::zeroed(4096);
+    let acc = Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ;
+    let k2 = sim
+        .dev(b.host)
+        .reg_mr(b.pd, 0x7000_0000, mem2.clone(), acc)
+        .unwrap();
+    sim.dev(b.host)
+        .post_recv(
+            b.qpn,
+            RecvWr {
+                wr_id: 9,
+                sgl: vec![b.sge(0, 64)],
+            },
+        )
+        .unwrap();
+    let s = SendWr::new(1, SendOp::SendWithInv(k2.rkey), Payload::Sgl(vec![]));
+    sim.post_send(a.host, a.qpn, s).unwrap();
+    let c = wait_completions(&mut sim, &a, 1, LIMIT);
+    assert_eq!(c[0].status, WcStatus::RemInvReqErr);
+    let r = wait_completions(&mut sim, &b, 1, LIMIT);
+    assert_eq!((r[0].wr_id, r[0].status), (9, WcStatus::RemInvReqErr));
+    assert_eq!(b.counters(&sim).naks_sent[1], 1);
+    // The region is still valid: with both QPs reset and reconnected, a WRITE through the
+    // same rkey lands.
+    for ep in [&a, &b] {
+        let reset = QpAttr {
+            state: Some(QpState::Reset),
+            ..QpAttr::default()
+        };
+        sim.dev(ep.host).modify_qp(ep.qpn, &reset).unwrap();
+    }
+    let o = PairOpts::default();
+    uroce_sim::scenario::bring_up(&mut sim, &a, &b, &o);
+    uroce_sim::scenario::bring_up(&mut sim, &b, &a, &o);
+    let src = a.fill(0, 100, 5);
+    let w = SendWr::new(
+        2,
+        SendOp::RdmaWrite {
+            remote_addr: 0x7000_0000,
+            rkey: k2.rkey,
+        },
+        Payload::Sgl(vec![a.sge(0, 100)]),
+    );
+    sim.post_send(a.host, a.qpn, w).unwrap();
+    assert_eq!(
+        wait_completions(&mut sim, &a, 1, LIMIT)[0].status,
+        WcStatus::Success
+    );
+    assert_eq!(&mem2.to_vec()[..100], &src[..]);
 }
 
 #[test]
