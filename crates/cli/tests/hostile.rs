@@ -1391,3 +1391,22 @@ fn hostile_send_with_invalidate_of_a_regular_mr_is_nak_invalid_request() {
         },
     );
 }
+
+#[test]
+fn hostile_ud_send_larger_than_the_receive_is_loc_len_err() {
+    case(
+        "hostile_ud_send_larger_than_the_receive_is_loc_len_err",
+        |lab| {
+            // The UD receive holds 2048 bytes: 40 of GRH and 2008 of data. 2009 do not fit: the
+            // receive completes with a length error and nothing is placed.
+            let v = &lab.v;
+            let before = v.snapshot();
+            lab.atk.send(&ud_send(v.ud.qpn(), QKEY), &[0xEE; 2009]);
+            let cs = v.ud_cq.wait(1, DEADLINE).unwrap();
+            assert_eq!(cs.len(), 1);
+            assert_eq!((cs[0].wr_id, cs[0].status), (300, WcStatus::LocLenErr));
+            assert_untouched(v, &before);
+            assert_eq!(v.ud.state(), Some(QpState::Rts));
+        },
+    );
+}
