@@ -450,7 +450,9 @@ fn build_victim() -> Victim {
     let mut c = Connect::new(attacker, ATK_RC_QPN, RC_EPSN, VICTIM_SQ_PSN);
     c.mtu = Mtu::M1024;
     c.rd_atomic = 2;
-    c.retry_cnt = 7;
+    // ≈ 1 s per try: the forged-ACK test must see its WRITE outstanding while it attacks, on
+    // a loaded machine too.
+    c.timeout = 18;
     rc.connect(&c).unwrap();
     let mut c = Connect::new(attacker, ATK_UC_QPN, UC_EPSN, VICTIM_SQ_PSN);
     c.mtu = Mtu::M1024;
@@ -926,6 +928,54 @@ fn hostile_psn_behind_is_reacked_not_executed() {
         assert_untouched(v, &before);
         assert!(Victim::drain(&v.rc_cq).is_empty());
         assert_eq!(v.rc.state(), Some(QpState::Rts));
+    });
+}
+
+#[test]
+fn hostile_duplicate_storm_is_reacked_never_executed() {
+    case("hostile_duplicate_storm_is_reacked_never_executed", |lab| {
+        // 1000 duplicate WRITEs with new data: each is counted, none is written, and every
+        // reply is a plain ACK of the last PSN received (coalesced: at most one per request).
+        let (v, rw) = (&lab.v, lab.v.mr("rw"));
+        let before = v.snapshot();
+        let n = 1000u32;
+        for i in 0..n {
+            let psn = Psn::new(RC_EPSN).sub(1 + i % 5000).get();
+            lab.atk.send(
+                &to(write_only(psn, rw.addr(), rw.rkey(), 8), v.rc.qpn()),
+                b"replayed",
+            );
+        }
+        wait_for("1000 duplicates", || {
+            v.rc.counters().unwrap().duplicates == u64::from(n)
+        });
+        // Barrier: a new zero-length WRITE at the expected PSN. Every reply before its ACK is
+        // an ACK of ePSN - 1.
+        lab.atk
+            .send(&to(write_only(RC_EPSN, 0, 0, 0), v.rc.qpn()), &[]);
+        let last = Psn::new(RC_EPSN).sub(1).get();
+        let mut reacks = 0u32;
+        loop {
+            let r = lab.atk.recv();
+            assert_eq!(r.bth.opcode, Opcode::RcAcknowledge);
+            assert!(matches!(
+                r.aeth.map(|a| a.syndrome),
+                Some(AckSyndrome::Ack { .. })
+            ));
+            if r.bth.psn == RC_EPSN {
+                break;
+            }
+            assert_eq!(r.bth.psn, last);
+            reacks += 1;
+        }
+        assert!(
+            (1..=n).contains(&reacks),
+            "{reacks} re-ACKs for {n} duplicates"
+        );
+        println!("{n} duplicates drew {reacks} re-ACKs");
+        assert_untouched(v, &before);
+        assert_eq!(v.rc.state(), Some(QpState::Rts));
+        assert_eq!(v.rc.counters().unwrap().naks_sent, [0, 0, 0, 0]);
     });
 }
 
