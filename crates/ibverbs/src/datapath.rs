@@ -276,6 +276,11 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
                 // SAFETY: the caller gives room for n >= got.len() entries.
                 unsafe { wc.add(i).write(wc_of(c)) };
             }
+            if got.is_empty() {
+                // A program spinning on an empty CQ would otherwise keep the device lock hot
+                // and, on a busy machine, the progress thread that fills the CQ off the CPU.
+                std::thread::yield_now();
+            }
             got.len() as c_int
         }
         Err(_) => -1,

@@ -172,6 +172,11 @@ fn programs_between_two_uroce_processes() {
     };
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         ("rc_pingpong", pp("ibv_rc_pingpong"), "iters in"),
+        (
+            "rc_pingpong_events",
+            [pp("ibv_rc_pingpong"), vec!["-e".into()]].concat(),
+            "iters in",
+        ),
         ("uc_pingpong", pp("ibv_uc_pingpong"), "iters in"),
         ("ud_pingpong", pp("ibv_ud_pingpong"), "iters in"),
         ("srq_pingpong", pp("ibv_srq_pingpong"), "iters in"),
