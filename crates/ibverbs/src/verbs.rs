@@ -496,16 +496,25 @@ pub unsafe extern "C" fn ibv_modify_qp(
         return libc::EINVAL;
     }
     // SAFETY: qp from ibv_create_qp; attr is the caller's.
-    let (u, a) = unsafe { (&mut *qp.cast::<UQp>(), &*attr) };
-    let q = match qp_attr(a, mask) {
+    let (u, a) = unsafe { (&*qp.cast::<UQp>(), &*attr) };
+    let mut q = match qp_attr(a, mask) {
         Ok(q) => q,
         Err(e) => return e,
     };
+    if u.qp.qp_type() == QpType::Ud && q.state == Some(QpState::Init) && q.path_mtu.is_none() {
+        // UD has no path MTU attribute: as rxe (rxe_qp_init_req), a UD QP sends up to the
+        // port's active MTU.
+        // SAFETY: the QP's context is open while the QP exists.
+        let active = unsafe { ctx_of(u.ibv.context) }.dev.info.active_mtu;
+        q.path_mtu = Mtu::from_bytes(active);
+    }
     if let Err(e) = u.qp.modify(&q) {
         return errno_of(&e);
     }
     if let Some(s) = u.qp.state() {
-        u.ibv.state = ibv_state(s);
+        // SAFETY: `state` is a plain C field of the caller's QP that verbs updates here; written
+        // through the raw pointer, not through the shared reference other threads may hold.
+        unsafe { (*qp).state = ibv_state(s) };
     }
     // Remember what was set, for ibv_query_qp.
     let mut last = lock(&u.attr);
