@@ -47,7 +47,7 @@ record() { # name ok
 to_rxe() { # program args...
     n=$((n + 1))
     local id u=0 g=0
-    id=$("$G" submit "$GUEST" "$*")
+    id=$("$G" submit "$GUEST" -t 150 "$*")
     "$G" wait-port "$GUEST" 18515 >/dev/null
     # shellcheck disable=SC2086
     timeout 120 $U "$@" "$G4" > "$art/$n.uroce" 2>&1 || u=$?
@@ -78,10 +78,10 @@ for dir in to_rxe from_rxe; do
     $dir ibv_uc_pingpong -g 1 -c -n 100
     $dir ibv_ud_pingpong -g 1 -c -n 100 -s 2048
     $dir ibv_srq_pingpong -g 1 -c -n 100
-    $dir ib_write_bw -x 1 -n 500
-    $dir ib_read_bw -x 1 -n 500
-    $dir ib_send_bw -x 1 -n 500
-    $dir ib_atomic_bw -x 1 -n 500
+    $dir ib_write_bw -x 1 -n 300
+    $dir ib_read_bw -x 1 -n 300
+    $dir ib_send_bw -x 1 -n 300
+    $dir ib_atomic_bw -x 1 -n 300
     $dir ib_write_lat -x 1 -n 200
     $dir ib_send_lat -x 1 -n 200
 done
