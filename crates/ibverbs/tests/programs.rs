@@ -18,20 +18,17 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A directory holding `libibverbs.so.1` → the cdylib cargo built next to this test's binary.
+/// A directory holding `libibverbs.so.1` → the cdylib cargo built with this test (in
+/// target/<profile>/deps, next to the test binary: `cargo test` does not copy it up).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/programs-HASH → target/<profile>
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let so = profile.join("libibverbs.so");
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let so = deps.join("libibverbs.so");
     assert!(
         so.exists(),
         "cargo builds the cdylib with the tests: {so:?}"
     );
-    let dir = profile.join("ibverbs-ld");
+    let dir = deps.join("ibverbs-ld");
     std::fs::create_dir_all(&dir).expect("create the library directory");
     let link = dir.join("libibverbs.so.1");
     let _ = std::fs::remove_file(&link);
