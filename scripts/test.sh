@@ -30,6 +30,11 @@ if [[ $(id -u) -eq 0 ]]; then
     missing=()
     command -v tshark >/dev/null || missing+=(tshark)
     command -v ip >/dev/null || missing+=(iproute2)
+    # crates/ibverbs: verbs.h for its layout test, and the verbs programs it runs.
+    [[ -e /usr/include/infiniband/verbs.h ]] || missing+=(libibverbs-dev)
+    command -v ibv_rc_pingpong >/dev/null || missing+=(ibverbs-utils)
+    command -v ib_write_bw >/dev/null || missing+=(perftest)
+    command -v cc >/dev/null || missing+=(gcc)
     if ((${#missing[@]})); then
         echo "== apt-get install ${missing[*]}" >&2
         apt-get update -qq
@@ -55,6 +60,15 @@ case $rc in
 0) ;;
 77) echo "interop with rxe: SKIPPED (needs root)" >&2 ;;
 *) echo "interop with rxe: FAILED" >&2; exit "$rc" ;;
+esac
+
+echo "== unmodified verbs programs on uroce's libibverbs.so.1 against rxe (qemu guest; root)" >&2
+rc=0
+scripts/rxe/ibverbs.sh || rc=$?
+case $rc in
+0) ;;
+77) echo "ibverbs against rxe: SKIPPED (needs root)" >&2 ;;
+*) echo "ibverbs against rxe: FAILED" >&2; exit "$rc" ;;
 esac
 
 echo "== RC under tc netem on veth (inside a qemu guest; root)" >&2

@@ -17,6 +17,7 @@
 pub mod device;
 pub mod driver;
 pub mod error;
+pub mod netif;
 pub mod stats;
 mod sys;
 pub mod verbs;

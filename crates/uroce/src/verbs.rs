@@ -32,7 +32,18 @@ impl ProtectionDomain {
     /// Registers `len` bytes of new, zeroed memory at address `iova` (the address peers and SGEs
     /// use) with `access` rights.
     pub fn reg_mr(&self, iova: u64, len: usize, access: Access) -> Result<MemoryRegion> {
-        let mem = AtomicMemory::zeroed(len);
+        self.reg_memory(iova, AtomicMemory::zeroed(len), access)
+    }
+
+    /// Registers memory the caller provides (the C ABI crate's view of a C program's buffer)
+    /// at address `iova`, with `access` rights.
+    pub fn reg_memory(
+        &self,
+        iova: u64,
+        mem: Arc<dyn RegionMemory>,
+        access: Access,
+    ) -> Result<MemoryRegion> {
+        let len = mem.len();
         let keys = self
             .shared
             .lock()
@@ -56,6 +67,19 @@ impl ProtectionDomain {
         srq: Option<&SharedReceiveQueue>,
         cap: QpCap,
     ) -> Result<QueuePair> {
+        self.create_qp_sig(qp_type, send_cq, recv_cq, srq, cap, false)
+    }
+
+    /// Creates a queue pair; `sq_sig_all` makes every send WR signalled (`ibv_qp_init_attr`).
+    pub fn create_qp_sig(
+        &self,
+        qp_type: QpType,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        srq: Option<&SharedReceiveQueue>,
+        cap: QpCap,
+        sq_sig_all: bool,
+    ) -> Result<QueuePair> {
         let init = QpInit {
             qp_type,
             pd: self.h,
@@ -63,7 +87,7 @@ impl ProtectionDomain {
             recv_cq: recv_cq.h,
             srq: srq.map(|s| s.h),
             cap,
-            sq_sig_all: false,
+            sq_sig_all,
         };
         let qpn = self.shared.lock().eng.create_qp(init)?;
         Ok(QueuePair {
@@ -98,7 +122,7 @@ impl ProtectionDomain {
 /// cause undefined behaviour. Completions tell when data is whole.
 pub struct MemoryRegion {
     shared: Arc<Shared>,
-    mem: Arc<AtomicMemory>,
+    mem: Arc<dyn RegionMemory>,
     keys: MrKeys,
     iova: u64,
     len: usize,
@@ -155,7 +179,9 @@ impl MemoryRegion {
     }
     /// The whole contents.
     pub fn to_vec(&self) -> Vec<u8> {
-        self.mem.to_vec()
+        let mut v = vec![0; self.len];
+        self.mem.read(0, &mut v);
+        v
     }
 }
 

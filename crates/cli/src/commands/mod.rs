@@ -5,7 +5,7 @@ pub mod bench;
 pub mod decode;
 pub mod demo;
 pub mod devinfo;
-mod netif;
+pub(crate) use uroce::netif;
 pub mod pingpong;
 pub mod stat;
 
