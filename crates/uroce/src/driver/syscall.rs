@@ -17,6 +17,8 @@ pub(crate) struct SyscallBackend {
     rx: SyscallRx,
     gro: bool,
     stats: DriverStats,
+    /// Where the engine builds the next transmit.
+    txbuf: Vec<u8>,
 }
 
 impl SyscallBackend {
@@ -28,6 +30,7 @@ impl SyscallBackend {
             rx: SyscallRx::new(),
             gro,
             stats: DriverStats::default(),
+            txbuf: vec![0; super::TX_MAX],
         }
     }
 }
@@ -182,6 +185,25 @@ impl Backend for SyscallBackend {
         let to = SockaddrStorage::from(dst);
         // No GSO here: a batch (the engine is told to form none) goes out packet by packet.
         let seg = segment.unwrap_or(data.len()).max(1);
+        for pkt in data.chunks(seg) {
+            send_one(&self.sock, &to, pkt, &mut self.stats)?;
+        }
+        Ok(())
+    }
+
+    fn tx_buffer(&mut self) -> io::Result<&mut [u8]> {
+        Ok(&mut self.txbuf)
+    }
+
+    fn send_written(
+        &mut self,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let to = SockaddrStorage::from(dst);
+        let data = self.txbuf.get(..len).ok_or(io::ErrorKind::InvalidInput)?;
+        let seg = segment.unwrap_or(len).max(1);
         for pkt in data.chunks(seg) {
             send_one(&self.sock, &to, pkt, &mut self.stats)?;
         }

@@ -7,10 +7,11 @@
 //! were handed to the engine; a completion without `IORING_CQE_F_MORE` (the ring ran dry:
 //! `ENOBUFS`, or a cancellation) re-arms the receive.
 //!
-//! Sending: each datagram or GSO batch is copied into one of 32 send buffers owned by the back
-//! end (a `SENDMSG` reads its buffer, address, iovec and control message until its completion,
-//! so they must outlive the call), queued as a `SENDMSG` with a `UDP_SEGMENT` control message
-//! for a batch, and submitted together in [`Backend::flush`]. When every buffer is in flight,
+//! Sending: the engine builds each datagram or GSO batch straight in one of 32 send buffers
+//! owned by the back end ([`Backend::tx_buffer`]; a `SENDMSG` reads its buffer, address, iovec
+//! and control message until its completion, so they must outlive the call), queued as a
+//! `SENDMSG` with a `UDP_SEGMENT` control message for a batch, and submitted together in
+//! [`Backend::flush`]. When every buffer is in flight,
 //! the sender submits and waits for a completion. (Registered buffers would not help here: a
 //! plain `SENDMSG` copies the data into the socket buffer either way.)
 //!
@@ -278,16 +279,17 @@ impl SendSlot {
         })
     }
 
-    /// Copies the datagram in and points the `msghdr` at this slot's fields.
-    fn prepare(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) {
-        self.buf[..data.len()].copy_from_slice(data);
+    /// Points the `msghdr` at this slot's fields to send the first `len` bytes of the buffer
+    /// (`len` is at most [`TX_BUF_LEN`]).
+    fn prepare(&mut self, dst: SocketAddr, len: usize, segment: Option<usize>) {
+        let len = len.min(TX_BUF_LEN);
         self.dst = dst;
-        self.len = data.len();
-        self.segment = segment.filter(|&s| s > 0 && s < data.len());
+        self.len = len;
+        self.segment = segment.filter(|&s| s > 0 && s < len);
         self.addr = SockaddrStorage::from(dst);
         self.iov = libc::iovec {
             iov_base: self.buf.as_mut_ptr().cast(),
-            iov_len: data.len(),
+            iov_len: len,
         };
         self.msg.msg_name = self.addr.as_ptr().cast_mut().cast();
         self.msg.msg_namelen = self.addr.len();
@@ -324,6 +326,8 @@ pub(crate) struct UringBackend {
     #[allow(clippy::vec_box)]
     slots: Vec<Box<SendSlot>>,
     free: Vec<usize>,
+    /// The slot handed out by [`Backend::tx_buffer`], not yet sent.
+    current: Option<usize>,
     gso: bool,
     gro: bool,
     local_default: IpAddr,
@@ -402,6 +406,7 @@ impl UringBackend {
             pending_rx: VecDeque::new(),
             slots: (0..TX_SLOTS).map(|_| SendSlot::new()).collect(),
             free: (0..TX_SLOTS).rev().collect(),
+            current: None,
             gso: true,
             gro,
             local_default,
@@ -488,7 +493,8 @@ impl UringBackend {
             if self.pending_rx.iter().any(|&(_, f)| !cqueue::more(f)) {
                 self.armed = false;
             }
-            if !self.armed && self.free.len() == self.slots.len() {
+            let idle = self.free.len() + usize::from(self.current.is_some());
+            if !self.armed && idle == self.slots.len() {
                 return Ok(());
             }
             if std::time::Instant::now() >= end {
@@ -628,6 +634,31 @@ impl UringBackend {
         Ok(self.free.pop().expect("a free slot"))
     }
 
+    /// Queues a `SENDMSG` of the first `len` bytes of slot `i` (taken, filled).
+    fn queue_slot(
+        &mut self,
+        i: usize,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let slot = &mut *self.slots[i];
+        slot.prepare(dst, len, segment);
+        let batch = slot.segment.is_some();
+        let entry = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), &slot.msg)
+            .build()
+            .user_data(i as u64);
+        self.stats.tx_sends += 1;
+        if batch {
+            self.stats.tx_gso_sends += 1;
+        }
+        if let Err(e) = self.push(entry) {
+            self.free.push(i);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Hands the datagrams of receive buffer `bid` (`len` bytes filled) to `sink`.
     fn deliver_buffer(&mut self, bid: u16, len: usize, sink: Sink<'_>) -> usize {
         let UringBackend {
@@ -743,20 +774,45 @@ impl Backend for UringBackend {
         }
         let i = self.take_slot()?;
         let slot = &mut *self.slots[i];
-        slot.prepare(dst, data, segment);
-        let batch = slot.segment.is_some();
-        let entry = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), &slot.msg)
-            .build()
-            .user_data(i as u64);
-        self.stats.tx_sends += 1;
-        if batch {
-            self.stats.tx_gso_sends += 1;
+        slot.buf[..data.len()].copy_from_slice(data);
+        self.queue_slot(i, dst, data.len(), segment)
+    }
+
+    fn tx_buffer(&mut self) -> io::Result<&mut [u8]> {
+        let i = match self.current {
+            Some(i) => i,
+            None => {
+                let i = self.take_slot()?;
+                self.current = Some(i);
+                i
+            }
+        };
+        Ok(&mut self.slots[i].buf[..super::TX_MAX])
+    }
+
+    fn send_written(
+        &mut self,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let Some(i) = self.current.take() else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let len = len.min(super::TX_MAX);
+        if let Some(seg) = segment.filter(|&s| s > 0 && s < len) {
+            if !self.gso {
+                // GSO failed once: packet by packet, straight from the slot.
+                let to = SockaddrStorage::from(dst);
+                let mut r = Ok(());
+                for pkt in self.slots[i].buf[..len].chunks(seg) {
+                    r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
+                }
+                self.free.push(i);
+                return r;
+            }
         }
-        if let Err(e) = self.push(entry) {
-            self.free.push(i);
-            return Err(e);
-        }
-        Ok(())
+        self.queue_slot(i, dst, len, segment)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -841,6 +897,9 @@ impl Backend for UringBackend {
 
 impl Drop for UringBackend {
     fn drop(&mut self) {
+        if let Some(i) = self.current.take() {
+            self.free.push(i);
+        }
         if self.armed {
             let cancel = opcode::AsyncCancel::new(UD_RECV)
                 .build()
