@@ -288,6 +288,8 @@ impl Device {
             }
             None => backend,
         };
+        let mut backend = backend;
+        backend.set_busy_poll(cfg.progress == Progress::Polled);
         let features = backend.features();
         let mut ecfg = Config::new(cfg.local_ip);
         ecfg.udp_port = cfg.port;

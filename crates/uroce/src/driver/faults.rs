@@ -194,6 +194,10 @@ impl Backend for FaultyBackend {
         self.inner.rx_pending()
     }
 
+    fn set_busy_poll(&mut self, on: bool) {
+        self.inner.set_busy_poll(on);
+    }
+
     fn features(&self) -> DriverFeatures {
         self.inner.features()
     }

@@ -125,6 +125,10 @@ pub(crate) trait Backend: Send {
     fn rx_pending(&self) -> bool {
         false
     }
+    /// Told once at open when the device is busy-polled ([`crate::Progress::Polled`]):
+    /// [`Backend::recv_ready`] is then called in a tight loop and may spend a syscall on
+    /// fetching completions rather than wait for the kernel to notify.
+    fn set_busy_poll(&mut self, _on: bool) {}
     /// What the back end does.
     fn features(&self) -> DriverFeatures;
     /// Its counters.

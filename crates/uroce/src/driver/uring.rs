@@ -28,7 +28,9 @@
 //! application thread may never do. With the default notification a submitting thread is
 //! interrupted briefly to post the completion instead, so the progress thread, which polls the
 //! ring's descriptor, always sees it. The multishot receive is (re-)armed from
-//! [`Backend::recv_ready`], which in thread mode runs on the progress thread.
+//! [`Backend::recv_ready`], which in thread mode runs on the progress thread. A busy-polled
+//! device ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
+//! thread that never leaves user space gets its completion work only after an interrupt.
 
 #![allow(unsafe_code)]
 
@@ -328,6 +330,9 @@ pub(crate) struct UringBackend {
     free: Vec<usize>,
     /// The slot handed out by [`Backend::tx_buffer`], not yet sent.
     current: Option<usize>,
+    /// The device is busy-polled: receive with `recvmsg` syscalls, never arm the multishot
+    /// receive (see [`Backend::set_busy_poll`] on this type).
+    busy_poll: bool,
     gso: bool,
     gro: bool,
     local_default: IpAddr,
@@ -407,6 +412,7 @@ impl UringBackend {
             slots: (0..TX_SLOTS).map(|_| SendSlot::new()).collect(),
             free: (0..TX_SLOTS).rev().collect(),
             current: None,
+            busy_poll: false,
             gso: true,
             gro,
             local_default,
@@ -823,7 +829,8 @@ impl Backend for UringBackend {
     }
 
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
-        if self.rx.is_none() {
+        let drained = !self.armed && self.pending_rx.is_empty();
+        if self.rx.is_none() || (self.busy_poll && drained) {
             return self
                 .syscall_rx
                 .recv_ready(&self.sock, sink, &mut self.stats);
@@ -854,7 +861,7 @@ impl Backend for UringBackend {
                 self.armed = false;
             }
         }
-        if !self.armed {
+        if !self.armed && !self.busy_poll {
             self.arm()?;
             self.submit()?;
         }
@@ -879,6 +886,16 @@ impl Backend for UringBackend {
 
     fn rx_pending(&self) -> bool {
         !self.pending_rx.is_empty()
+    }
+
+    /// A busy-polled device receives with non-blocking `recvmsg` syscalls (still splitting
+    /// GRO super-buffers) and sends through the ring. The multishot receive's completion is
+    /// posted by task work queued to the thread that armed it, which the kernel runs only
+    /// after interrupting that thread (an inter-processor interrupt: a VM exit on a guest)
+    /// when it never leaves user space: measured 18 µs median 8-byte WRITE round trip against
+    /// 10 µs with syscalls. The data sits in the socket for the next poll instead.
+    fn set_busy_poll(&mut self, on: bool) {
+        self.busy_poll = on;
     }
 
     fn features(&self) -> DriverFeatures {
@@ -931,6 +948,18 @@ mod tests {
         let (sock, f) = crate::sys::roce_socket(local, true).unwrap();
         assert!(f.gro);
         UringBackend::with_options(sock, f.gro, opts).unwrap_or_else(|(_, e)| panic!("{e}"))
+    }
+
+    trait Concat {
+        fn concat_bytes(&self) -> Vec<u8>;
+    }
+
+    impl Concat for Vec<(SocketAddr, IpAddr, Vec<u8>)> {
+        fn concat_bytes(&self) -> Vec<u8> {
+            self.iter()
+                .flat_map(|(_, _, d)| d.iter().copied())
+                .collect()
+        }
     }
 
     fn collect(b: &mut UringBackend, want: usize) -> Vec<(SocketAddr, IpAddr, Vec<u8>)> {
@@ -1083,6 +1112,30 @@ mod tests {
             );
         }
         assert_eq!(rx.stats().rx_gro_receives, 1);
+    }
+
+    #[test]
+    fn busy_poll_receives_with_syscalls_and_never_arms() {
+        let mut rx = backend("127.0.40.9", Options::default());
+        let mut tx = backend("127.0.40.10", Options::default());
+        rx.set_busy_poll(true);
+        // The start-up probe armed (and cancelled) it once.
+        let probe_arms = rx.stats().rx_arms;
+        assert_eq!(rx.recv_ready(&mut |_, _, _| {}).unwrap(), 0);
+        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        tx.send(rx.sock.local_addr().unwrap(), &data, Some(1000))
+            .unwrap();
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 3);
+        let lens: Vec<usize> = got.iter().map(|(_, _, d)| d.len()).collect();
+        assert_eq!(lens, [1000, 1000, 500]);
+        assert_eq!(got.concat_bytes(), data);
+        assert_eq!(
+            rx.stats().rx_arms,
+            probe_arms,
+            "the multishot receive stays off"
+        );
+        assert!(!rx.armed);
     }
 
     #[test]
