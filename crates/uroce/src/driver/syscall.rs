@@ -108,6 +108,9 @@ pub(crate) fn send_one(
 pub(crate) struct SyscallRx {
     buf: Vec<u8>,
     cmsg: Vec<u8>,
+    /// The socket's bound address, asked once (a `getsockname` per poll showed in profiles of
+    /// busy polling).
+    local: Option<IpAddr>,
 }
 
 impl SyscallRx {
@@ -115,6 +118,7 @@ impl SyscallRx {
         SyscallRx {
             buf: vec![0; 65536],
             cmsg: nix::cmsg_space!(libc::in6_pktinfo, libc::c_int),
+            local: None,
         }
     }
 
@@ -125,7 +129,10 @@ impl SyscallRx {
         sink: Sink<'_>,
         stats: &mut DriverStats,
     ) -> io::Result<usize> {
-        let local_default = sock.local_addr()?.ip();
+        let local_default = match self.local {
+            Some(ip) => ip,
+            None => *self.local.insert(sock.local_addr()?.ip()),
+        };
         let mut n = 0;
         let mut receives = 0;
         while receives < RECV_BUDGET {
