@@ -648,26 +648,27 @@ impl Device {
             };
             qp.req.in_ready = false;
             let mut ctx = ctx!(self, now);
-            let mut off = 0;
-            let mut segs: Vec<usize> = Vec::new();
+            // The batch: `n` packets, all `seg` bytes but a shorter last one, `off` bytes in
+            // all (no list of sizes: nothing is allocated per batch).
+            let (mut off, mut n, mut seg) = (0, 0, 0);
             let mut dst = None;
-            while segs.len() < self.config.max_segments {
+            while n < self.config.max_segments {
                 let Some((len, d)) = qp.emit(&mut buf[off..], &mut ctx) else {
                     break;
                 };
-                let seg = segs.first().copied();
-                match (seg, dst) {
-                    (None, _) => {
+                match dst {
+                    None => {
                         dst = Some(d);
-                        segs.push(len);
+                        seg = len;
+                        n = 1;
                         off += len;
                     }
-                    (Some(s), Some(d0)) if d0 == d && len == s => {
-                        segs.push(len);
+                    Some(d0) if d0 == d && len == seg => {
+                        n += 1;
                         off += len;
                     }
-                    (Some(s), Some(d0)) if d0 == d && len < s => {
-                        segs.push(len);
+                    Some(d0) if d0 == d && len < seg => {
+                        n += 1;
                         off += len;
                         break;
                     }
@@ -687,14 +688,14 @@ impl Device {
                 qp.enter_error(&mut ctx);
             }
             // Re-queue only a QP that made progress, so a blocked QP cannot spin this loop.
-            let more = !segs.is_empty() && (qp.has_output(&self.config) || self.staged.is_some());
+            let more = n > 0 && (qp.has_output(&self.config) || self.staged.is_some());
             if more {
                 Self::wake(&mut self.ready, qp);
             }
             let Some(dst) = dst else { continue };
             let mut at = 0;
-            let n = segs.len();
-            for (i, len) in segs.iter().enumerate() {
+            for i in 0..n {
+                let len = seg.min(off - at);
                 let id = if n > 1 { i as u16 } else { 0 };
                 self.seal(dst, &mut buf[at..at + len], id);
                 at += len;
@@ -703,7 +704,7 @@ impl Device {
             return Some(Transmit {
                 dst,
                 len: off,
-                segment_size: (n > 1).then_some(segs[0]),
+                segment_size: (n > 1).then_some(seg),
             });
         }
         None

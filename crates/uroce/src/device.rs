@@ -121,17 +121,12 @@ impl Capture {
 pub(crate) struct Inner {
     pub eng: uroce_proto::Device,
     backend: Box<dyn Backend>,
-    txbuf: Vec<u8>,
     capture: Option<Capture>,
     stats: Option<crate::stats::StatsFile>,
     pub(crate) channels: HashMap<u32, Arc<crate::verbs::ChannelShared>>,
     local: SocketAddr,
     pub(crate) io_errors: u64,
 }
-
-/// The transmit buffer: the largest UDP payload over IPv4 (65535 - 20 - 8), so a GSO batch the
-/// engine forms is never too long for the kernel.
-const TXBUF_LEN: usize = 65507;
 
 impl Inner {
     /// Receives what is waiting, fires due timers, transmits, and signals CQ events.
@@ -165,15 +160,28 @@ impl Inner {
 
     /// Sends everything the engine has ready and raises CQ events.
     pub(crate) fn transmit(&mut self, now: Instant) {
-        while let Some(t) = self.eng.poll_transmit(now, &mut self.txbuf) {
-            let data = &self.txbuf[..t.len];
+        // The engine writes each transmit straight into the back end's send buffer.
+        loop {
+            let Ok(buf) = self.backend.tx_buffer() else {
+                self.io_errors += 1;
+                break;
+            };
+            let Some(t) = self.eng.poll_transmit(now, buf) else {
+                break;
+            };
             if let Some(c) = self.capture.as_mut() {
-                let seg = t.segment_size.unwrap_or(t.len).max(1);
-                for (i, p) in data.chunks(seg).enumerate() {
-                    c.record(now, self.local, t.dst, Some(i as u16), p);
+                if let Some(data) = buf.get(..t.len) {
+                    let seg = t.segment_size.unwrap_or(t.len).max(1);
+                    for (i, p) in data.chunks(seg).enumerate() {
+                        c.record(now, self.local, t.dst, Some(i as u16), p);
+                    }
                 }
             }
-            if self.backend.send(t.dst, data, t.segment_size).is_err() {
+            if self
+                .backend
+                .send_written(t.dst, t.len, t.segment_size)
+                .is_err()
+            {
                 self.io_errors += 1;
             }
         }
@@ -280,6 +288,8 @@ impl Device {
             }
             None => backend,
         };
+        let mut backend = backend;
+        backend.set_busy_poll(cfg.progress == Progress::Polled);
         let features = backend.features();
         let mut ecfg = Config::new(cfg.local_ip);
         ecfg.udp_port = cfg.port;
@@ -304,7 +314,6 @@ impl Device {
             inner: Mutex::new(Inner {
                 eng: uroce_proto::Device::new(ecfg),
                 backend,
-                txbuf: vec![0; TXBUF_LEN],
                 capture,
                 stats: crate::stats::StatsFile::new(local),
                 channels: HashMap::new(),

@@ -66,8 +66,13 @@ pub fn roce_socket(local: SocketAddr, gro: bool) -> io::Result<(UdpSocket, Socke
         setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
         set_int(&sock, libc::IPPROTO_UDP, UDP_NO_CHECK6_RX, 1)?;
     }
-    // Big buffers: bursts of a whole GSO batch per QP must not be dropped by the kernel.
-    let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
+    // Big buffers: bursts of a whole GSO batch per QP must not be dropped by the kernel. A
+    // whole window of unacked packets (2048 PSNs of 4 KiB, more in skb truesize) must fit, or
+    // a receiver that falls behind for a moment drops one and go-back-N resends the window:
+    // with the privilege, past `net.core.rmem_max` (4 MiB here, doubled by the kernel).
+    if setsockopt(&sock, sockopt::RcvBufForce, &(32 << 20)).is_err() {
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
+    }
     let _ = setsockopt(&sock, sockopt::SndBuf, &(8 << 20));
     let gro = gro && setsockopt(&sock, sockopt::UdpGroSegment, &true).is_ok();
     Ok((sock, SocketFeatures { gro }))

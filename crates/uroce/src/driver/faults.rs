@@ -85,6 +85,8 @@ pub(crate) struct FaultyBackend {
     rng: u64,
     held: Option<(SocketAddr, Vec<u8>)>,
     counters: FaultCounters,
+    /// Where the engine builds the next transmit (faults are applied per packet on a copy).
+    txbuf: Vec<u8>,
 }
 
 impl FaultyBackend {
@@ -95,6 +97,7 @@ impl FaultyBackend {
             faults,
             held: None,
             counters: FaultCounters::default(),
+            txbuf: vec![0; super::TX_MAX],
         }
     }
 
@@ -148,6 +151,25 @@ impl Backend for FaultyBackend {
         Ok(())
     }
 
+    fn tx_buffer(&mut self) -> io::Result<&mut [u8]> {
+        Ok(&mut self.txbuf)
+    }
+
+    fn send_written(
+        &mut self,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let data = std::mem::take(&mut self.txbuf);
+        let r = match data.get(..len) {
+            Some(d) => self.send(dst, d, segment),
+            None => Err(io::ErrorKind::InvalidInput.into()),
+        };
+        self.txbuf = data;
+        r
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         // A packet held for reordering must not wait forever for a successor.
         if let Some((d, b)) = self.held.take() {
@@ -170,6 +192,10 @@ impl Backend for FaultyBackend {
 
     fn rx_pending(&self) -> bool {
         self.inner.rx_pending()
+    }
+
+    fn set_busy_poll(&mut self, on: bool) {
+        self.inner.set_busy_poll(on);
     }
 
     fn features(&self) -> DriverFeatures {

@@ -91,10 +91,25 @@ pub struct DriverStats {
 /// A received datagram's addresses and bytes, handed to the engine.
 pub(crate) type Sink<'a> = &'a mut dyn FnMut(SocketAddr, IpAddr, &[u8]);
 
+/// The largest transmit (a datagram or a GSO batch): the largest UDP payload over IPv4
+/// (65535 - 20 - 8), so a batch the engine forms is never too long for the kernel.
+pub(crate) const TX_MAX: usize = 65507;
+
 /// What the progress loop needs from a back end.
 pub(crate) trait Backend: Send {
     /// Sends one datagram, or a GSO batch of `segment`-byte packets (the last may be shorter).
     fn send(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) -> io::Result<()>;
+    /// The buffer ([`TX_MAX`] bytes) the engine writes its next transmit into, so that the
+    /// packets are built where the kernel reads them (no copy between engine and driver).
+    /// The same buffer is returned until [`Backend::send_written`] sends it.
+    fn tx_buffer(&mut self) -> io::Result<&mut [u8]>;
+    /// Sends the first `len` bytes of [`Backend::tx_buffer`], as [`Backend::send`] would.
+    fn send_written(
+        &mut self,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()>;
     /// Pushes out sends queued by [`Backend::send`].
     fn flush(&mut self) -> io::Result<()>;
     /// Hands every datagram already received (up to a bound) to `sink` without blocking;
@@ -110,6 +125,10 @@ pub(crate) trait Backend: Send {
     fn rx_pending(&self) -> bool {
         false
     }
+    /// Told once at open when the device is busy-polled ([`crate::Progress::Polled`]):
+    /// [`Backend::recv_ready`] is then called in a tight loop and may spend a syscall on
+    /// fetching completions rather than wait for the kernel to notify.
+    fn set_busy_poll(&mut self, _on: bool) {}
     /// What the back end does.
     fn features(&self) -> DriverFeatures;
     /// Its counters.

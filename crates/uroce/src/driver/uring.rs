@@ -7,10 +7,11 @@
 //! were handed to the engine; a completion without `IORING_CQE_F_MORE` (the ring ran dry:
 //! `ENOBUFS`, or a cancellation) re-arms the receive.
 //!
-//! Sending: each datagram or GSO batch is copied into one of 32 send buffers owned by the back
-//! end (a `SENDMSG` reads its buffer, address, iovec and control message until its completion,
-//! so they must outlive the call), queued as a `SENDMSG` with a `UDP_SEGMENT` control message
-//! for a batch, and submitted together in [`Backend::flush`]. When every buffer is in flight,
+//! Sending: the engine builds each datagram or GSO batch straight in one of 32 send buffers
+//! owned by the back end ([`Backend::tx_buffer`]; a `SENDMSG` reads its buffer, address, iovec
+//! and control message until its completion, so they must outlive the call), queued as a
+//! `SENDMSG` with a `UDP_SEGMENT` control message for a batch, and submitted together in
+//! [`Backend::flush`]. When every buffer is in flight,
 //! the sender submits and waits for a completion. (Registered buffers would not help here: a
 //! plain `SENDMSG` copies the data into the socket buffer either way.)
 //!
@@ -27,7 +28,9 @@
 //! application thread may never do. With the default notification a submitting thread is
 //! interrupted briefly to post the completion instead, so the progress thread, which polls the
 //! ring's descriptor, always sees it. The multishot receive is (re-)armed from
-//! [`Backend::recv_ready`], which in thread mode runs on the progress thread.
+//! [`Backend::recv_ready`], which in thread mode runs on the progress thread. A busy-polled
+//! device ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
+//! thread that never leaves user space gets its completion work only after an interrupt.
 
 #![allow(unsafe_code)]
 
@@ -278,16 +281,17 @@ impl SendSlot {
         })
     }
 
-    /// Copies the datagram in and points the `msghdr` at this slot's fields.
-    fn prepare(&mut self, dst: SocketAddr, data: &[u8], segment: Option<usize>) {
-        self.buf[..data.len()].copy_from_slice(data);
+    /// Points the `msghdr` at this slot's fields to send the first `len` bytes of the buffer
+    /// (`len` is at most [`TX_BUF_LEN`]).
+    fn prepare(&mut self, dst: SocketAddr, len: usize, segment: Option<usize>) {
+        let len = len.min(TX_BUF_LEN);
         self.dst = dst;
-        self.len = data.len();
-        self.segment = segment.filter(|&s| s > 0 && s < data.len());
+        self.len = len;
+        self.segment = segment.filter(|&s| s > 0 && s < len);
         self.addr = SockaddrStorage::from(dst);
         self.iov = libc::iovec {
             iov_base: self.buf.as_mut_ptr().cast(),
-            iov_len: data.len(),
+            iov_len: len,
         };
         self.msg.msg_name = self.addr.as_ptr().cast_mut().cast();
         self.msg.msg_namelen = self.addr.len();
@@ -324,6 +328,11 @@ pub(crate) struct UringBackend {
     #[allow(clippy::vec_box)]
     slots: Vec<Box<SendSlot>>,
     free: Vec<usize>,
+    /// The slot handed out by [`Backend::tx_buffer`], not yet sent.
+    current: Option<usize>,
+    /// The device is busy-polled: receive with `recvmsg` syscalls, never arm the multishot
+    /// receive (see [`Backend::set_busy_poll`] on this type).
+    busy_poll: bool,
     gso: bool,
     gro: bool,
     local_default: IpAddr,
@@ -402,6 +411,8 @@ impl UringBackend {
             pending_rx: VecDeque::new(),
             slots: (0..TX_SLOTS).map(|_| SendSlot::new()).collect(),
             free: (0..TX_SLOTS).rev().collect(),
+            current: None,
+            busy_poll: false,
             gso: true,
             gro,
             local_default,
@@ -488,7 +499,8 @@ impl UringBackend {
             if self.pending_rx.iter().any(|&(_, f)| !cqueue::more(f)) {
                 self.armed = false;
             }
-            if !self.armed && self.free.len() == self.slots.len() {
+            let idle = self.free.len() + usize::from(self.current.is_some());
+            if !self.armed && idle == self.slots.len() {
                 return Ok(());
             }
             if std::time::Instant::now() >= end {
@@ -628,6 +640,31 @@ impl UringBackend {
         Ok(self.free.pop().expect("a free slot"))
     }
 
+    /// Queues a `SENDMSG` of the first `len` bytes of slot `i` (taken, filled).
+    fn queue_slot(
+        &mut self,
+        i: usize,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let slot = &mut *self.slots[i];
+        slot.prepare(dst, len, segment);
+        let batch = slot.segment.is_some();
+        let entry = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), &slot.msg)
+            .build()
+            .user_data(i as u64);
+        self.stats.tx_sends += 1;
+        if batch {
+            self.stats.tx_gso_sends += 1;
+        }
+        if let Err(e) = self.push(entry) {
+            self.free.push(i);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Hands the datagrams of receive buffer `bid` (`len` bytes filled) to `sink`.
     fn deliver_buffer(&mut self, bid: u16, len: usize, sink: Sink<'_>) -> usize {
         let UringBackend {
@@ -743,20 +780,45 @@ impl Backend for UringBackend {
         }
         let i = self.take_slot()?;
         let slot = &mut *self.slots[i];
-        slot.prepare(dst, data, segment);
-        let batch = slot.segment.is_some();
-        let entry = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), &slot.msg)
-            .build()
-            .user_data(i as u64);
-        self.stats.tx_sends += 1;
-        if batch {
-            self.stats.tx_gso_sends += 1;
+        slot.buf[..data.len()].copy_from_slice(data);
+        self.queue_slot(i, dst, data.len(), segment)
+    }
+
+    fn tx_buffer(&mut self) -> io::Result<&mut [u8]> {
+        let i = match self.current {
+            Some(i) => i,
+            None => {
+                let i = self.take_slot()?;
+                self.current = Some(i);
+                i
+            }
+        };
+        Ok(&mut self.slots[i].buf[..super::TX_MAX])
+    }
+
+    fn send_written(
+        &mut self,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let Some(i) = self.current.take() else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let len = len.min(super::TX_MAX);
+        if let Some(seg) = segment.filter(|&s| s > 0 && s < len) {
+            if !self.gso {
+                // GSO failed once: packet by packet, straight from the slot.
+                let to = SockaddrStorage::from(dst);
+                let mut r = Ok(());
+                for pkt in self.slots[i].buf[..len].chunks(seg) {
+                    r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
+                }
+                self.free.push(i);
+                return r;
+            }
         }
-        if let Err(e) = self.push(entry) {
-            self.free.push(i);
-            return Err(e);
-        }
-        Ok(())
+        self.queue_slot(i, dst, len, segment)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -767,7 +829,8 @@ impl Backend for UringBackend {
     }
 
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
-        if self.rx.is_none() {
+        let drained = !self.armed && self.pending_rx.is_empty();
+        if self.rx.is_none() || (self.busy_poll && drained) {
             return self
                 .syscall_rx
                 .recv_ready(&self.sock, sink, &mut self.stats);
@@ -798,7 +861,7 @@ impl Backend for UringBackend {
                 self.armed = false;
             }
         }
-        if !self.armed {
+        if !self.armed && !self.busy_poll {
             self.arm()?;
             self.submit()?;
         }
@@ -825,6 +888,16 @@ impl Backend for UringBackend {
         !self.pending_rx.is_empty()
     }
 
+    /// A busy-polled device receives with non-blocking `recvmsg` syscalls (still splitting
+    /// GRO super-buffers) and sends through the ring. The multishot receive's completion is
+    /// posted by task work queued to the thread that armed it, which the kernel runs only
+    /// after interrupting that thread (an inter-processor interrupt: a VM exit on a guest)
+    /// when it never leaves user space: measured 18 µs median 8-byte WRITE round trip against
+    /// 10 µs with syscalls. The data sits in the socket for the next poll instead.
+    fn set_busy_poll(&mut self, on: bool) {
+        self.busy_poll = on;
+    }
+
     fn features(&self) -> DriverFeatures {
         DriverFeatures {
             backend: BackendKind::Uring,
@@ -841,6 +914,9 @@ impl Backend for UringBackend {
 
 impl Drop for UringBackend {
     fn drop(&mut self) {
+        if let Some(i) = self.current.take() {
+            self.free.push(i);
+        }
         if self.armed {
             let cancel = opcode::AsyncCancel::new(UD_RECV)
                 .build()
@@ -872,6 +948,18 @@ mod tests {
         let (sock, f) = crate::sys::roce_socket(local, true).unwrap();
         assert!(f.gro);
         UringBackend::with_options(sock, f.gro, opts).unwrap_or_else(|(_, e)| panic!("{e}"))
+    }
+
+    trait Concat {
+        fn concat_bytes(&self) -> Vec<u8>;
+    }
+
+    impl Concat for Vec<(SocketAddr, IpAddr, Vec<u8>)> {
+        fn concat_bytes(&self) -> Vec<u8> {
+            self.iter()
+                .flat_map(|(_, _, d)| d.iter().copied())
+                .collect()
+        }
     }
 
     fn collect(b: &mut UringBackend, want: usize) -> Vec<(SocketAddr, IpAddr, Vec<u8>)> {
@@ -1024,6 +1112,30 @@ mod tests {
             );
         }
         assert_eq!(rx.stats().rx_gro_receives, 1);
+    }
+
+    #[test]
+    fn busy_poll_receives_with_syscalls_and_never_arms() {
+        let mut rx = backend("127.0.40.9", Options::default());
+        let mut tx = backend("127.0.40.10", Options::default());
+        rx.set_busy_poll(true);
+        // The start-up probe armed (and cancelled) it once.
+        let probe_arms = rx.stats().rx_arms;
+        assert_eq!(rx.recv_ready(&mut |_, _, _| {}).unwrap(), 0);
+        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        tx.send(rx.sock.local_addr().unwrap(), &data, Some(1000))
+            .unwrap();
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 3);
+        let lens: Vec<usize> = got.iter().map(|(_, _, d)| d.len()).collect();
+        assert_eq!(lens, [1000, 1000, 500]);
+        assert_eq!(got.concat_bytes(), data);
+        assert_eq!(
+            rx.stats().rx_arms,
+            probe_arms,
+            "the multishot receive stays off"
+        );
+        assert!(!rx.armed);
     }
 
     #[test]
