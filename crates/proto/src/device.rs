@@ -779,7 +779,10 @@ mod tests {
 
     #[test]
     fn dest_qp_reads_the_low_24_bits_of_bth_word_1() {
-        assert_eq!(dest_qp(&[0x04, 0, 0xff, 0xff, 0xAA, 0x12, 0x34, 0x56]), 0x12_3456);
+        assert_eq!(
+            dest_qp(&[0x04, 0, 0xff, 0xff, 0xAA, 0x12, 0x34, 0x56]),
+            0x12_3456
+        );
         assert_eq!(dest_qp(&[0; 3]), 0);
     }
 }
