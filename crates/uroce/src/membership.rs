@@ -71,7 +71,7 @@ impl Membership {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
     }
 
@@ -94,6 +94,9 @@ impl Membership {
         let mut slot = lock(&self.slot);
         let mut last = None;
         for _ in 0..3 {
+            // The identity branch must be in place: a group without a program picks sockets
+            // by hash, and all the probes (one source port) would land on one socket.
+            self.attach(&g, &mut slot, false)?;
             let members = g.members(&mut slot)?.len() as u32;
             // Sockets of engines that are exiting may still be in the group: probe beyond.
             let base = lock(&self.prober).send_identity(members + 8)?;
@@ -121,20 +124,23 @@ impl Membership {
         )))
     }
 
-    /// Whether a probe through our slot's entry reaches us (two tries: one may be slow).
+    /// Whether our table entry is right: the index recorded for us (a leaving engine may have
+    /// recorded the kernel's move of our socket) is below the number of live engines, and a
+    /// probe through our slot's entry reaches us (a slow probe costs a needless repair). The first test
+    /// matters because an index out of range makes the kernel choose by hash, which may pick
+    /// our socket for the probe by chance.
     fn check(&self, pump: &dyn Fn()) -> io::Result<bool> {
-        for _ in 0..2 {
-            let n = lock(&self.prober).send_self()?;
-            if self.wait_probes(pump, |s| s.contains(&n)) {
-                // Our entry works; a leaving engine may have recorded a move of our socket.
-                let _g = self.dir.lock()?;
-                if let Some(i) = lock(&self.slot).recorded()? {
-                    self.shared.index.store(i, Ordering::Relaxed);
-                }
-                return Ok(true);
+        {
+            let g = self.dir.lock()?;
+            let mut slot = lock(&self.slot);
+            let live = g.members(&mut slot)?.len() as u32;
+            match slot.recorded()? {
+                Some(i) if i < live => self.shared.index.store(i, Ordering::Relaxed),
+                _ => return Ok(false),
             }
         }
-        Ok(false)
+        let n = lock(&self.prober).send_self()?;
+        Ok(self.wait_probes(pump, |s| s.contains(&n)))
     }
 
     /// Checks every [`steer::CHECK_EVERY`] and repairs the table when our entry is wrong,

@@ -37,9 +37,12 @@ pub const SLOT_SHIFT: u32 = 16;
 /// The DestQP slot of probes: the program returns the index the probe names.
 const PROBE_SLOT: u8 = 0xFF;
 /// How often each engine checks that the group's program still sends its slot to it.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How long a probe may take to come back (loopback; generous for a loaded machine).
-pub(crate) const PROBE_WAIT: Duration = Duration::from_millis(200);
+/// Short against RC's retry budget (a peer gives up after 7 ACK timeouts, 0.5 s with
+/// perftest's and the examples' timeout 14): a member whose socket the kernel moved is
+/// unreachable until its next check.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long a probe may take to come back (loopback: microseconds when not loaded).
+pub(crate) const PROBE_WAIT: Duration = Duration::from_millis(50);
 
 /// Probe datagrams: 24 bytes, opcode 0xFF (manufacturer-specific, never an IBTA packet),
 /// DestQP where the BTH has it, a nonce, and a magic tail.
@@ -57,8 +60,8 @@ pub fn slot_of(qpn: u32) -> u8 {
     ((qpn >> SLOT_SHIFT) & 0xFF) as u8
 }
 
-// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
-const BPF_LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h): BPF_LD (0) | BPF_B | BPF_ABS.
+const BPF_LD_B_ABS: u16 = 0x10 | 0x20;
 const BPF_JEQ_K: u16 = 0x05 | 0x10;
 const BPF_RET_K: u16 = 0x06;
 const BPF_RET_A: u16 = 0x06 | 0x10;
