@@ -250,3 +250,67 @@ fn steer_kill_9_frees_the_slot_and_the_group_is_repaired() {
     }
     println!("foreign drops during the kill -9 transition: {foreign}");
 }
+
+#[test]
+fn steer_bench_two_engine_threads_per_side() {
+    let (sip, cip) = ("127.0.97.1", "127.0.97.2");
+    let common = |ip: &str| {
+        strings(&[
+            "bench",
+            "write",
+            "bw",
+            "--qps",
+            "4",
+            "--threads",
+            "2",
+            "-s",
+            "65536",
+            "-n",
+            "200",
+            "--timeout",
+            "60",
+            "-p",
+            "18720",
+            "--dev-ip",
+            ip,
+        ])
+    };
+    let server = spawn(&[], &common(sip));
+    assert!(
+        server.wait_for_stderr("listening", START),
+        "server not listening"
+    );
+    let mut args = common(cip);
+    args.push(sip.to_string());
+    let client = spawn(&[], &args).finish();
+    let server = server.finish();
+    for o in [&client, &server] {
+        assert!(o.ok(), "{o}");
+        // Two engines per side, each in its own slot, no packet at the wrong socket.
+        let finals: Vec<(u32, u32, u64, u64)> = o
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("steer: slot") && !l.contains("own rx 0,"))
+            .map(steer_numbers)
+            .collect();
+        assert_eq!(finals.len(), 2, "{o}");
+        assert_ne!(finals[0].0, finals[1].0, "{o}");
+        assert!(finals.iter().all(|f| f.3 == 0 && f.2 > 0), "{o}");
+    }
+    let agg = client
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("aggregate: 2 threads, 4 QPs, 65536 B: "))
+        .unwrap_or_else(|| panic!("no aggregate line\n{client}"));
+    assert!(
+        agg.contains(&format!("{} bytes", 65536u64 * 200 * 4)),
+        "{agg}"
+    );
+    // Each thread's data was checked by its peer thread.
+    let verified = client
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"data\":\"verified-by-peer\""))
+        .count();
+    assert_eq!(verified, 2, "{client}");
+}
