@@ -57,17 +57,18 @@ clean() { # file
     grep -q "^steer: slot" "$1" && ! grep "^steer: slot" "$1" | grep -vq "foreign drops 0,"
 }
 
-# 1. Two steered servers, two rxe clients at once.
+# 1. Two steered servers, two rxe clients at once. The servers sleep on CQ events (-e): two
+# busy-polling processes would starve the TCG guest, and rxe in it, on a small machine.
 two_servers() { # ip-version
     local v=$1 gidx=1 dev=$H4 peer=$H4
     # The rxe client's side channel goes to the IPv4 address; -g picks the GID's family.
     [[ $v == 6 ]] && { gidx=2; dev=$H6; }
     local a=$art/two-v$v
     local p1 p2
-    timeout 150 ip netns exec "$NS" "$U" pingpong --rc --steer -g "$gidx" -c -n 200 -s 4000 -m 1024 \
+    timeout 150 ip netns exec "$NS" "$U" pingpong --rc --steer -e -g "$gidx" -c -n 200 -s 4000 -m 1024 \
         -p 18601 --dev-ip "$dev" --counters --timeout 90 > "$a.u1" 2>&1 &
     p1=$!
-    timeout 150 ip netns exec "$NS" "$U" pingpong --rc --steer -g "$gidx" -c -n 200 -s 4000 -m 1024 \
+    timeout 150 ip netns exec "$NS" "$U" pingpong --rc --steer -e -g "$gidx" -c -n 200 -s 4000 -m 1024 \
         -p 18602 --dev-ip "$dev" --counters --timeout 90 > "$a.u2" 2>&1 &
     p2=$!
     pids+=("$p1" "$p2")
