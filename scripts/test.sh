@@ -71,6 +71,15 @@ case $rc in
 *) echo "ibverbs against rxe: FAILED" >&2; exit "$rc" ;;
 esac
 
+echo "== interop with rxe while uroce processes share the address (--steer; qemu guest; root)" >&2
+rc=0
+scripts/rxe/steer-interop.sh || rc=$?
+case $rc in
+0) ;;
+77) echo "steer interop with rxe: SKIPPED (needs root)" >&2 ;;
+*) echo "steer interop with rxe: FAILED" >&2; exit "$rc" ;;
+esac
+
 echo "== RC under tc netem on veth (inside a qemu guest; root)" >&2
 rc=0
 scripts/rxe/netem.sh || rc=$?

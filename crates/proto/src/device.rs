@@ -30,6 +30,10 @@ pub struct Config {
     pub ipv4_id_mode: Ipv4IdMode,
     /// First QP number handed out (rxe starts at 17; 0 and 1 are special).
     pub first_qpn: u32,
+    /// Last QP number handed out: QPNs come from `first_qpn..=last_qpn`, so a driver that
+    /// shares one address among several engines gives each its own range (the engine does
+    /// not care which bits mean what).
+    pub last_qpn: u32,
     /// Most QPs.
     pub max_qp: usize,
     /// Most memory regions.
@@ -60,6 +64,7 @@ impl Config {
             udp_port: uroce_wire::ROCE_UDP_PORT,
             ipv4_id_mode: Ipv4IdMode::SolveBelow(64),
             first_qpn: 17,
+            last_qpn: 0xFF_FFFF,
             max_qp: 4096,
             max_mr: 65536,
             max_cq: 4096,
@@ -425,13 +430,25 @@ impl Device {
         {
             return Err(Error::Limit("QP capacities"));
         }
-        let mut qpn = self.next_qpn;
-        while self.qps.contains_key(&qpn) || qpn < 2 {
-            qpn = (qpn + 1) & 0xFF_FFFF;
-        }
-        self.next_qpn = (qpn + 1) & 0xFF_FFFF;
+        let qpn = self.alloc_qpn().ok_or(Error::Limit("QP numbers"))?;
         self.qps.insert(qpn, Qp::new(qpn, init));
         Ok(qpn)
+    }
+
+    /// The next free QPN of `first_qpn..=last_qpn` (0 and 1 never: SMI and GSI), cycling
+    /// round the range so a destroyed QP's number is reused as late as possible.
+    fn alloc_qpn(&mut self) -> Option<u32> {
+        let first = self.config.first_qpn.clamp(2, 0xFF_FFFF);
+        let last = self.config.last_qpn.min(0xFF_FFFF);
+        if last < first {
+            return None;
+        }
+        let span = last - first + 1;
+        let start = self.next_qpn.clamp(first, last);
+        (0..span)
+            .map(|i| first + (start - first + i) % span)
+            .find(|q| !self.qps.contains_key(q))
+            .inspect(|&q| self.next_qpn = if q == last { first } else { q + 1 })
     }
 
     /// Changes a QP's state and attributes (`ibv_modify_qp`).
@@ -656,6 +673,10 @@ impl Device {
                 let Some((len, d)) = qp.emit(&mut buf[off..], &mut ctx) else {
                     break;
                 };
+                // A batch never spans destination QPs (a UD QP may send to several on one
+                // host): a GSO datagram is steered to one socket as a whole by the receiving
+                // kernel, which picks it by the first packet's DestQP (docs/ARCHITECTURE.md).
+                let d = (d, dest_qp(&buf[off..off + len]));
                 match dst {
                     None => {
                         dst = Some(d);
@@ -675,7 +696,7 @@ impl Device {
                     _ => {
                         // Larger than the batch's segments or for another peer: send it next.
                         self.staged = Some(Staged {
-                            dst: d,
+                            dst: d.0,
                             bytes: buf[off..off + len].to_vec(),
                         });
                         break;
@@ -692,7 +713,7 @@ impl Device {
             if more {
                 Self::wake(&mut self.ready, qp);
             }
-            let Some(dst) = dst else { continue };
+            let Some((dst, _)) = dst else { continue };
             let mut at = 0;
             for i in 0..n {
                 let len = seg.min(off - at);
@@ -724,5 +745,53 @@ impl Device {
     /// The QP state, if the QP exists.
     pub fn qp_state(&self, qpn: u32) -> Option<QpState> {
         self.qps.get(&qpn).map(Qp::state)
+    }
+}
+
+/// The BTH DestQP of a packet the engine built (bytes 4..8, low 24 bits; IBTA 9.2).
+fn dest_qp(packet: &[u8]) -> u32 {
+    packet
+        .get(4..8)
+        .map_or(0, |b| u32::from_be_bytes([0, b[1], b[2], b[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qp_in(dev: &mut Device) -> Result<u32, Error> {
+        let pd = dev.alloc_pd();
+        let cq = dev.create_cq(4).expect("cq");
+        dev.create_qp(QpInit {
+            qp_type: QpType::Rc,
+            pd,
+            send_cq: cq,
+            recv_cq: cq,
+            srq: None,
+            cap: crate::qp::QpCap::default(),
+            sq_sig_all: false,
+        })
+    }
+
+    #[test]
+    fn qpns_come_from_the_configured_range_and_cycle_within_it() {
+        let mut cfg = Config::new("127.0.0.1".parse().expect("ip"));
+        cfg.first_qpn = 0x03_0011;
+        cfg.last_qpn = 0x03_0013;
+        let mut dev = Device::new(cfg);
+        let got: Vec<u32> = (0..3).map(|_| qp_in(&mut dev).expect("qp")).collect();
+        assert_eq!(got, [0x03_0011, 0x03_0012, 0x03_0013]);
+        assert!(matches!(qp_in(&mut dev), Err(Error::Limit(_))));
+        dev.destroy_qp(0x03_0012).expect("destroy");
+        assert_eq!(qp_in(&mut dev).expect("reuse"), 0x03_0012);
+    }
+
+    #[test]
+    fn dest_qp_reads_the_low_24_bits_of_bth_word_1() {
+        assert_eq!(
+            dest_qp(&[0x04, 0, 0xff, 0xff, 0xAA, 0x12, 0x34, 0x56]),
+            0x12_3456
+        );
+        assert_eq!(dest_qp(&[0; 3]), 0);
     }
 }

@@ -58,6 +58,11 @@ pub struct DeviceConfig {
     pub accept_any_ipv4_id: bool,
     /// Impair outgoing packets (tests over real sockets); `UROCE_FAULTS` by default.
     pub faults: Option<Faults>,
+    /// Share the address with other uroce engines (processes, or devices of this one): join
+    /// its `SO_REUSEPORT` group, take a slot of QPNs and have the kernel steer each packet to
+    /// the engine owning its DestQP (`steer.rs`). Off by default (the device owns the address);
+    /// `UROCE_STEER=1` turns it on.
+    pub steer: bool,
 }
 
 impl DeviceConfig {
@@ -72,6 +77,7 @@ impl DeviceConfig {
             pcap: std::env::var_os("UROCE_PCAP").map(PathBuf::from),
             accept_any_ipv4_id: false,
             faults: None,
+            steer: std::env::var("UROCE_STEER").is_ok_and(|v| !v.is_empty() && v != "0"),
         }
     }
 }
@@ -126,6 +132,8 @@ pub(crate) struct Inner {
     pub(crate) channels: HashMap<u32, Arc<crate::verbs::ChannelShared>>,
     local: SocketAddr,
     pub(crate) io_errors: u64,
+    /// Set on a steered device: drops packets for other engines' QPs before the engine.
+    steer: Option<Arc<crate::steer::SteerShared>>,
 }
 
 impl Inner {
@@ -137,10 +145,14 @@ impl Inner {
             capture,
             local,
             io_errors,
+            steer,
             ..
         } = self;
         let local = *local;
         let r = backend.recv_ready(&mut |from, to, bytes| {
+            if steer.as_ref().is_some_and(|s| !s.admit(bytes)) {
+                return;
+            }
             if let Some(c) = capture.as_mut() {
                 c.record(now, from, SocketAddr::new(to, local.port()), None, bytes);
             }
@@ -245,6 +257,13 @@ impl Shared {
 pub struct Device {
     pub(crate) shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    steer: Option<Steered>,
+}
+
+/// A steered device's membership and the thread that checks it.
+struct Steered {
+    m: Arc<crate::membership::Membership>,
+    checker: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -259,13 +278,31 @@ impl Device {
     /// Opens a device on `cfg.local_ip:cfg.port`.
     pub fn open(cfg: DeviceConfig) -> Result<Device> {
         let local = SocketAddr::new(cfg.local_ip, cfg.port);
+        let mut claimed = if cfg.steer {
+            Some(crate::membership::claim(local)?)
+        } else {
+            None
+        };
+        let mut membership = None;
+        let mut socket = |gro: bool| -> Result<_> {
+            let (sock, features) = crate::sys::roce_socket_in(local, gro, cfg.steer)?;
+            if let Some((dir, slot)) = claimed.take() {
+                membership = Some(crate::membership::Membership::new(
+                    dir,
+                    slot,
+                    sock.try_clone()?,
+                    local,
+                )?);
+            }
+            Ok((sock, features))
+        };
         let backend: Box<dyn Backend> = match cfg.backend {
             BackendKind::Syscall => {
-                let (sock, features) = crate::sys::roce_socket(local, false)?;
+                let (sock, features) = socket(false)?;
                 Box::new(SyscallBackend::new(sock, features.gro))
             }
             BackendKind::Uring => {
-                let (sock, features) = crate::sys::roce_socket(local, true)?;
+                let (sock, features) = socket(true)?;
                 match UringBackend::new(sock, features.gro) {
                     Ok(b) => Box::new(b),
                     Err((sock, e)) => {
@@ -291,8 +328,12 @@ impl Device {
         let mut backend = backend;
         backend.set_busy_poll(cfg.progress == Progress::Polled);
         let features = backend.features();
+        let membership = membership.map(Arc::new);
         let mut ecfg = Config::new(cfg.local_ip);
         ecfg.udp_port = cfg.port;
+        if let Some(m) = &membership {
+            (ecfg.first_qpn, ecfg.last_qpn) = crate::steer::qpn_range(m.shared.slot);
+        }
         ecfg.max_segments = backend.max_segments();
         if cfg.accept_any_ipv4_id {
             ecfg.ipv4_id_mode = Ipv4IdMode::Solve;
@@ -319,6 +360,7 @@ impl Device {
                 channels: HashMap::new(),
                 local,
                 io_errors: 0,
+                steer: membership.as_ref().map(|m| m.shared.clone()),
             }),
             epoch: std::time::Instant::now(),
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
@@ -327,6 +369,11 @@ impl Device {
             polled: cfg.progress == Progress::Polled,
             local,
         });
+        if let Some(m) = &membership {
+            // Nothing runs the engine yet: learning our group index pumps it from here.
+            let s = shared.clone();
+            m.establish(&move || s.lock().pump(s.now()))?;
+        }
         let thread = match cfg.progress {
             Progress::Thread => {
                 let s = shared.clone();
@@ -347,7 +394,33 @@ impl Device {
             progress = ?cfg.progress,
             "device open"
         );
-        Ok(Device { shared, thread })
+        let steer = match membership {
+            Some(m) => {
+                let s = shared.clone();
+                let polled = cfg.progress == Progress::Polled;
+                // In polled mode nothing else receives the checker's probes.
+                let pump = Box::new(move || {
+                    if polled {
+                        s.lock().pump(s.now());
+                    }
+                });
+                let checker = Some(m.spawn_checker(pump)?);
+                tracing::info!(
+                    %local,
+                    slot = m.shared.slot,
+                    index = m.shared.index.load(Ordering::Relaxed),
+                    dir = %m.dir().display(),
+                    "sharing the address: QPN-steered receive"
+                );
+                Some(Steered { m, checker })
+            }
+            None => None,
+        };
+        Ok(Device {
+            shared,
+            thread,
+            steer,
+        })
     }
 
     /// The bound address.
@@ -375,6 +448,20 @@ impl Device {
     /// The driver's counters (receives, GRO super-buffers, GSO sends, ...).
     pub fn driver_stats(&self) -> DriverStats {
         self.shared.lock().backend.stats()
+    }
+
+    /// Where a steered device (`DeviceConfig::steer`) sits in its address's group, and what
+    /// steering did; `None` when the device owns its address.
+    pub fn steer_info(&self) -> Option<crate::steer::SteerInfo> {
+        self.steer.as_ref().map(|s| {
+            let sh = &s.m.shared;
+            crate::steer::SteerInfo {
+                slot: sh.slot,
+                index: sh.index.load(Ordering::Relaxed),
+                qpns: crate::steer::qpn_range(sh.slot),
+                counters: sh.counters(),
+            }
+        })
     }
 
     /// Runs progress once (useful in polled mode without polling a CQ).
@@ -412,6 +499,16 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        if let Some(st) = self.steer.as_mut() {
+            st.m.stop();
+            if let Some(t) = st.checker.take() {
+                t.thread().unpark();
+                let _ = t.join();
+            }
+            if let Err(e) = st.m.leave() {
+                tracing::warn!("leaving the steering group: {e}");
+            }
+        }
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.shared.wake.write(1);
         if let Some(t) = self.thread.take() {

@@ -14,11 +14,14 @@
 //! Memory regions are allocated by uroce and hold their bytes in atomic words, because a peer
 //! may write them at any time while the application reads them: see [`MemoryRegion`].
 
+mod coord;
 pub mod device;
 pub mod driver;
 pub mod error;
+mod membership;
 pub mod netif;
 pub mod stats;
+pub mod steer;
 mod sys;
 pub mod verbs;
 
@@ -26,6 +29,7 @@ pub use device::{Device, DeviceConfig, Progress};
 pub use driver::faults::{FaultCounters, Faults};
 pub use driver::{BackendKind, DriverFeatures, DriverStats};
 pub use error::{Error, Result};
+pub use steer::{SteerCounters, SteerInfo};
 pub use verbs::{
     AddressHandle, CompletionChannel, CompletionQueue, Connect, MemoryRegion, ProtectionDomain,
     QueuePair, SharedReceiveQueue,

@@ -46,8 +46,23 @@ pub struct SocketFeatures {
 /// leave with ID 0, or ID `i` for GSO segment `i`, which the ICRC is computed for), packet-info
 /// on receive (the local address a datagram came to), and for IPv6 `UDP_NO_CHECK6_RX` so rxe's
 /// zero UDP checksum is accepted. `gro` asks for UDP_GRO.
+#[cfg(test)]
 pub fn roce_socket(local: SocketAddr, gro: bool) -> io::Result<(UdpSocket, SocketFeatures)> {
-    let sock = UdpSocket::bind(local)?;
+    roce_socket_in(local, gro, false)
+}
+
+/// [`roce_socket`]; with `reuseport` the socket joins the address's `SO_REUSEPORT` group
+/// (steering, see `steer.rs`) instead of owning the address.
+pub fn roce_socket_in(
+    local: SocketAddr,
+    gro: bool,
+    reuseport: bool,
+) -> io::Result<(UdpSocket, SocketFeatures)> {
+    let sock = if reuseport {
+        reuseport_bind(local)?
+    } else {
+        UdpSocket::bind(local)?
+    };
     if local.is_ipv4() {
         set_int(
             &sock,
@@ -76,4 +91,47 @@ pub fn roce_socket(local: SocketAddr, gro: bool) -> io::Result<(UdpSocket, Socke
     let _ = setsockopt(&sock, sockopt::SndBuf, &(8 << 20));
     let gro = gro && setsockopt(&sock, sockopt::UdpGroSegment, &true).is_ok();
     Ok((sock, SocketFeatures { gro }))
+}
+
+/// A UDP socket with `SO_REUSEPORT` set before it is bound to `local`, so it becomes the last
+/// member of the address's reuseport group.
+fn reuseport_bind(local: SocketAddr) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if local.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// Attaches `prog` (classic BPF) as the program that picks a socket of `fd`'s reuseport
+/// group (`SO_ATTACH_REUSEPORT_CBPF`, no privilege needed); it replaces the group's program.
+pub fn attach_reuseport_cbpf(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fd` is an open socket for the call; `fprog` points to `len` live instructions
+    // of `prog`, which the kernel copies during the call and never writes (the `*mut` is the
+    // C type's, not a licence to write); its size is passed exactly.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

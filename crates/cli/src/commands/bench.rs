@@ -32,6 +32,7 @@
 mod channel;
 mod ctx;
 mod report;
+mod threads;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, ToSocketAddrs};
@@ -89,7 +90,7 @@ pub enum AtomicType {
 }
 
 /// Options of `uroce bench`, with perftest's letters and long names where it has them.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(args_override_self = true)]
 pub struct Args {
     /// Operation.
@@ -185,6 +186,16 @@ pub struct Args {
     /// A client retries a refused connection for this many seconds.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Share the local address with other uroce processes: QPN-steered receive (see
+    /// docs/ARCHITECTURE.md). `UROCE_STEER=1` does the same.
+    #[arg(long)]
+    pub steer: bool,
+    /// Engine threads: N steered devices on the address, each with its own socket, io_uring,
+    /// progress thread and test thread driving --qps/N of the QPs over its own session on TCP
+    /// port -p + i. Both sides must give the same N (not perftest). Prints every thread's
+    /// lines and the aggregate.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
 }
 
 /// `DEF_ITERS_WB`, `DEF_ITERS`.
@@ -325,6 +336,7 @@ impl Opts {
                 polled: a.progress == ProgressMode::Polled,
                 udp_port: a.udp_port,
                 timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout)),
+                steer: a.steer,
             },
         })
     }
@@ -1086,6 +1098,9 @@ impl Session<'_, '_> {
 
 /// Runs `uroce bench`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    if args.threads > 1 {
+        return threads::run(args, out);
+    }
     let o = Opts::new(args)?;
     let client = args.host.is_some();
     let tcp_err = |what: &'static str| move |e: std::io::Error| fail(format!("{what}: {e}"));
@@ -1281,6 +1296,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         }
     }
     rep.finish()?;
+    if let Some(l) = crate::commands::steer_line(&c.dev) {
+        eprintln!("{l}");
+    }
     if !failures.is_empty() {
         return Err(fail(format!("data check failed: {}", failures.join("; "))));
     }

@@ -37,6 +37,17 @@ pub enum Command {
     Pingpong(pingpong::Args),
 }
 
+/// A steered device's place and counters, one line (`--steer`); `None` when the device owns
+/// its address.
+pub(crate) fn steer_line(dev: &uroce::Device) -> Option<String> {
+    let i = dev.steer_info()?;
+    let c = i.counters;
+    Some(format!(
+        "steer: slot {} (QPNs {:#08x}..={:#08x}), group index {}, own rx {}, foreign drops {}, probes {}, repairs {}",
+        i.slot, i.qpns.0, i.qpns.1, i.index, c.own_rx, c.foreign_drops, c.probes_rx, c.repairs
+    ))
+}
+
 /// Runs a subcommand and reports its error, if any, on stderr.
 pub fn run(command: Command) -> ExitCode {
     let result = match command {

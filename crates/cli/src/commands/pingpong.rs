@@ -114,6 +114,10 @@ pub struct Args {
     /// unknown-IPv4-ID path, retransmits, drops).
     #[arg(long)]
     pub counters: bool,
+    /// Share the local address with other uroce processes: QPN-steered receive (see
+    /// docs/ARCHITECTURE.md); prints the slot taken to stderr. `UROCE_STEER=1` does the same.
+    #[arg(long)]
+    pub steer: bool,
 }
 
 /// Which example to behave as.
@@ -165,6 +169,7 @@ struct Opts {
     page: usize,
     backend: BackendKind,
     udp_port: u16,
+    steer: bool,
     timeout: Option<Duration>,
 }
 
@@ -224,6 +229,7 @@ impl Opts {
             page: page_size(),
             backend: args.backend.unwrap_or_default(),
             udp_port: args.udp_port,
+            steer: args.steer,
             timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
         })
     }
@@ -337,6 +343,7 @@ impl Ctx {
         let mut cfg = DeviceConfig::new(dev_ip);
         cfg.port = o.udp_port;
         cfg.backend = o.backend;
+        cfg.steer |= o.steer;
         // Polling needs no thread; sleeping on events needs one to receive meanwhile.
         cfg.progress = if o.events {
             Progress::Thread
@@ -347,6 +354,9 @@ impl Ctx {
         cfg.accept_any_ipv4_id = true;
         let dev = Device::open(cfg)
             .map_err(|e| fail(format!("couldn't open a uroce device on {dev_ip}: {e}")))?;
+        if let Some(l) = super::steer_line(&dev) {
+            eprintln!("{l}");
+        }
         let channel = if o.events {
             Some(CompletionChannel::new()?)
         } else {
@@ -887,6 +897,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             q.1,
             c
         );
+        if let Some(l) = super::steer_line(&ctx.dev) {
+            eprintln!("{l}");
+        }
     }
 
     // As the examples: float microseconds, bytes both ways.

@@ -116,6 +116,20 @@ impl Proc {
         }
     }
 
+    /// Waits until a stderr line contains `needle` and returns it; `None` if the process ended
+    /// or the deadline passed first.
+    pub fn stderr_line(&self, needle: &str, within: Duration) -> Option<String> {
+        let end = Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Waits for the end (killing it at `DEADLINE`) and returns what it printed.
     pub fn finish(mut self) -> Outcome {
         let (stdout, killed) = match self.stdout.recv_timeout(DEADLINE) {

@@ -215,6 +215,8 @@ pub struct DevOpts {
     pub udp_port: u16,
     /// Give up after this long without a completion.
     pub timeout: Option<Duration>,
+    /// Share the address (QPN-steered receive).
+    pub steer: bool,
 }
 
 /// The verbs objects. Fields drop in order: QPs before the queues they use, the device last.
@@ -249,6 +251,7 @@ impl Ctx {
         let mut cfg = DeviceConfig::new(ip);
         cfg.port = d.udp_port;
         cfg.backend = d.backend;
+        cfg.steer |= d.steer;
         cfg.progress = if d.polled {
             Progress::Polled
         } else {
@@ -258,6 +261,9 @@ impl Ctx {
         cfg.accept_any_ipv4_id = true;
         let dev = Device::open(cfg)
             .map_err(|e| fail(format!("couldn't open a uroce device on {ip}: {e}")))?;
+        if let Some(l) = crate::commands::steer_line(&dev) {
+            eprintln!("{l}");
+        }
         let events = if d.polled {
             None
         } else {
