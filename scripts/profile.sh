@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Where the cycles go: `perf record -e cpu-clock -g -a` (hardware counters do not work in these
+# VMs) during a `uroce bench write bw` run between two namespaces, once per back end, then a
+# flat profile (`perf report --no-children --sort comm,dso,sym`) summarised by uroce-perf into
+# categories (kernel UDP send/receive, copies, ICRC, locking, io_uring, engine, ...) with the
+# top symbols. Only the uroce processes' and softirq threads' samples count, so other jobs on a
+# shared machine do not dilute the shares. Needs root (namespaces, system-wide perf).
+#
+#   scripts/profile.sh [--out DIR] [--size BYTES] [--iters N] [--mtu M] [--netns NAME] [--subnet N]
+#
+# Writes DIR (default target/profile): BACKEND.data, BACKEND.txt (perf report), BACKEND.json
+# (the client's result line) and summary.md (what docs/PERFORMANCE.md quotes).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=target/profile
+size=1048576
+iters=2000
+mtu=4096
+netns=prof
+subnet=192
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --out) out=$2; shift ;;
+    --size) size=$2; shift ;;
+    --iters) iters=$2; shift ;;
+    --mtu) mtu=$2; shift ;;
+    --netns) netns=$2; shift ;;
+    --subnet) subnet=$2; shift ;;
+    *) echo "usage: $0 [--out DIR] [--size BYTES] [--iters N] [--mtu M] [--netns NAME] [--subnet N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ $(id -u) -eq 0 ]] || { echo "profile.sh needs root (namespaces, perf -a)" >&2; exit 77; }
+perf=${PERF:-$(command -v perf || echo /usr/bin/perf)}
+cargo build --release --locked -q -p uroce-cli -p uroce-perf
+bin=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
+scripts/netns.sh up "$netns" "$subnet"
+trap 'scripts/netns.sh down "$netns"' EXIT
+mkdir -p "$out"
+: >"$out/summary.md"
+for backend in uring syscall; do
+    args=(bench write bw --json --timeout 60 --backend "$backend" -s "$size" -n "$iters" -m "$mtu")
+    ip netns exec "$netns-a" "$bin/uroce" "${args[@]}" >"$out/$backend.server.json" 2>"$out/$backend.server.err" &
+    server=$!
+    "$perf" record -q -e cpu-clock -g -a -o "$out/$backend.data" -- \
+        ip netns exec "$netns-b" "$bin/uroce" "${args[@]}" --connect-timeout 30 "10.66.$subnet.1" \
+        >"$out/$backend.json" 2>"$out/$backend.client.err"
+    wait "$server"
+    "$perf" report -i "$out/$backend.data" --stdio --no-children --sort comm,dso,sym -g none \
+        --percent-limit 0.01 >"$out/$backend.txt" 2>/dev/null
+    {
+        echo "Client: $(cat "$out/$backend.json")"
+        echo
+        "$bin/uroce-perf" profile-summary --label "uroce bench write bw, $size B, MTU $mtu, $backend back end" "$out/$backend.txt"
+        echo
+    } >>"$out/summary.md"
+done
+cat "$out/summary.md"
