@@ -128,7 +128,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         warmup: u64,
     },
-    /// Summarise `perf report --stdio --no-children --sort comm,dso,sym -g none` output:
+    /// Summarise `perf report --stdio -n --no-children --sort comm,dso,sym -g none` outputs:
     /// shares of the uroce processes' samples per category and the top symbols (markdown).
     ProfileSummary {
         /// Heading of the tables.
@@ -137,8 +137,9 @@ enum Cmd {
         /// Symbols listed.
         #[arg(long, default_value_t = 15)]
         top: usize,
-        /// The report text.
-        file: PathBuf,
+        /// The report texts (merged by sample counts).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Show the RAPL zones found (or why there are none) and the energy over SECS seconds.
     Rapl {
@@ -255,16 +256,21 @@ fn main() -> ExitCode {
             count,
             warmup,
         } => print(udp::rtt_ping(to, size, count, warmup)),
-        Cmd::ProfileSummary { label, top, file } => match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                print!("{}", profile::markdown(&label, &text, top));
-                ExitCode::SUCCESS
+        Cmd::ProfileSummary { label, top, files } => {
+            let mut texts = Vec::new();
+            for f in &files {
+                match std::fs::read_to_string(f) {
+                    Ok(t) => texts.push(t),
+                    Err(e) => {
+                        eprintln!("uroce-perf: {}: {e}", f.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
-            Err(e) => {
-                eprintln!("uroce-perf: {}: {e}", file.display());
-                ExitCode::FAILURE
-            }
-        },
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            print!("{}", profile::markdown(&label, &refs, top));
+            ExitCode::SUCCESS
+        }
         Cmd::Rapl { powercap, secs } => match rapl::Rapl::open(&powercap) {
             Ok(r) => {
                 let s = rapl::Sampler::start(r.clone(), Duration::from_millis(10));

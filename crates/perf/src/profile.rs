@@ -1,15 +1,15 @@
-//! Where the cycles go: a summary of `perf report --stdio --no-children --sort comm,dso,sym
-//! -g none` of a system-wide `perf record -e cpu-clock` taken during a `uroce bench` run
-//! (`scripts/profile.sh`). Only samples of the uroce processes and of the kernel's softirq
-//! threads (which finish some of their packets' receive work) count; the shares are of those
-//! samples, so other jobs on a shared machine do not dilute them.
+//! Where the cycles go: a summary of `perf report --stdio -n --no-children --sort comm,dso,sym
+//! -g none` of `perf record -e cpu-clock` recordings of the two sides of a `uroce bench` run
+//! (`scripts/profile.sh`). Several reports are merged by sample counts (`-n`; without it by
+//! percent). Only samples of uroce processes and of the kernel's softirq threads count; the
+//! shares are of those samples.
 
 use std::fmt::Write as _;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// Percent of all samples.
+    /// Samples (the `-n` column), or the percent of all samples without it.
     pub percent: f64,
     /// Command (thread) name.
     pub comm: String,
@@ -19,14 +19,19 @@ pub struct Sample {
     pub symbol: String,
 }
 
-/// Parses the report lines ("  12.34%  comm  dso  [k] symbol"); other lines are skipped.
+/// Parses the report lines ("  12.34%  [count]  comm  dso  [k] symbol"); other lines are
+/// skipped.
 pub fn parse(text: &str) -> Vec<Sample> {
     text.lines()
         .filter_map(|l| {
             let l = l.trim();
             let (pct, rest) = l.split_once('%')?;
-            let percent: f64 = pct.trim().parse().ok()?;
-            let mut words = rest.split_whitespace();
+            let mut percent: f64 = pct.trim().parse().ok()?;
+            let mut words = rest.split_whitespace().peekable();
+            if let Some(n) = words.peek().and_then(|w| w.parse::<u64>().ok()) {
+                percent = n as f64;
+                words.next();
+            }
             let comm = words.next()?.to_string();
             let rest: Vec<&str> = words.collect();
             let at = rest.iter().position(|w| *w == "[k]" || *w == "[.]")?;
@@ -47,12 +52,16 @@ pub fn ours(s: &Sample) -> bool {
 }
 
 /// The categories, first match wins (symbol substrings).
-pub const CATEGORIES: [(&str, &[&str]); 11] = [
+pub const CATEGORIES: [(&str, &[&str]); 12] = [
     ("ICRC / checksums", &["crc32", "Crc32", "crc_", "csum"]),
     (
         "copies",
         &[
+            "RegionMemory",
             "copy_user",
+            "copy_from_user",
+            "copy_to_user",
+            "check_object_size",
             "memcpy",
             "memmove",
             "copy_to_iter",
@@ -86,6 +95,9 @@ pub const CATEGORIES: [(&str, &[&str]); 11] = [
         "syscall entry/exit",
         &[
             "entry_SYSCALL",
+            "fdget",
+            "iovec",
+            "sockfd_lookup",
             "syscall_exit",
             "do_syscall",
             "syscall_return",
@@ -115,6 +127,8 @@ pub const CATEGORIES: [(&str, &[&str]); 11] = [
         "kernel UDP/IP send",
         &[
             "udp_send",
+            "fib_",
+            "ip_route",
             "udp_sendmsg",
             "ip_make_skb",
             "ip_append",
@@ -186,8 +200,13 @@ pub const CATEGORIES: [(&str, &[&str]); 11] = [
         ],
     ),
     (
-        "scheduler / idle",
+        "clock reads",
+        &["clock_gettime", "Instant", "Timespec", "ktime_get"],
+    ),
+    (
+        "scheduler / yield / idle",
         &[
+            "yield",
             "schedule",
             "finish_task_switch",
             "pick_next",
@@ -219,7 +238,13 @@ pub const CATEGORIES: [(&str, &[&str]); 11] = [
 pub fn category(s: &Sample) -> &'static str {
     for (name, words) in CATEGORIES.iter().take(CATEGORIES.len() - 1) {
         if words.iter().any(|w| s.symbol.contains(w)) {
-            return name;
+            // Copies split by side: the kernel's between user memory and skbs, and the
+            // engine's between MRs and packet buffers (RegionMemory) or memcpy.
+            return match (*name, s.kernel) {
+                ("copies", true) => "copies, kernel (user ↔ skb)",
+                ("copies", false) => "copies, user space (MR ↔ packet buffers)",
+                _ => name,
+            };
         }
     }
     if s.kernel {
@@ -235,8 +260,8 @@ pub type CategoryShare = (&'static str, f64);
 pub type SymbolShare = (String, f64, &'static str);
 
 /// Shares of our samples per category, largest first, and the top symbols.
-pub fn summarise(text: &str, top: usize) -> (Vec<CategoryShare>, Vec<SymbolShare>) {
-    let ours: Vec<Sample> = parse(text).into_iter().filter(ours).collect();
+pub fn summarise(texts: &[&str], top: usize) -> (Vec<CategoryShare>, Vec<SymbolShare>) {
+    let ours: Vec<Sample> = texts.iter().flat_map(|t| parse(t)).filter(ours).collect();
     let total: f64 = ours.iter().map(|s| s.percent).sum();
     if total <= 0.0 {
         return (Vec::new(), Vec::new());
@@ -264,8 +289,8 @@ pub fn summarise(text: &str, top: usize) -> (Vec<CategoryShare>, Vec<SymbolShare
 }
 
 /// Markdown tables of [`summarise`] for one labelled profile.
-pub fn markdown(label: &str, text: &str, top: usize) -> String {
-    let (cats, syms) = summarise(text, top);
+pub fn markdown(label: &str, texts: &[&str], top: usize) -> String {
+    let (cats, syms) = summarise(texts, top);
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -304,10 +329,10 @@ mod tests {
         assert_eq!(s.len(), 6);
         assert!(s[0].kernel && s[0].symbol == "copy_user_generic_string");
         assert_eq!(s[4].comm, "rustc");
-        let (cats, syms) = summarise(REPORT, 3);
+        let (cats, syms) = summarise(&[REPORT], 3);
         // rustc's 25 % is not ours: the shares are of the remaining 75 %.
         let get = |n: &str| cats.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
-        assert!((get("copies") - 40.0).abs() < 1e-9);
+        assert!((get("copies, kernel (user ↔ skb)") - 40.0).abs() < 1e-9);
         assert!((get("ICRC / checksums") - 100.0 * 20.0 / 75.0).abs() < 1e-9);
         assert!((get("uroce engine") - 100.0 * 10.0 / 75.0).abs() < 1e-9);
         assert!((get("kernel UDP/IP receive") - 100.0 * 10.0 / 75.0).abs() < 1e-9);
@@ -319,9 +344,28 @@ mod tests {
 
     #[test]
     fn markdown_lists_categories_and_symbols() {
-        let md = markdown("uring", REPORT, 10);
-        assert!(md.contains("| copies | 40.0 % |"), "{md}");
+        let md = markdown("uring", &[REPORT], 10);
+        assert!(
+            md.contains("| copies, kernel (user ↔ skb) | 40.0 % |"),
+            "{md}"
+        );
         assert!(md.contains("`crc32fast::specialized::pclmulqdq::calculate`"));
         assert!(!md.contains("rustc"));
+    }
+
+    #[test]
+    fn merges_reports_by_sample_counts() {
+        let client = "    50.00%  300  uroce  uroce  [.] crc32fast::calculate\n    50.00%  300  uroce  [kernel.kallsyms]  [k] udp_sendmsg\n";
+        let server = "   100.00%  100  uroce-10.66.1.1  [kernel.kallsyms]  [k] udp_recvmsg\n";
+        let (cats, _) = summarise(&[client, server], 5);
+        let get = |n: &str| cats.iter().find(|c| c.0 == n).map_or(0.0, |c| c.1);
+        assert!(
+            (get("kernel UDP/IP receive") - 100.0 / 7.0).abs() < 1e-9,
+            "{cats:?}"
+        );
+        assert!(
+            (get("kernel UDP/IP send") - 300.0 / 7.0).abs() < 1e-9,
+            "{cats:?}"
+        );
     }
 }

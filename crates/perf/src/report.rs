@@ -551,14 +551,21 @@ fn table_sizes(o: &mut String, r: &Results, mtu: u32) {
     for s in sizes {
         let _ = write!(o, "| {} |", size_label(s as f64));
         for (t, b) in &cols {
-            let cell = r.runs.iter().find(|x| {
+            let matching = |x: &&Run| {
                 x.group == "size"
                     && x.mtu == mtu
                     && x.size == s
                     && x.test == *t
                     && x.backend == *b
                     && x.qps == 1
-            });
+            };
+            // A valid attempt if there is one.
+            let cell = r
+                .runs
+                .iter()
+                .filter(matching)
+                .find(|x| x.valid)
+                .or_else(|| r.runs.iter().find(matching));
             let _ = match cell {
                 Some(x) if x.valid => write!(o, " {:.2} / {:.2} |", x.gbit_s, x.cpu_s_per_gb),
                 Some(_) => write!(o, " INVALID |"),
@@ -746,6 +753,11 @@ pub fn markdown(r: &Results, link: &str) -> String {
     }
     let invalid: Vec<&Run> = r.runs.iter().filter(|x| !x.valid).collect();
     let _ = writeln!(o, "### INVALID runs (not results: data lost or errors)\n");
+    let _ = writeln!(
+        o,
+        "A run with any retransmission, ACK timeout, drop, socket error, error exit or failed \
+         data check is INVALID and never a result; each configuration is tried up to twice.\n"
+    );
     if invalid.is_empty() {
         let _ = writeln!(o, "None.\n");
     } else {
