@@ -120,6 +120,9 @@ pub struct Run {
     pub drops: u64,
     /// Socket errors, error exits, failed data checks.
     pub errors: u64,
+    /// The kernel's UDP receive drops in both namespaces during the run (`RcvbufErrors` of
+    /// /proc/net/snmp: a full socket receive buffer), the usual cause of retransmits here.
+    pub kernel_udp_drops: u64,
     /// No data lost, no error: the run counts as a result.
     pub valid: bool,
     /// Why it is INVALID.
@@ -198,6 +201,7 @@ impl Results {
                 "lat_median_us": r.lat_median_us, "lat_p99_us": r.lat_p99_us,
                 "cdf": cdf_json(&r.cdf), "retransmits": r.retransmits,
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
+                "kernel_udp_drops": r.kernel_udp_drops,
                 "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
         })
@@ -278,6 +282,7 @@ impl Results {
                     timeouts: u(r, "timeouts"),
                     drops: u(r, "drops"),
                     errors: u(r, "errors"),
+                    kernel_udp_drops: u(r, "kernel_udp_drops"),
                     valid: b(r, "valid"),
                     reason: s(r, "reason"),
                 })

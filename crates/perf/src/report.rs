@@ -25,7 +25,7 @@ pub const QPS_SIZE: u64 = 1 << 20;
 pub const LAT_SIZE: u64 = 8;
 
 /// The CSV columns of `uroce.csv`.
-pub const RUN_COLUMNS: [&str; 23] = [
+pub const RUN_COLUMNS: [&str; 24] = [
     "group",
     "test",
     "kind",
@@ -46,6 +46,7 @@ pub const RUN_COLUMNS: [&str; 23] = [
     "timeouts",
     "drops",
     "errors",
+    "kernel_udp_drops",
     "valid",
     "status",
     "reason",
@@ -322,6 +323,7 @@ pub fn runs_csv(r: &Results) -> String {
             x.timeouts.to_string(),
             x.drops.to_string(),
             x.errors.to_string(),
+            x.kernel_udp_drops.to_string(),
             x.valid.to_string(),
             if x.valid { "ok" } else { "INVALID" }.to_string(),
             x.reason.clone(),
@@ -627,7 +629,12 @@ pub fn markdown(r: &Results, link: &str) -> String {
             x.note
         );
     }
-    let _ = writeln!(o, "\n### Baselines (same run)\n");
+    let _ = writeln!(
+        o,
+        "\nA FAIL with \"no valid ...\" means every attempt of that configuration was INVALID \
+         (lost packets or errors: see the INVALID list below), so there is no number to compare.\n"
+    );
+    let _ = writeln!(o, "### Baselines (same run)\n");
     let _ = writeln!(
         o,
         "| probe | Gbit/s | CPU-s/GB | median | p99 | note |\n|---|---|---|---|---|---|"
@@ -764,7 +771,8 @@ pub fn markdown(r: &Results, link: &str) -> String {
         for x in invalid {
             let _ = writeln!(
                 o,
-                "- {} {} {} {} MTU {} {} QP(s): retransmits {}, timeouts {}, drops {}, errors {}: {}",
+                "- {} {} {} {} MTU {} {} QP(s): retransmits {}, timeouts {}, drops {}, errors {}, \
+                 kernel UDP receive-buffer drops {}: {}",
                 x.group,
                 x.test,
                 size_label(x.size as f64),
@@ -775,6 +783,7 @@ pub fn markdown(r: &Results, link: &str) -> String {
                 x.timeouts,
                 x.drops,
                 x.errors,
+                x.kernel_udp_drops,
                 x.reason
             );
         }

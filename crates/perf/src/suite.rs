@@ -527,6 +527,7 @@ impl Suite {
         };
         let name = format!("{group}-{test}-{kind}-{backend}-{progress}-m{mtu}-q{qps}-s{size}");
         eprintln!("uroce-perf: {name}");
+        let drops0 = udp_rcvbuf_errors(&self.a) + udp_rcvbuf_errors(&self.b);
         let server = match spawn(&self.a, &self.o.uroce, &args) {
             Ok(p) => p,
             Err(e) => {
@@ -556,6 +557,8 @@ impl Suite {
         });
         self.save(&name, &server, &client);
         let mut r = run_from_bench(run, &client.json(), &server.json(), (client.ok, server.ok));
+        r.kernel_udp_drops =
+            (udp_rcvbuf_errors(&self.a) + udp_rcvbuf_errors(&self.b)).saturating_sub(drops0);
         if let Some(e) = energy {
             let gb = (r.size * r.iters) as f64 / 1e9;
             if gb > 0.0 && r.kind == "bw" {
@@ -570,10 +573,34 @@ impl Suite {
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" | ");
-            eprintln!("uroce-perf: {name}: INVALID: {} [{}]", r.reason, tail);
+            eprintln!(
+                "uroce-perf: {name}: INVALID: {} (kernel UDP receive-buffer drops {}) [{}]",
+                r.reason, r.kernel_udp_drops, tail
+            );
         }
         r
     }
+}
+
+/// `RcvbufErrors` of the namespace's UDP counters (/proc/net/snmp is per network namespace).
+fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let Ok(o) = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn sockaddr(ip: &str, port: &str) -> String {

@@ -106,6 +106,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "timeouts",
             "drops",
             "errors",
+            "kernel_udp_drops",
             "valid",
             "status",
             "reason",
@@ -131,9 +132,9 @@ fn bench_sh_quick_writes_well_formed_outputs() {
     }
     for r in &runs {
         // A run is a result only when it is clean; an INVALID one says why.
-        match r[21].as_str() {
+        match r[22].as_str() {
             "ok" => {
-                assert_eq!(r[20], "true");
+                assert_eq!(r[21], "true");
                 assert!(
                     r[16] == "0" && r[17] == "0",
                     "a valid run with retransmits: {r:?}"
@@ -145,7 +146,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
                 };
                 assert!(v > 0.0, "{r:?}");
             }
-            "INVALID" => assert!(!r[22].is_empty(), "{r:?}"),
+            "INVALID" => assert!(!r[23].is_empty(), "{r:?}"),
             s => panic!("status {s}: {r:?}"),
         }
     }
