@@ -184,7 +184,7 @@ pub fn machine(quick: bool, rapl: &Result<Rapl, String>) -> Machine {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Err(e) => format!("{e} (a VM): RAPL absent, CPU-seconds per GB reported instead"),
+            Err(e) => format!("{e}: energy not measured, CPU-seconds per GB stand in"),
         },
         date,
         quick,
