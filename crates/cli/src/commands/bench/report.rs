@@ -212,6 +212,20 @@ impl LatRow {
     fn us(&self, ns: u64) -> f64 {
         ns as f64 / 1000.0
     }
+
+    /// `[quantile, µs]` pairs: the distribution's shape for a CDF plot (the benchmark suite,
+    /// `uroce-perf`, draws it).
+    fn cdf(&self) -> Value {
+        const Q: [f64; 24] = [
+            0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7,
+            0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999, 1.0,
+        ];
+        Value::from(
+            Q.iter()
+                .map(|q| json!([q, self.us(self.hist.value_at_quantile(*q))]))
+                .collect::<Vec<_>>(),
+        )
+    }
 }
 
 /// What every line says about the run.
@@ -371,6 +385,7 @@ impl<'a> Reporter<'a> {
                 "t_p99_us": p99,
                 "t_p99_9_us": p999,
                 "t_max_us": max,
+                "cdf_us": r.cdf(),
                 "health": r.health.json(),
                 "data": data,
                 "data_detail": detail,
@@ -528,5 +543,47 @@ mod tests {
         assert_eq!(v["size"], 65536);
         assert_eq!(v["data"], "verified");
         assert_eq!(v["health"]["clean"], true);
+    }
+
+    #[test]
+    fn latency_line_carries_a_monotonic_cdf() {
+        let mut out = Vec::new();
+        let ctx = Context {
+            test: "write",
+            kind: "lat",
+            role: "client",
+            peer: "uroce".into(),
+            backend: "uring",
+            progress: "polled",
+            qps: 1,
+            mtu: 4096,
+            report_gbits: false,
+        };
+        let mut hist = LatRow::histogram();
+        for ns in [5_000u64, 6_000, 7_000, 100_000] {
+            hist.record(ns).unwrap();
+        }
+        let row = LatRow {
+            size: 8,
+            iters: 4,
+            hist,
+            health: Health::default(),
+            data: DataCheck::Verified,
+        };
+        Reporter::new(&mut out, true, ctx).lat(&row).unwrap();
+        let v: Value = serde_json::from_str(String::from_utf8(out).unwrap().trim()).unwrap();
+        let cdf: Vec<(f64, f64)> = v["cdf_us"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+            .collect();
+        assert_eq!(cdf.first().unwrap().0, 0.0);
+        assert_eq!(cdf.last().unwrap().0, 1.0);
+        assert!(
+            cdf.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{cdf:?}"
+        );
+        assert!((cdf.last().unwrap().1 - 100.0).abs() < 0.1, "{cdf:?}");
     }
 }

@@ -1,0 +1,473 @@
+//! What one suite invocation measured, kept as one JSON document (`results.json`) so that the
+//! CSV, plots and markdown can be regenerated from it (`uroce-perf report`) and tested on
+//! made-up data.
+
+use serde_json::{json, Value};
+
+/// The machine the suite ran on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Machine {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu: String,
+    /// CPUs available to the suite.
+    pub cores: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    /// /proc/loadavg before the runs.
+    pub load_before: String,
+    /// /proc/loadavg after the runs.
+    pub load_after: String,
+    /// RAPL: the zones used, or why there are none.
+    pub rapl: String,
+    /// UTC date and time of the start.
+    pub date: String,
+    /// Quick (smoke) run or full run.
+    pub quick: bool,
+}
+
+/// One raw UDP bandwidth probe.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UdpBw {
+    /// `per-packet` or `gso-gro`.
+    pub mode: String,
+    /// Goodput at the receiver.
+    pub gbit_s: f64,
+    /// Sender + receiver CPU seconds per GB received.
+    pub cpu_s_per_gb: f64,
+    /// Share of the sent bytes that did not arrive (UDP has no flow control: a sender faster
+    /// than its receiver loses datagrams; the goodput is what counts).
+    pub loss: f64,
+    /// Whether the probe produced a number.
+    pub valid: bool,
+    /// Why not, or remarks.
+    pub note: String,
+}
+
+/// The raw UDP busy-poll ping-pong.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UdpRtt {
+    /// Payload bytes.
+    pub size: u64,
+    /// Median half round trip, µs.
+    pub half_median_us: f64,
+    /// 99th percentile half round trip, µs.
+    pub half_p99_us: f64,
+    /// (quantile, half round trip µs).
+    pub cdf: Vec<(f64, f64)>,
+    /// Whether the probe produced a number.
+    pub valid: bool,
+    /// Why not, or remarks.
+    pub note: String,
+}
+
+/// iperf3, one TCP stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tcp {
+    /// Received bits per second / 1e9.
+    pub gbit_s: f64,
+    /// Both sides' CPU seconds per GB (from iperf3's CPU utilisation).
+    pub cpu_s_per_gb: f64,
+    /// TCP retransmissions (kernel TCP recovers: informational).
+    pub retransmits: u64,
+    /// Whether iperf3 produced a number.
+    pub valid: bool,
+    /// Why not, or remarks.
+    pub note: String,
+}
+
+/// One `uroce bench` run (one size, one configuration).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Run {
+    /// `size` (the size sweep), `msgrate`, `qps`, `lat`.
+    pub group: String,
+    /// write, read or send.
+    pub test: String,
+    /// bw or lat.
+    pub kind: String,
+    /// uring or syscall.
+    pub backend: String,
+    /// thread or polled.
+    pub progress: String,
+    /// Path MTU.
+    pub mtu: u32,
+    /// QPs.
+    pub qps: u32,
+    /// Message size.
+    pub size: u64,
+    /// Messages (bw, all QPs) or round trips (lat).
+    pub iters: u64,
+    /// Gbit/s (client's measurement).
+    pub gbit_s: f64,
+    /// Millions of messages per second.
+    pub mmsg_s: f64,
+    /// Client + server CPU seconds during the run.
+    pub cpu_s: f64,
+    /// `cpu_s` per GB moved.
+    pub cpu_s_per_gb: f64,
+    /// Joules per GB from RAPL, when present.
+    pub joules_per_gb: Option<f64>,
+    /// Median half round trip, µs (lat).
+    pub lat_median_us: f64,
+    /// 99th percentile, µs (lat).
+    pub lat_p99_us: f64,
+    /// (quantile, µs) (lat).
+    pub cdf: Vec<(f64, f64)>,
+    /// Request packets resent, both sides.
+    pub retransmits: u64,
+    /// ACK timer expiries, both sides.
+    pub timeouts: u64,
+    /// Packets dropped or lost: ICRC drops, out-of-sequence arrivals, CQ overruns, duplicates.
+    pub drops: u64,
+    /// Socket errors, error exits, failed data checks.
+    pub errors: u64,
+    /// The kernel's UDP receive drops in both namespaces during the run (`RcvbufErrors` of
+    /// /proc/net/snmp: a full socket receive buffer), the usual cause of retransmits here.
+    pub kernel_udp_drops: u64,
+    /// No data lost, no error: the run counts as a result.
+    pub valid: bool,
+    /// Why it is INVALID.
+    pub reason: String,
+}
+
+/// Everything one invocation measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Results {
+    /// The machine.
+    pub machine: Machine,
+    /// Raw UDP probes.
+    pub udp: Vec<UdpBw>,
+    /// Raw UDP ping-pong.
+    pub rtt: UdpRtt,
+    /// Kernel TCP.
+    pub tcp: Tcp,
+    /// `uroce bench` runs.
+    pub runs: Vec<Run>,
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_string()
+}
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(0.0)
+}
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+fn b(v: &Value, k: &str) -> bool {
+    v[k].as_bool().unwrap_or(false)
+}
+fn cdf_json(c: &[(f64, f64)]) -> Value {
+    Value::from(c.iter().map(|(q, t)| json!([q, t])).collect::<Vec<_>>())
+}
+fn cdf_of(v: &Value) -> Vec<(f64, f64)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Results {
+    /// As JSON.
+    pub fn to_json(&self) -> Value {
+        let m = &self.machine;
+        json!({
+            "machine": {
+                "cpu": m.cpu, "cores": m.cores, "kernel": m.kernel,
+                "load_before": m.load_before, "load_after": m.load_after,
+                "rapl": m.rapl, "date": m.date, "quick": m.quick,
+            },
+            "udp": self.udp.iter().map(|x| json!({
+                "mode": x.mode, "gbit_s": x.gbit_s, "cpu_s_per_gb": x.cpu_s_per_gb,
+                "loss": x.loss, "valid": x.valid, "note": x.note,
+            })).collect::<Vec<_>>(),
+            "rtt": {
+                "size": self.rtt.size, "half_median_us": self.rtt.half_median_us,
+                "half_p99_us": self.rtt.half_p99_us, "cdf": cdf_json(&self.rtt.cdf),
+                "valid": self.rtt.valid, "note": self.rtt.note,
+            },
+            "tcp": {
+                "gbit_s": self.tcp.gbit_s, "cpu_s_per_gb": self.tcp.cpu_s_per_gb,
+                "retransmits": self.tcp.retransmits, "valid": self.tcp.valid,
+                "note": self.tcp.note,
+            },
+            "runs": self.runs.iter().map(|r| json!({
+                "group": r.group, "test": r.test, "kind": r.kind, "backend": r.backend,
+                "progress": r.progress, "mtu": r.mtu, "qps": r.qps, "size": r.size,
+                "iters": r.iters, "gbit_s": r.gbit_s, "mmsg_s": r.mmsg_s, "cpu_s": r.cpu_s,
+                "cpu_s_per_gb": r.cpu_s_per_gb, "joules_per_gb": r.joules_per_gb,
+                "lat_median_us": r.lat_median_us, "lat_p99_us": r.lat_p99_us,
+                "cdf": cdf_json(&r.cdf), "retransmits": r.retransmits,
+                "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
+                "kernel_udp_drops": r.kernel_udp_drops,
+                "valid": r.valid, "reason": r.reason,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// From [`Results::to_json`]'s output (missing fields read as empty).
+    pub fn from_json(v: &Value) -> Results {
+        let m = &v["machine"];
+        let empty = Vec::new();
+        Results {
+            machine: Machine {
+                cpu: s(m, "cpu"),
+                cores: u(m, "cores") as usize,
+                kernel: s(m, "kernel"),
+                load_before: s(m, "load_before"),
+                load_after: s(m, "load_after"),
+                rapl: s(m, "rapl"),
+                date: s(m, "date"),
+                quick: b(m, "quick"),
+            },
+            udp: v["udp"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|x| UdpBw {
+                    mode: s(x, "mode"),
+                    gbit_s: f(x, "gbit_s"),
+                    cpu_s_per_gb: f(x, "cpu_s_per_gb"),
+                    loss: f(x, "loss"),
+                    valid: b(x, "valid"),
+                    note: s(x, "note"),
+                })
+                .collect(),
+            rtt: {
+                let r = &v["rtt"];
+                UdpRtt {
+                    size: u(r, "size"),
+                    half_median_us: f(r, "half_median_us"),
+                    half_p99_us: f(r, "half_p99_us"),
+                    cdf: cdf_of(&r["cdf"]),
+                    valid: b(r, "valid"),
+                    note: s(r, "note"),
+                }
+            },
+            tcp: {
+                let t = &v["tcp"];
+                Tcp {
+                    gbit_s: f(t, "gbit_s"),
+                    cpu_s_per_gb: f(t, "cpu_s_per_gb"),
+                    retransmits: u(t, "retransmits"),
+                    valid: b(t, "valid"),
+                    note: s(t, "note"),
+                }
+            },
+            runs: v["runs"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| Run {
+                    group: s(r, "group"),
+                    test: s(r, "test"),
+                    kind: s(r, "kind"),
+                    backend: s(r, "backend"),
+                    progress: s(r, "progress"),
+                    mtu: u(r, "mtu") as u32,
+                    qps: u(r, "qps") as u32,
+                    size: u(r, "size"),
+                    iters: u(r, "iters"),
+                    gbit_s: f(r, "gbit_s"),
+                    mmsg_s: f(r, "mmsg_s"),
+                    cpu_s: f(r, "cpu_s"),
+                    cpu_s_per_gb: f(r, "cpu_s_per_gb"),
+                    joules_per_gb: r["joules_per_gb"].as_f64(),
+                    lat_median_us: f(r, "lat_median_us"),
+                    lat_p99_us: f(r, "lat_p99_us"),
+                    cdf: cdf_of(&r["cdf"]),
+                    retransmits: u(r, "retransmits"),
+                    timeouts: u(r, "timeouts"),
+                    drops: u(r, "drops"),
+                    errors: u(r, "errors"),
+                    kernel_udp_drops: u(r, "kernel_udp_drops"),
+                    valid: b(r, "valid"),
+                    reason: s(r, "reason"),
+                })
+                .collect(),
+        }
+    }
+
+    /// The valid run matching all of the given fields, if any.
+    pub fn find(
+        &self,
+        group: &str,
+        test: &str,
+        backend: &str,
+        mtu: u32,
+        qps: u32,
+        size: u64,
+    ) -> Option<&Run> {
+        self.runs.iter().find(|r| {
+            r.valid
+                && r.group == group
+                && r.test == test
+                && r.backend == backend
+                && r.mtu == mtu
+                && r.qps == qps
+                && r.size == size
+        })
+    }
+
+    /// The valid UDP probe of a mode.
+    pub fn udp(&self, mode: &str) -> Option<&UdpBw> {
+        self.udp.iter().find(|u| u.valid && u.mode == mode)
+    }
+}
+
+/// Builds a [`Run`]'s numbers from the JSON lines of a `uroce bench` client and server.
+/// `exits` are the two exit statuses (true = 0).
+pub fn run_from_bench(
+    mut run: Run,
+    client: &[Value],
+    server: &[Value],
+    exits: (bool, bool),
+) -> Run {
+    let mut reasons = Vec::new();
+    if !exits.0 {
+        reasons.push("client exited with an error".to_string());
+        run.errors += 1;
+    }
+    if !exits.1 {
+        reasons.push("server exited with an error".to_string());
+        run.errors += 1;
+    }
+    let c = client.last();
+    let sv = server.last();
+    // read_lat/atomic_lat servers print nothing; every test here has a server line.
+    for (side, line) in [("client", c), ("server", sv)] {
+        let Some(l) = line else {
+            reasons.push(format!("no result line from the {side}"));
+            continue;
+        };
+        let h = &l["health"];
+        run.retransmits += u(h, "retransmits");
+        run.timeouts += u(h, "timeouts");
+        run.drops +=
+            u(h, "icrc_drops") + u(h, "out_of_sequence") + u(h, "cq_overruns") + u(h, "duplicates");
+        run.errors += u(h, "io_errors");
+        if !b(h, "clean") {
+            reasons.push(format!("{side}: link not clean ({h})"));
+        }
+        if s(l, "data") == "FAILED" {
+            run.errors += 1;
+            reasons.push(format!(
+                "{side}: data check FAILED: {}",
+                s(l, "data_detail")
+            ));
+        }
+        run.cpu_s += f(l, "cpu_s");
+    }
+    if let Some(c) = c {
+        run.iters = u(c, "iterations");
+        if run.kind == "lat" {
+            run.lat_median_us = f(c, "t_median_us");
+            run.lat_p99_us = f(c, "t_p99_us");
+            run.cdf = cdf_of(&c["cdf_us"]);
+            if run.cdf.is_empty() {
+                // An older `uroce bench` without the CDF: its percentiles.
+                run.cdf = [
+                    (0.0, "t_min_us"),
+                    (0.5, "t_median_us"),
+                    (0.99, "t_p99_us"),
+                    (0.999, "t_p99_9_us"),
+                    (1.0, "t_max_us"),
+                ]
+                .iter()
+                .map(|(q, k)| (*q, f(c, k)))
+                .collect();
+            }
+            if run.lat_median_us <= 0.0 {
+                reasons.push("no latency measured".into());
+            }
+        } else {
+            run.gbit_s = f(c, "gbit_s");
+            run.mmsg_s = f(c, "mpps");
+            let gb = (run.size * run.iters) as f64 / 1e9;
+            run.cpu_s_per_gb = if gb > 0.0 { run.cpu_s / gb } else { 0.0 };
+            if run.gbit_s <= 0.0 {
+                reasons.push("no throughput measured".into());
+            }
+        }
+    }
+    run.valid = reasons.is_empty();
+    run.reason = reasons.join("; ");
+    run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(retrans: u64, clean: bool, data: &str) -> Value {
+        json!({"iterations": 1000, "gbit_s": 10.0, "mpps": 1.2, "cpu_s": 0.5, "data": data,
+               "health": {"retransmits": retrans, "timeouts": 0, "icrc_drops": 0,
+                          "out_of_sequence": 1, "cq_overruns": 0, "duplicates": 0,
+                          "io_errors": 0, "clean": clean}})
+    }
+
+    fn bw() -> Run {
+        Run {
+            kind: "bw".into(),
+            size: 1 << 20,
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn clean_run_is_valid_and_sums_both_sides() {
+        let r = run_from_bench(
+            bw(),
+            &[line(0, true, "verified")],
+            &[line(0, true, "verified")],
+            (true, true),
+        );
+        assert!(r.valid, "{}", r.reason);
+        assert!((r.cpu_s - 1.0).abs() < 1e-12);
+        assert!((r.cpu_s_per_gb - 1.0 / (1000.0 * 1048576.0 / 1e9)).abs() < 1e-9);
+        assert_eq!(r.drops, 2);
+    }
+
+    #[test]
+    fn losses_errors_and_failed_data_make_a_run_invalid() {
+        let r = run_from_bench(
+            bw(),
+            &[line(3, false, "verified")],
+            &[line(0, true, "verified")],
+            (true, true),
+        );
+        assert!(!r.valid);
+        assert_eq!(r.retransmits, 3);
+        assert!(r.reason.contains("client: link not clean"), "{}", r.reason);
+        let r = run_from_bench(
+            bw(),
+            &[line(0, true, "verified")],
+            &[line(0, true, "FAILED")],
+            (true, true),
+        );
+        assert!(!r.valid && r.errors == 1, "{r:?}");
+        let r = run_from_bench(bw(), &[line(0, true, "verified")], &[], (true, false));
+        assert!(!r.valid && r.reason.contains("server exited"), "{r:?}");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut res = Results::default();
+        res.machine.cpu = "X".into();
+        res.udp.push(UdpBw {
+            mode: "gso-gro".into(),
+            gbit_s: 80.0,
+            valid: true,
+            ..UdpBw::default()
+        });
+        res.rtt.cdf = vec![(0.5, 10.0)];
+        res.runs.push(Run {
+            joules_per_gb: Some(2.0),
+            cdf: vec![(0.0, 1.0)],
+            ..bw()
+        });
+        assert_eq!(Results::from_json(&res.to_json()), res);
+    }
+}

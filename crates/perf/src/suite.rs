@@ -1,0 +1,732 @@
+//! The suite: every measurement of issue 6 in one invocation, between two network namespaces
+//! that `scripts/bench.sh` created (`NAME-a` serves, `NAME-b` drives): the raw UDP probes of
+//! this binary, iperf3, and `uroce bench` over sizes, back ends, path MTUs, latency, message
+//! rate and QP counts. Each side runs as its own process under `ip netns exec`; the JSON
+//! lines they print become [`Results`].
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::model::{run_from_bench, Machine, Results, Run, Tcp, UdpBw, UdpRtt};
+use crate::rapl::{Rapl, Sampler};
+use crate::report::{HEADLINE_MTU, HEADLINE_SIZE, LAT_SIZE, MSGRATE_SIZE, QPS_SIZE};
+
+/// Options of a suite run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `uroce` binary.
+    pub uroce: PathBuf,
+    /// This binary (for the UDP probes).
+    pub me: PathBuf,
+    /// Namespace pair name (`NAME-a`, `NAME-b`).
+    pub netns: String,
+    /// Address of the server side (in `NAME-a`).
+    pub server_ip: String,
+    /// Short runs, few sizes.
+    pub quick: bool,
+    /// Where raw outputs go (`raw/` inside).
+    pub out: PathBuf,
+    /// The powercap root.
+    pub powercap: PathBuf,
+}
+
+/// A child process whose output is collected by threads.
+struct Proc {
+    child: Child,
+    stdout: JoinHandle<String>,
+    stderr: JoinHandle<String>,
+    lines: Receiver<String>,
+    what: String,
+}
+
+/// What a finished process printed.
+#[derive(Debug)]
+pub struct Done {
+    /// Exited 0 (false also when killed at the deadline).
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Done {
+    /// The JSON objects among the stdout lines.
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+fn spawn(ns: &str, prog: &Path, args: &[String]) -> std::io::Result<Proc> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let err = child
+        .stderr
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stderr"))?;
+    // Lines of both streams also go to `lines`, for `wait_for`.
+    let (tx, lines) = channel();
+    let collect = |r: Box<dyn Read + Send>, tx: std::sync::mpsc::Sender<String>| {
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            for l in BufReader::new(r).lines().map_while(Result::ok) {
+                let _ = tx.send(l.clone());
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        })
+    };
+    let stdout = collect(Box::new(out), tx.clone());
+    let stderr = collect(Box::new(err), tx);
+    Ok(Proc {
+        child,
+        stdout,
+        stderr,
+        lines,
+        what: format!("ip netns exec {ns} {} {}", prog.display(), args.join(" ")),
+    })
+}
+
+impl Proc {
+    /// Waits for an output line containing `word` (a server saying it listens), up to `limit`.
+    fn wait_for(&self, word: &str, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(word) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Waits for the exit, killing the process after `limit`.
+    fn finish(mut self, limit: Duration) -> Done {
+        let end = Instant::now() + limit;
+        let ok = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s.success(),
+                Ok(None) if Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    eprintln!("uroce-perf: killing `{}` at its deadline", self.what);
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break false;
+                }
+            }
+        };
+        Done {
+            ok,
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
+    }
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// The machine, as far as /proc says.
+pub fn machine(quick: bool, rapl: &Result<Rapl, String>) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        load_before: loadavg(),
+        load_after: String::new(),
+        rapl: match rapl {
+            Ok(r) => format!(
+                "RAPL: {}",
+                r.domains
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => format!("{e}: energy not measured, CPU-seconds per GB stand in"),
+        },
+        date,
+        quick,
+    }
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Suite {
+    o: Options,
+    a: String,
+    b: String,
+    rapl: Option<Rapl>,
+    raw: PathBuf,
+    seq: usize,
+}
+
+/// Attempts per configuration: a run that lost packets (on a shared machine, another job can
+/// stall a side long enough) is tried once more; every attempt stays in the results, the
+/// INVALID ones marked, and only a clean one counts.
+const ATTEMPTS: usize = 2;
+
+impl Suite {
+    /// [`Suite::bench`] up to [`ATTEMPTS`] times, until a valid run; all attempts go to `runs`.
+    #[allow(clippy::too_many_arguments)]
+    fn measure(
+        &mut self,
+        runs: &mut Vec<Run>,
+        group: &str,
+        test: &str,
+        kind: &str,
+        backend: &str,
+        progress: &str,
+        mtu: u32,
+        qps: u32,
+        size: u64,
+        iters: u64,
+        extra: &[&str],
+    ) {
+        for _ in 0..ATTEMPTS {
+            let r = self.bench(
+                group, test, kind, backend, progress, mtu, qps, size, iters, extra,
+            );
+            let valid = r.valid;
+            runs.push(r);
+            if valid {
+                break;
+            }
+        }
+    }
+
+    fn save(&mut self, name: &str, server: &Done, client: &Done) {
+        self.seq += 1;
+        let base = self.raw.join(format!("{:03}-{name}", self.seq));
+        let _ = std::fs::write(base.with_extension("server.out"), &server.stdout);
+        let _ = std::fs::write(base.with_extension("server.err"), &server.stderr);
+        let _ = std::fs::write(base.with_extension("client.out"), &client.stdout);
+        let _ = std::fs::write(base.with_extension("client.err"), &client.stderr);
+    }
+
+    fn udp_bw(&mut self, mode: &str) -> UdpBw {
+        let gso = mode == "gso-gro";
+        let port = if gso { "47911" } else { "47910" };
+        let secs = if self.o.quick { 0.5 } else { 3.0 };
+        let addr = sockaddr(&self.o.server_ip, port);
+        let mut r = UdpBw {
+            mode: mode.into(),
+            ..UdpBw::default()
+        };
+        let mut rargs = strings(&["udp-recv", "--bind", &addr]);
+        if gso {
+            rargs.push("--gro".into());
+        }
+        let recv = match spawn(&self.a, &self.o.me, &rargs) {
+            Ok(p) => p,
+            Err(e) => {
+                r.note = format!("spawn: {e}");
+                return r;
+            }
+        };
+        if !recv.wait_for("listening", Duration::from_secs(10)) {
+            r.note = "receiver did not start".into();
+            let d = recv.finish(Duration::ZERO);
+            self.save(&format!("udp-{mode}"), &d, &d);
+            return r;
+        }
+        let sargs = strings(&[
+            "udp-send",
+            "--to",
+            &addr,
+            "--size",
+            "4154",
+            "--gso",
+            if gso { "15" } else { "1" },
+            "--secs",
+            &secs.to_string(),
+        ]);
+        let send = spawn(&self.b, &self.o.me, &sargs).map(|p| p.finish(Duration::from_secs(60)));
+        let recv = recv.finish(Duration::from_secs(60));
+        let send = send.unwrap_or(Done {
+            ok: false,
+            stdout: String::new(),
+            stderr: "spawn failed".into(),
+        });
+        self.save(&format!("udp-{mode}"), &recv, &send);
+        let (rv, sv) = (recv.json(), send.json());
+        let (Some(rv), Some(sv)) = (rv.last(), sv.last()) else {
+            r.note = "no result".into();
+            return r;
+        };
+        let bytes = rv["bytes"].as_f64().unwrap_or(0.0);
+        let sent = sv["bytes"].as_f64().unwrap_or(0.0);
+        let cpu = rv["cpu_s"].as_f64().unwrap_or(0.0) + sv["cpu_s"].as_f64().unwrap_or(0.0);
+        r.gbit_s = rv["gbit_s"].as_f64().unwrap_or(0.0);
+        r.cpu_s_per_gb = if bytes > 0.0 {
+            cpu / (bytes / 1e9)
+        } else {
+            0.0
+        };
+        r.loss = if sent > 0.0 {
+            (1.0 - bytes / sent).max(0.0)
+        } else {
+            0.0
+        };
+        r.valid = recv.ok && send.ok && r.gbit_s > 0.0;
+        r.note = format!(
+            "{} B datagrams{}; plain send/recv{}; {:.1} % of sent bytes not received",
+            4154,
+            if gso {
+                ", 15 per send (UDP_SEGMENT), UDP_GRO receive"
+            } else {
+                ", one per syscall"
+            },
+            if gso { "msg" } else { "" },
+            r.loss * 100.0
+        );
+        r
+    }
+
+    fn udp_rtt(&mut self) -> UdpRtt {
+        let addr = sockaddr(&self.o.server_ip, "47912");
+        let count = if self.o.quick { "2000" } else { "50000" };
+        let mut r = UdpRtt {
+            size: LAT_SIZE,
+            ..UdpRtt::default()
+        };
+        let echo = match spawn(
+            &self.a,
+            &self.o.me,
+            &strings(&["udp-echo", "--bind", &addr]),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                r.note = format!("spawn: {e}");
+                return r;
+            }
+        };
+        if !echo.wait_for("listening", Duration::from_secs(10)) {
+            r.note = "echo did not start".into();
+            let _ = echo.finish(Duration::ZERO);
+            return r;
+        }
+        let ping = spawn(
+            &self.b,
+            &self.o.me,
+            &strings(&["udp-ping", "--to", &addr, "--size", "8", "--count", count]),
+        )
+        .map(|p| p.finish(Duration::from_secs(120)));
+        let echo = echo.finish(Duration::from_secs(5));
+        let ping = ping.unwrap_or(Done {
+            ok: false,
+            stdout: String::new(),
+            stderr: "spawn failed".into(),
+        });
+        self.save("udp-rtt", &echo, &ping);
+        if let Some(v) = ping.json().last() {
+            r.half_median_us = v["half_median_us"].as_f64().unwrap_or(0.0);
+            r.half_p99_us = v["half_p99_us"].as_f64().unwrap_or(0.0);
+            r.cdf = v["half_cdf_us"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            r.valid = ping.ok && r.half_median_us > 0.0;
+            r.note = format!(
+                "{count} round trips, both sides spinning on non-blocking recv; {} resent",
+                v["lost"]
+            );
+        } else {
+            r.note = format!("no result: {}", ping.stderr.trim());
+        }
+        r
+    }
+
+    fn tcp(&mut self) -> Tcp {
+        let mut t = Tcp::default();
+        let secs = if self.o.quick { "1" } else { "5" };
+        let iperf = PathBuf::from("iperf3");
+        let server = match spawn(&self.a, &iperf, &strings(&["-s", "-1", "--forceflush"])) {
+            Ok(p) => p,
+            Err(e) => {
+                t.note = format!("iperf3: {e}");
+                return t;
+            }
+        };
+        if !server.wait_for("Server listening", Duration::from_secs(10)) {
+            t.note = "iperf3 server did not start".into();
+            let _ = server.finish(Duration::ZERO);
+            return t;
+        }
+        // Listening was printed just before listen(2) returned to its loop: a refused
+        // connection is still retried, for up to 10 s.
+        let mut client = None;
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            let c = spawn(
+                &self.b,
+                &iperf,
+                &strings(&["-c", &self.o.server_ip, "-t", secs, "-J"]),
+            )
+            .map(|p| p.finish(Duration::from_secs(60)));
+            match c {
+                Ok(d) if d.ok => {
+                    client = Some(d);
+                    break;
+                }
+                Ok(d) if d.stdout.contains("Connection refused") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(d) => {
+                    client = Some(d);
+                    break;
+                }
+                Err(e) => {
+                    t.note = format!("iperf3: {e}");
+                    break;
+                }
+            }
+        }
+        let server = server.finish(Duration::from_secs(5));
+        let Some(client) = client else {
+            if t.note.is_empty() {
+                t.note = "iperf3 client never connected".into();
+            }
+            return t;
+        };
+        self.save("tcp-iperf3", &server, &client);
+        let v: Value = serde_json::from_str(&client.stdout).unwrap_or(Value::Null);
+        let end = &v["end"];
+        let bps = end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let bytes = end["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+        let dur = end["sum_received"]["seconds"].as_f64().unwrap_or(0.0);
+        let cpu = &end["cpu_utilization_percent"];
+        let pct =
+            cpu["host_total"].as_f64().unwrap_or(0.0) + cpu["remote_total"].as_f64().unwrap_or(0.0);
+        t.gbit_s = bps / 1e9;
+        t.cpu_s_per_gb = if bytes > 0.0 {
+            pct / 100.0 * dur / (bytes / 1e9)
+        } else {
+            0.0
+        };
+        t.retransmits = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        t.valid = client.ok && t.gbit_s > 0.0;
+        t.note = format!("one stream, {secs} s; CPU from iperf3's host+remote utilisation");
+        t
+    }
+
+    fn iters(&self, size: u64) -> u64 {
+        let (budget, lo, hi) = if self.o.quick {
+            (64u64 << 20, 50, 5_000)
+        } else {
+            (1u64 << 30, 200, 100_000)
+        };
+        (budget / size.max(1)).clamp(lo, hi)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bench(
+        &mut self,
+        group: &str,
+        test: &str,
+        kind: &str,
+        backend: &str,
+        progress: &str,
+        mtu: u32,
+        qps: u32,
+        size: u64,
+        iters: u64,
+        extra: &[&str],
+    ) -> Run {
+        let mut args = strings(&[
+            "bench",
+            test,
+            kind,
+            "--json",
+            "--timeout",
+            "30",
+            "--backend",
+            backend,
+            "--progress",
+            progress,
+        ]);
+        args.extend(strings(&[
+            "-s",
+            &size.to_string(),
+            "-n",
+            &iters.to_string(),
+            "-m",
+            &mtu.to_string(),
+            "-q",
+            &qps.to_string(),
+        ]));
+        args.extend(strings(extra));
+        let mut cargs = args.clone();
+        cargs.extend(strings(&["--connect-timeout", "30", &self.o.server_ip]));
+        let run = Run {
+            group: group.into(),
+            test: test.into(),
+            kind: kind.into(),
+            backend: backend.into(),
+            progress: progress.into(),
+            mtu,
+            qps,
+            size,
+            iters,
+            ..Run::default()
+        };
+        let name = format!("{group}-{test}-{kind}-{backend}-{progress}-m{mtu}-q{qps}-s{size}");
+        eprintln!("uroce-perf: {name}");
+        let drops0 = udp_rcvbuf_errors(&self.a) + udp_rcvbuf_errors(&self.b);
+        let server = match spawn(&self.a, &self.o.uroce, &args) {
+            Ok(p) => p,
+            Err(e) => {
+                return Run {
+                    reason: format!("spawn: {e}"),
+                    errors: 1,
+                    ..run
+                };
+            }
+        };
+        let sampler = self
+            .rapl
+            .clone()
+            .map(|r| Sampler::start(r, Duration::from_millis(10)));
+        let client =
+            spawn(&self.b, &self.o.uroce, &cargs).map(|p| p.finish(Duration::from_secs(300)));
+        let energy = sampler.map(Sampler::stop);
+        let client = client.unwrap_or(Done {
+            ok: false,
+            stdout: String::new(),
+            stderr: "spawn failed".into(),
+        });
+        let server = server.finish(if client.ok {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(2)
+        });
+        self.save(&name, &server, &client);
+        let mut r = run_from_bench(run, &client.json(), &server.json(), (client.ok, server.ok));
+        r.kernel_udp_drops =
+            (udp_rcvbuf_errors(&self.a) + udp_rcvbuf_errors(&self.b)).saturating_sub(drops0);
+        if let Some(e) = energy {
+            let gb = (r.size * r.iters) as f64 / 1e9;
+            if gb > 0.0 && r.kind == "bw" {
+                r.joules_per_gb = Some(e.total() / gb);
+            }
+        }
+        if !r.valid {
+            let tail: String = client
+                .stderr
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ");
+            eprintln!(
+                "uroce-perf: {name}: INVALID: {} (kernel UDP receive-buffer drops {}) [{}]",
+                r.reason, r.kernel_udp_drops, tail
+            );
+        }
+        r
+    }
+}
+
+/// `RcvbufErrors` of the namespace's UDP counters (/proc/net/snmp is per network namespace).
+fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let Ok(o) = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sockaddr(ip: &str, port: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// Runs everything; returns the results (the caller writes them).
+pub fn run(o: Options) -> Results {
+    let rapl = Rapl::open(&o.powercap);
+    let mut res = Results {
+        machine: machine(o.quick, &rapl),
+        ..Results::default()
+    };
+    eprintln!("uroce-perf: {}", res.machine.rapl);
+    let raw = o.out.join("raw");
+    let _ = std::fs::remove_dir_all(&raw);
+    let _ = std::fs::create_dir_all(&raw);
+    let mut s = Suite {
+        a: format!("{}-a", o.netns),
+        b: format!("{}-b", o.netns),
+        rapl: rapl.ok(),
+        raw,
+        seq: 0,
+        o,
+    };
+    eprintln!("uroce-perf: raw UDP probes, iperf3");
+    res.udp.push(s.udp_bw("per-packet"));
+    res.udp.push(s.udp_bw("gso-gro"));
+    res.rtt = s.udp_rtt();
+    res.tcp = s.tcp();
+    let sizes: Vec<u64> = if s.o.quick {
+        vec![64, 65536, HEADLINE_SIZE]
+    } else {
+        (0..9).map(|i| 64u64 << (2 * i)).collect()
+    };
+    for backend in ["uring", "syscall"] {
+        for test in ["write", "read", "send"] {
+            for &size in &sizes {
+                let n = s.iters(size);
+                s.measure(
+                    &mut res.runs,
+                    "size",
+                    test,
+                    "bw",
+                    backend,
+                    "thread",
+                    HEADLINE_MTU,
+                    1,
+                    size,
+                    n,
+                    &[],
+                );
+            }
+            let mtu1024: &[u64] = if s.o.quick {
+                &[HEADLINE_SIZE]
+            } else {
+                &[4096, 65536, HEADLINE_SIZE]
+            };
+            for &size in mtu1024 {
+                let n = s.iters(size);
+                s.measure(
+                    &mut res.runs,
+                    "size",
+                    test,
+                    "bw",
+                    backend,
+                    "thread",
+                    1024,
+                    1,
+                    size,
+                    n,
+                    &[],
+                );
+            }
+        }
+        let lat_n = if s.o.quick { 1000 } else { 20000 };
+        s.measure(
+            &mut res.runs,
+            "lat",
+            "write",
+            "lat",
+            backend,
+            "polled",
+            HEADLINE_MTU,
+            1,
+            LAT_SIZE,
+            lat_n,
+            &[],
+        );
+        let mr_n = if s.o.quick { 20_000 } else { 1_000_000 };
+        s.measure(
+            &mut res.runs,
+            "msgrate",
+            "write",
+            "bw",
+            backend,
+            "thread",
+            HEADLINE_MTU,
+            1,
+            MSGRATE_SIZE,
+            mr_n,
+            &["-t", "512"],
+        );
+        let qps: &[u32] = if s.o.quick { &[1, 4] } else { &[1, 2, 4] };
+        for &q in qps {
+            // -n is per QP: the same total bytes whatever the QP count.
+            let n = (s.iters(QPS_SIZE) / u64::from(q)).max(10);
+            s.measure(
+                &mut res.runs,
+                "qps",
+                "write",
+                "bw",
+                backend,
+                "thread",
+                HEADLINE_MTU,
+                q,
+                QPS_SIZE,
+                n,
+                &[],
+            );
+        }
+    }
+    res.machine.load_after = loadavg();
+    res
+}

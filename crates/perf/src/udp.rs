@@ -1,0 +1,307 @@
+//! The raw UDP ceiling probes: what the kernel's UDP path between the two namespaces can carry
+//! without any RDMA on top, measured the way `uroce bench` measures itself.
+//!
+//! - Bandwidth, per packet: one datagram per `send`, one per `recv` (plain syscalls), the
+//!   cost floor of a back end that sends each RoCE packet on its own.
+//! - Bandwidth, GSO/GRO: plain `send` of `gso` datagrams at once with `UDP_SEGMENT` set on the
+//!   socket, `recvmsg` with `UDP_GRO` (one coalesced super-datagram per call): the ceiling.
+//!   (Plain syscalls, not io_uring: at ~60 KB per call the syscall cost is already amortised;
+//!   the issue measured io_uring SENDMSG+GSO → multishot RECVMSG+GRO at 80–85 Gbit/s.)
+//! - Round trip: an 8-byte ping-pong, both sides spinning on non-blocking `recv` (busy poll),
+//!   the floor of `uroce bench write lat --progress polled`.
+//!
+//! The receiver measures goodput from its first datagram to its last, CPU time from
+//! `getrusage` over the same span; the sender measures its own CPU time. Each side prints one
+//! JSON object; the suite adds the two CPU times.
+
+use std::io::{ErrorKind, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
+use serde_json::{json, Value};
+
+/// Errors of the probes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// A socket call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The call.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer never answered.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ProbeError {
+    move |source| ProbeError::Io { what, source }
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// Large socket buffers, so that the probe measures the path and not a 200 KB default queue
+/// (root may exceed `net.core.rmem_max` with the FORCE options; others get what they get).
+fn big_buffers(s: &UdpSocket) {
+    const BYTES: usize = 8 << 20;
+    if socket::setsockopt(s, sockopt::RcvBufForce, &BYTES).is_err() {
+        let _ = socket::setsockopt(s, sockopt::RcvBuf, &BYTES);
+    }
+    if socket::setsockopt(s, sockopt::SndBufForce, &BYTES).is_err() {
+        let _ = socket::setsockopt(s, sockopt::SndBuf, &BYTES);
+    }
+}
+
+/// Receives until `idle` passes without data (after the first datagram) or `max` passes in
+/// all; `gro` enables `UDP_GRO`. Returns the receiver's JSON result.
+pub fn bw_recv(
+    bind: SocketAddr,
+    gro: bool,
+    idle: Duration,
+    max: Duration,
+) -> Result<Value, ProbeError> {
+    let s = UdpSocket::bind(bind).map_err(io("bind"))?;
+    big_buffers(&s);
+    if gro {
+        socket::setsockopt(&s, sockopt::UdpGroSegment, &true)
+            .map_err(|e| io("setsockopt(UDP_GRO)")(e.into()))?;
+    }
+    // Ready: the suite starts the sender after this line.
+    eprintln!("udp-recv: listening on {bind}");
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(io("set_read_timeout"))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut bytes, mut datagrams, mut calls) = (0u64, 0u64, 0u64);
+    let begin = Instant::now();
+    let mut first: Option<(Instant, f64)> = None;
+    let mut last = (begin, 0.0);
+    let fd = s.as_raw_fd();
+    loop {
+        let now = Instant::now();
+        let quiet = first.is_some() && now.duration_since(last.0) > idle;
+        if quiet || now.duration_since(begin) > max {
+            break;
+        }
+        let got = if gro {
+            let mut cmsg = nix::cmsg_space!(i32);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                Ok(m) => {
+                    let seg = m
+                        .cmsgs()
+                        .ok()
+                        .and_then(|mut c| {
+                            c.find_map(|c| match c {
+                                ControlMessageOwned::UdpGroSegments(n) => Some(n),
+                                _ => None,
+                            })
+                        })
+                        .filter(|n| *n > 0)
+                        .map_or(m.bytes, |n| n as usize);
+                    Ok((m.bytes, m.bytes.div_ceil(seg.max(1))))
+                }
+                Err(e) => Err(std::io::Error::from(e)),
+            }
+        } else {
+            s.recv(&mut buf).map(|n| (n, 1))
+        };
+        match got {
+            Ok((n, d)) => {
+                let t = Instant::now();
+                if first.is_none() {
+                    first = Some((t, cpu_seconds()));
+                } else {
+                    // The first datagram only starts the clock.
+                    bytes += n as u64;
+                    datagrams += d as u64;
+                }
+                calls += 1;
+                last = (t, cpu_seconds());
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io("recv")(e)),
+        }
+    }
+    let (t0, c0) = first.unwrap_or((begin, 0.0));
+    let secs = last.0.duration_since(t0).as_secs_f64();
+    let cpu = if first.is_some() { last.1 - c0 } else { 0.0 };
+    Ok(json!({
+        "role": "udp-recv",
+        "gro": gro,
+        "bytes": bytes,
+        "datagrams": datagrams,
+        "calls": calls,
+        "seconds": secs,
+        "gbit_s": if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e9 } else { 0.0 },
+        "cpu_s": cpu,
+    }))
+}
+
+/// Sends `size`-byte datagrams to `to` for `secs` seconds, `gso` at a time with `UDP_SEGMENT`
+/// when `gso > 1`. Returns the sender's JSON result.
+pub fn bw_send(to: SocketAddr, size: usize, gso: usize, secs: f64) -> Result<Value, ProbeError> {
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(to)
+    } else {
+        "[::]:0".parse().unwrap_or(to)
+    };
+    let s = UdpSocket::bind(local).map_err(io("bind"))?;
+    big_buffers(&s);
+    s.connect(to).map_err(io("connect"))?;
+    let gso = gso.max(1);
+    if gso > 1 {
+        let seg = u16::try_from(size).unwrap_or(u16::MAX);
+        socket::setsockopt(&s, sockopt::UdpGsoSegment, &i32::from(seg))
+            .map_err(|e| io("setsockopt(UDP_SEGMENT)")(e.into()))?;
+    }
+    let buf: Vec<u8> = (0..size * gso).map(|i| i as u8).collect();
+    let (mut bytes, mut calls, mut errors) = (0u64, 0u64, 0u64);
+    let c0 = cpu_seconds();
+    let t0 = Instant::now();
+    let end = Duration::from_secs_f64(secs);
+    while t0.elapsed() < end {
+        // The clock is read once per 64 calls: Instant::now per datagram would be a
+        // measurable part of a per-packet probe.
+        for _ in 0..64 {
+            match s.send(&buf) {
+                Ok(n) => bytes += n as u64,
+                // ENOBUFS/ECONNREFUSED (no receiver yet): counted, not fatal.
+                Err(_) => errors += 1,
+            }
+            calls += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "role": "udp-send",
+        "size": size,
+        "gso": gso,
+        "bytes": bytes,
+        "datagrams": bytes / size.max(1) as u64,
+        "calls": calls,
+        "errors": errors,
+        "seconds": secs,
+        "gbit_s": bytes as f64 * 8.0 / secs / 1e9,
+        "cpu_s": cpu_seconds() - c0,
+    }))
+}
+
+fn spin_socket(s: &UdpSocket) -> Result<(), ProbeError> {
+    s.set_nonblocking(true).map_err(io("set_nonblocking"))
+}
+
+/// Echoes every datagram back to its sender, spinning on non-blocking `recv_from`, until an
+/// empty datagram arrives or `max` passes.
+pub fn rtt_echo(bind: SocketAddr, max: Duration) -> Result<Value, ProbeError> {
+    let s = UdpSocket::bind(bind).map_err(io("bind"))?;
+    spin_socket(&s)?;
+    eprintln!("udp-echo: listening on {bind}");
+    let mut buf = [0u8; 2048];
+    let begin = Instant::now();
+    let mut echoed = 0u64;
+    while begin.elapsed() < max {
+        match s.recv_from(&mut buf) {
+            Ok((0, _)) => break,
+            Ok((n, from)) => {
+                s.send_to(&buf[..n], from).map_err(io("send_to"))?;
+                echoed += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(io("recv_from")(e)),
+        }
+    }
+    Ok(json!({ "role": "udp-echo", "echoed": echoed }))
+}
+
+/// Quantiles at which latency distributions are written (the CDF plot's points).
+pub const CDF_QUANTILES: [f64; 24] = [
+    0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75,
+    0.8, 0.85, 0.9, 0.95, 0.99, 0.999, 1.0,
+];
+
+/// `count` round trips of `size`-byte datagrams to the echo at `to` (after `warmup` more),
+/// spinning on non-blocking `recv`. Times in microseconds; `half_*` are half round trips, the
+/// unit `uroce bench write lat` reports.
+pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<Value, ProbeError> {
+    let local: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(to)
+    } else {
+        "[::]:0".parse().unwrap_or(to)
+    };
+    let s = UdpSocket::bind(local).map_err(io("bind"))?;
+    s.connect(to).map_err(io("connect"))?;
+    spin_socket(&s)?;
+    let msg = vec![0x5au8; size.max(1)];
+    let mut buf = [0u8; 2048];
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| ProbeError::Timeout(format!("histogram: {e}")))?;
+    let mut lost = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = 0u64;
+    while done < count + warmup {
+        if Instant::now() > deadline {
+            return Err(ProbeError::Timeout(format!(
+                "udp-ping: {done} of {} round trips in 60 s",
+                count + warmup
+            )));
+        }
+        let t0 = Instant::now();
+        // ECONNREFUSED before the echo binds: try again.
+        if s.send(&msg).is_err() {
+            lost += 1;
+            continue;
+        }
+        let answered = loop {
+            match s.recv(&mut buf) {
+                Ok(_) => break true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if t0.elapsed() > Duration::from_millis(200) {
+                        break false;
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(_) => break false,
+            }
+        };
+        if !answered {
+            lost += 1;
+            continue;
+        }
+        let ns = t0.elapsed().as_nanos() as u64;
+        if done >= warmup {
+            let _ = hist.record(ns.max(1));
+        }
+        done += 1;
+    }
+    let _ = s.send(&[]);
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let cdf: Vec<Value> = CDF_QUANTILES
+        .iter()
+        .map(|q| json!([q, us(*q) / 2.0]))
+        .collect();
+    Ok(json!({
+        "role": "udp-ping",
+        "size": size,
+        "round_trips": count,
+        "lost": lost,
+        "rtt_min_us": hist.min() as f64 / 1000.0,
+        "rtt_median_us": us(0.5),
+        "rtt_p99_us": us(0.99),
+        "half_median_us": us(0.5) / 2.0,
+        "half_p99_us": us(0.99) / 2.0,
+        "half_cdf_us": cdf,
+    }))
+}

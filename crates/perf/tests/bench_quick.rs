@@ -1,0 +1,224 @@
+//! `scripts/bench.sh --quick` end to end, into a temporary directory: the suite builds its
+//! namespaces, runs every part, and writes well-formed outputs: CSVs with their columns, SVGs
+//! that parse as XML, and a markdown section with a row for every target of issue 6. Needs
+//! root (network namespaces); prints that it was skipped otherwise. Checks form, not speed:
+//! the numbers of a quick run on a shared machine mean nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Splits one CSV line (fields may be quoted, with "" for a quote).
+fn fields(line: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => v.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    v.push(cur);
+    v
+}
+
+/// The rows of a CSV file, checked to have the header's number of fields.
+fn csv(path: &Path, header: &[&str]) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    assert_eq!(
+        fields(lines.next().unwrap_or_default()),
+        header,
+        "{}",
+        path.display()
+    );
+    let rows: Vec<Vec<String>> = lines.map(fields).collect();
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{}: {r:?}", path.display());
+    }
+    rows
+}
+
+#[test]
+fn bench_sh_quick_writes_well_formed_outputs() {
+    if !is_root() {
+        println!(
+            "bench_sh_quick_writes_well_formed_outputs: skipped: needs root (network namespaces)"
+        );
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, plots, doc) = (
+        tmp.path().join("out"),
+        tmp.path().join("perf"),
+        tmp.path().join("PERF.md"),
+    );
+    // A hand-written part around the generated section must survive.
+    std::fs::write(&doc, "# Performance\n\nkept above\n").unwrap();
+    let o = Command::new("bash")
+        .arg(root.join("scripts/bench.sh"))
+        .args(["--quick", "--netns", "perfq", "--subnet", "191"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--plots")
+        .arg(&plots)
+        .arg("--doc")
+        .arg(&doc)
+        .output()
+        .expect("run scripts/bench.sh");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "bench.sh --quick failed\n{stderr}");
+
+    let runs = csv(
+        &out.join("uroce.csv"),
+        &[
+            "group",
+            "test",
+            "kind",
+            "backend",
+            "progress",
+            "mtu",
+            "qps",
+            "size",
+            "iters",
+            "gbit_s",
+            "mmsg_s",
+            "cpu_s",
+            "cpu_s_per_gb",
+            "joules_per_gb",
+            "lat_median_us",
+            "lat_p99_us",
+            "retransmits",
+            "timeouts",
+            "drops",
+            "errors",
+            "kernel_udp_drops",
+            "valid",
+            "status",
+            "reason",
+        ],
+    );
+    // Both back ends, all three operations, both path MTUs, and every other group ran.
+    for backend in ["uring", "syscall"] {
+        for test in ["write", "read", "send"] {
+            for mtu in ["4096", "1024"] {
+                assert!(
+                    runs.iter()
+                        .any(|r| r[0] == "size" && r[1] == test && r[3] == backend && r[5] == mtu),
+                    "no {test} {backend} MTU {mtu} run"
+                );
+            }
+        }
+        for group in ["lat", "msgrate", "qps"] {
+            assert!(
+                runs.iter().any(|r| r[0] == group && r[3] == backend),
+                "no {group} {backend} run"
+            );
+        }
+    }
+    for r in &runs {
+        // A run is a result only when it is clean; an INVALID one says why.
+        match r[22].as_str() {
+            "ok" => {
+                assert_eq!(r[21], "true");
+                assert!(
+                    r[16] == "0" && r[17] == "0",
+                    "a valid run with retransmits: {r:?}"
+                );
+                let v: f64 = if r[2] == "lat" {
+                    r[14].parse().unwrap()
+                } else {
+                    r[9].parse().unwrap()
+                };
+                assert!(v > 0.0, "{r:?}");
+            }
+            "INVALID" => assert!(!r[23].is_empty(), "{r:?}"),
+            s => panic!("status {s}: {r:?}"),
+        }
+    }
+    let base = csv(
+        &out.join("baselines.csv"),
+        &[
+            "probe",
+            "gbit_s",
+            "cpu_s_per_gb",
+            "half_median_us",
+            "half_p99_us",
+            "valid",
+            "note",
+        ],
+    );
+    let probes: Vec<&str> = base.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        probes,
+        [
+            "udp-per-packet",
+            "udp-gso-gro",
+            "udp-busy-poll-rtt",
+            "tcp-iperf3"
+        ]
+    );
+    for r in &base {
+        assert_eq!(r[5], "true", "baseline probe failed: {r:?}");
+    }
+    csv(&out.join("latency_cdf.csv"), &["series", "quantile", "us"]);
+    let targets = csv(
+        &out.join("targets.csv"),
+        &[
+            "target", "value", "baseline", "ratio", "goal", "result", "note",
+        ],
+    );
+    assert_eq!(targets.len(), 11);
+    assert!(targets.iter().all(|t| t[5] == "PASS" || t[5] == "FAIL"));
+
+    for f in ["throughput.svg", "cpu_per_gb.svg", "latency_cdf.svg"] {
+        let svg = std::fs::read_to_string(plots.join(f)).unwrap();
+        let d = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(d.root_element().tag_name().name(), "svg", "{f}");
+        assert!(
+            d.descendants().any(|n| n.has_tag_name("polyline")),
+            "{f} has no line"
+        );
+    }
+
+    let md = std::fs::read_to_string(&doc).unwrap();
+    assert!(md.starts_with("# Performance\n\nkept above\n"), "{md}");
+    assert_eq!(md.matches("<!-- BEGIN GENERATED").count(), 1);
+    assert_eq!(md.matches("<!-- END GENERATED -->").count(), 1);
+    for t in &targets {
+        assert!(
+            md.lines().any(|l| l.starts_with(&format!("| {} |", t[0]))
+                && (l.contains("| PASS |") || l.contains("| FAIL |"))),
+            "no row for target {}",
+            t[0]
+        );
+    }
+    for word in [
+        "| CPU |",
+        "| cores |",
+        "| kernel |",
+        "| load average before |",
+        "| load average after |",
+        "RAPL",
+    ] {
+        assert!(md.contains(word), "machine description lacks {word}");
+    }
+    assert!(
+        md.contains("](perf/throughput.svg)"),
+        "plot links relative to the markdown"
+    );
+}
