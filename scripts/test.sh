@@ -13,6 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 fuzz_seconds=${UROCE_FUZZ_SECONDS:-60}
+soak_seconds=${UROCE_SOAK_SECONDS:-20}
 
 need() {
     if ! "$@" >/dev/null 2>&1; then
@@ -88,6 +89,9 @@ case $rc in
 77) echo "netem: SKIPPED (needs root)" >&2 ;;
 *) echo "netem: FAILED" >&2; exit "$rc" ;;
 esac
+
+echo "== soak (short: ${soak_seconds}s of RC WRITE; scripts/soak.sh 600 for the full run)" >&2
+scripts/soak.sh "$soak_seconds" 5
 
 echo "== fuzz (bounded, ${fuzz_seconds}s per target)" >&2
 for t in fuzz/fuzz_targets/*.rs; do

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs INSIDE a guest of scripts/rxe/guest.sh (whose Debian kernel has sch_netem; the host
-# kernel does not): two network namespaces joined by veth with `tc netem delay 1ms loss 2%
-# reorder 5% duplicate 1%` on both ends, and an RC `uroce pingpong -c` between them with both
-# back ends. Prints each side's counters line; exits non-zero if a run fails.
+# kernel does not): two network namespaces joined by veth with `tc netem delay 1ms 500us
+# loss 5% reorder 10% duplicate 2% corrupt 1%` on both ends, and an RC `uroce pingpong -c`
+# (every byte of every message checked) between them with both back ends. Prints each side's
+# counters line and, per namespace, the kernel's UDP checksum drops (netem's bit flips that
+# the UDP checksum caught before uroce's ICRC check saw them); exits non-zero if a run fails.
 #
 #   netem-guest.sh DIR    DIR holds `uroce` and `netns.sh` (netem.sh copies them to the guest's
 #                         share, since the host's /tmp, where a checkout may live, is not
@@ -15,9 +17,21 @@ modprobe sch_netem 2>/dev/null || true
 out=$(mktemp -d)
 trap 'bash "$dir"/netns.sh down gn >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
 bash $dir/netns.sh up gn 5
-bash $dir/netns.sh netem gn delay 1ms loss 2% reorder 5% duplicate 1%
-ip netns exec gn-a tc qdisc show dev eth0
+NETEM=${NETEM:-delay 1ms 500us loss 5% reorder 10% duplicate 2% corrupt 1%}
+# The syscall back end sends packet by packet, so netem impairs each packet on its own (io_uring
+# sends GSO batches, impaired as a unit). Under the full profile it exhausted retry_cnt
+# (transport retry counter exceeded) in 2 of 2 runs in this TCG guest, while the simulator runs
+# the same profile cleanly (crates/sim/tests/rc_netem_pingpong.rs). With the driver taking in
+# queued receives before firing ACK timers it passed 1 of 1 run (70 s, ~90 ACK timeouts per
+# side): too few runs to trust yet, so it runs the earlier, lighter profile until more have
+# passed. NETEM_SYSCALL overrides.
+NETEM_SYSCALL=${NETEM_SYSCALL:-delay 1ms loss 2% reorder 5% duplicate 1% corrupt 1%}
 for backend in uring syscall; do
+    profile=$NETEM
+    [[ $backend == syscall ]] && profile=$NETEM_SYSCALL
+    # shellcheck disable=SC2086
+    bash $dir/netns.sh netem gn $profile
+    ip netns exec gn-a tc qdisc show dev eth0 | sed "s/^/$backend: /"
     args=(pingpong --rc -c --counters --timeout 200 --backend "$backend" -s 1048576 -m 4096 -n 10)
     ip netns exec gn-a "$U" "${args[@]}" > "$out/server" 2>&1 &
     pid=$!
@@ -30,10 +44,16 @@ for backend in uring syscall; do
     ip netns exec gn-b "$U" "${args[@]}" 10.66.5.1 > "$out/client" 2>&1 || rc=$?
     wait "$pid" || rc=$?
     for side in server client; do
-        echo "$backend $side: $(grep -E '^counters:' "$out/$side" | cut -c1-200)"
+        echo "$backend $side: $(grep -E '^counters:' "$out/$side" | cut -c1-400)"
+        grep -E ' (bytes|iters) in ' "$out/$side" | sed "s/^/$backend $side: /" || true
     done
     if ((rc != 0)); then
         cat "$out/server" "$out/client"
         exit 1
     fi
+done
+for ns in gn-a gn-b; do
+    # /proc/net/snmp "Udp:" rows: names, then values; InCsumErrors is a column.
+    ip netns exec "$ns" awk '/^Udp:/ {if (!h) {for (i = 1; i <= NF; i++) c[$i] = i; h = 1}
+        else print "'"$ns"' kernel UDP: InDatagrams " $c["InDatagrams"] ", InCsumErrors " $c["InCsumErrors"] ", InErrors " $c["InErrors"]}' /proc/net/snmp
 done

@@ -12,7 +12,7 @@ use crate::mr::{Access, MrKeys, MrTable, RegionMemory};
 use crate::qp::{Qp, QpAttr, QpInit, QpState, QpType};
 use crate::srq::Srq;
 use crate::wr::{RecvWr, SendWr};
-use crate::{AhHandle, CqHandle, Error, Instant, PdHandle, SrqHandle};
+use crate::{AhHandle, CqHandle, Error, Instant, PdHandle, Resource, SrqHandle};
 
 /// Device configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,12 @@ pub struct Config {
     pub max_qp_wr: u32,
     /// Most SGEs per WR.
     pub max_sge: u32,
+    /// Most shared receive queues.
+    pub max_srq: usize,
+    /// Deepest shared receive queue (receive buffers one SRQ holds).
+    pub max_srq_wr: u32,
+    /// Most address handles.
+    pub max_ah: usize,
     /// Largest `max_rd_atomic` / `max_dest_rd_atomic`.
     pub max_rd_atomic: u8,
     /// Most PSNs a requester keeps unacknowledged.
@@ -71,6 +77,9 @@ impl Config {
             max_cqe: 1 << 20,
             max_qp_wr: 16384,
             max_sge: 32,
+            max_srq: 4096,
+            max_srq_wr: 16384,
+            max_ah: 65536,
             max_rd_atomic: 128,
             max_unacked_psns: 2048,
             ack_req_interval: 64,
@@ -109,6 +118,59 @@ pub struct DeviceCounters {
     pub wrong_source: u64,
     /// Completions lost to a full CQ.
     pub cq_overruns: u64,
+}
+
+/// The device's limits, as `ibv_query_device` reports them (`struct ibv_device_attr`). Each is
+/// enforced: a verb that would exceed one fails with [`Error::Limit`] naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceAttr {
+    /// Most QPs.
+    pub max_qp: u64,
+    /// Most outstanding WRs of one send or receive queue.
+    pub max_qp_wr: u32,
+    /// Most SGEs of one WR.
+    pub max_sge: u32,
+    /// Most CQs.
+    pub max_cq: u64,
+    /// Most entries of one CQ.
+    pub max_cqe: u64,
+    /// Most memory regions.
+    pub max_mr: u64,
+    /// Most SRQs.
+    pub max_srq: u64,
+    /// Most receive WRs (buffers) of one SRQ.
+    pub max_srq_wr: u32,
+    /// Most SGEs of one SRQ receive WR.
+    pub max_srq_sge: u32,
+    /// Most address handles.
+    pub max_ah: u64,
+    /// Most outstanding READ/atomic requests a QP answers (`max_qp_rd_atom`).
+    pub max_qp_rd_atom: u8,
+    /// Most outstanding READ/atomic requests a QP initiates (`max_qp_init_rd_atom`).
+    pub max_qp_init_rd_atom: u8,
+}
+
+/// How many objects of each kind exist now (the engine's table sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Protection domains.
+    pub pds: usize,
+    /// Memory regions.
+    pub mrs: usize,
+    /// Completion queues.
+    pub cqs: usize,
+    /// Completions waiting in all CQs.
+    pub cqes: usize,
+    /// Shared receive queues.
+    pub srqs: usize,
+    /// Address handles.
+    pub ahs: usize,
+    /// Queue pairs.
+    pub qps: usize,
+    /// QPs queued for transmission.
+    pub ready: usize,
 }
 
 /// One datagram (or GSO batch) to send.
@@ -180,6 +242,13 @@ pub struct Device {
     solver: uroce_wire::Ipv4IdSolver,
 }
 
+fn limit(resource: Resource, max: impl TryInto<u64>) -> Error {
+    Error::Limit {
+        resource,
+        max: max.try_into().unwrap_or(u64::MAX),
+    }
+}
+
 macro_rules! ctx {
     ($self:ident, $now:expr) => {
         Ctx {
@@ -197,7 +266,11 @@ macro_rules! ctx {
 
 impl Device {
     /// A device with `config`.
-    pub fn new(config: Config) -> Self {
+    pub fn new(mut config: Config) -> Self {
+        // QPNs and key indices are 24 bits: a table filling that space would make the search
+        // for a free number spin forever.
+        config.max_qp = config.max_qp.min(0xFF_FFF0);
+        config.max_mr = config.max_mr.min(0xFF_FFF0);
         let next_qpn = config.first_qpn;
         Device {
             config,
@@ -227,6 +300,39 @@ impl Device {
     /// Device counters.
     pub fn counters(&self) -> DeviceCounters {
         self.counters
+    }
+
+    /// The device's limits (`ibv_query_device`).
+    pub fn query_device(&self) -> DeviceAttr {
+        let c = &self.config;
+        DeviceAttr {
+            max_qp: c.max_qp as u64,
+            max_qp_wr: c.max_qp_wr,
+            max_sge: c.max_sge,
+            max_cq: c.max_cq as u64,
+            max_cqe: c.max_cqe as u64,
+            max_mr: c.max_mr as u64,
+            max_srq: c.max_srq as u64,
+            max_srq_wr: c.max_srq_wr,
+            max_srq_sge: c.max_sge,
+            max_ah: c.max_ah as u64,
+            max_qp_rd_atom: c.max_rd_atomic,
+            max_qp_init_rd_atom: c.max_rd_atomic,
+        }
+    }
+
+    /// How many objects exist now.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            pds: self.pds.len(),
+            mrs: self.mrs.len(),
+            cqs: self.cqs.len(),
+            cqes: self.cqs.values().map(CompletionQueue::len).sum(),
+            srqs: self.srqs.len(),
+            ahs: self.ahs.len(),
+            qps: self.qps.len(),
+            ready: self.ready.len(),
+        }
     }
 
     /// Allocates a protection domain.
@@ -281,11 +387,14 @@ impl Device {
 
     /// Creates a completion queue of `depth` entries.
     pub fn create_cq(&mut self, depth: usize) -> Result<CqHandle, Error> {
-        if depth == 0 || depth > self.config.max_cqe {
-            return Err(Error::InvalidArgument("CQ depth"));
+        if depth == 0 {
+            return Err(Error::InvalidArgument("CQ depth 0"));
+        }
+        if depth > self.config.max_cqe {
+            return Err(limit(Resource::CqEntries, self.config.max_cqe));
         }
         if self.cqs.len() >= self.config.max_cq {
-            return Err(Error::Limit("completion queues"));
+            return Err(limit(Resource::CompletionQueues, self.config.max_cq));
         }
         self.next_cq += 1;
         self.cqs.insert(self.next_cq, CompletionQueue::new(depth));
@@ -339,8 +448,17 @@ impl Device {
         max_sge: u32,
     ) -> Result<SrqHandle, Error> {
         self.check_pd(pd)?;
-        if max_wr == 0 || max_wr > self.config.max_qp_wr || max_sge > self.config.max_sge {
-            return Err(Error::InvalidArgument("SRQ size"));
+        if max_wr == 0 {
+            return Err(Error::InvalidArgument("SRQ size 0"));
+        }
+        if max_wr > self.config.max_srq_wr {
+            return Err(limit(Resource::SrqWorkRequests, self.config.max_srq_wr));
+        }
+        if max_sge > self.config.max_sge {
+            return Err(limit(Resource::ScatterGatherEntries, self.config.max_sge));
+        }
+        if self.srqs.len() >= self.config.max_srq {
+            return Err(limit(Resource::SharedReceiveQueues, self.config.max_srq));
         }
         self.next_srq += 1;
         self.srqs
@@ -383,6 +501,9 @@ impl Device {
                 "address family differs from the device's",
             ));
         }
+        if self.ahs.len() >= self.config.max_ah {
+            return Err(limit(Resource::AddressHandles, self.config.max_ah));
+        }
         self.next_ah += 1;
         self.ahs.insert(
             self.next_ah,
@@ -406,7 +527,7 @@ impl Device {
     pub fn create_qp(&mut self, init: QpInit) -> Result<u32, Error> {
         self.check_pd(init.pd)?;
         if self.qps.len() >= self.config.max_qp {
-            return Err(Error::Limit("queue pairs"));
+            return Err(limit(Resource::QueuePairs, self.config.max_qp));
         }
         for cq in [init.send_cq, init.recv_cq] {
             if !self.cqs.contains_key(&cq.0) {
@@ -423,12 +544,11 @@ impl Device {
             }
         }
         let c = &init.cap;
-        if c.max_send_wr > self.config.max_qp_wr
-            || c.max_recv_wr > self.config.max_qp_wr
-            || c.max_send_sge > self.config.max_sge
-            || c.max_recv_sge > self.config.max_sge
-        {
-            return Err(Error::Limit("QP capacities"));
+        if c.max_send_wr > self.config.max_qp_wr || c.max_recv_wr > self.config.max_qp_wr {
+            return Err(limit(Resource::QpWorkRequests, self.config.max_qp_wr));
+        }
+        if c.max_send_sge > self.config.max_sge || c.max_recv_sge > self.config.max_sge {
+            return Err(limit(Resource::ScatterGatherEntries, self.config.max_sge));
         }
         let qpn = self.alloc_qpn().ok_or(Error::Limit("QP numbers"))?;
         self.qps.insert(qpn, Qp::new(qpn, init));

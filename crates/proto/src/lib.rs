@@ -37,8 +37,8 @@ pub mod time;
 pub mod wr;
 
 pub use cq::{Completion, CompletionQueue, WcOpcode, WcStatus};
-pub use device::{Config, Device, DeviceCounters, Transmit};
-pub use error::Error;
+pub use device::{Config, Device, DeviceAttr, DeviceCounters, Transmit, Usage};
+pub use error::{Error, Resource};
 pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RegionMemory, VecMemory};
 pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType};

@@ -263,7 +263,10 @@ impl MrTable {
             return Err(Error::InvalidArgument("iova + length overflows"));
         }
         if self.regions.len() >= limit {
-            return Err(Error::Limit("memory regions"));
+            return Err(Error::Limit {
+                resource: crate::Resource::MemoryRegions,
+                max: limit as u64,
+            });
         }
         // Key = 24-bit index << 8 | 8-bit generation, as rxe: a stale key from a deregistered
         // region does not alias a new one at the same index until the generation wraps.

@@ -136,6 +136,10 @@ pub(crate) struct Inner {
     steer: Option<Arc<crate::steer::SteerShared>>,
 }
 
+/// Most back-end receive budgets one pump takes in before timers and transmission (syscall:
+/// 64 datagrams each, io_uring: 32 buffers each), so a flood cannot starve them.
+const RX_ROUNDS: usize = 16;
+
 impl Inner {
     /// Receives what is waiting, fires due timers, transmits, and signals CQ events.
     pub(crate) fn pump(&mut self, now: Instant) {
@@ -149,17 +153,28 @@ impl Inner {
             ..
         } = self;
         let local = *local;
-        let r = backend.recv_ready(&mut |from, to, bytes| {
-            if steer.as_ref().is_some_and(|s| !s.admit(bytes)) {
-                return;
+        // Take in what is already received (up to RX_ROUNDS back-end budgets) before firing
+        // timers: after the thread was descheduled, the ACK that answers an expired ACK timer
+        // may wait behind more than one budget of packets, and firing first would count a
+        // spurious timeout (one of retry_cnt) and retransmit the window go-back-N.
+        for _ in 0..RX_ROUNDS {
+            let r = backend.recv_ready(&mut |from, to, bytes| {
+                if steer.as_ref().is_some_and(|s| !s.admit(bytes)) {
+                    return;
+                }
+                if let Some(c) = capture.as_mut() {
+                    c.record(now, from, SocketAddr::new(to, local.port()), None, bytes);
+                }
+                eng.handle_datagram(now, from, to, bytes);
+            });
+            match r {
+                Ok(n) if n > 0 || backend.rx_pending() => {}
+                Ok(_) => break,
+                Err(_) => {
+                    *io_errors += 1;
+                    break;
+                }
             }
-            if let Some(c) = capture.as_mut() {
-                c.record(now, from, SocketAddr::new(to, local.port()), None, bytes);
-            }
-            eng.handle_datagram(now, from, to, bytes);
-        });
-        if r.is_err() {
-            *io_errors += 1;
         }
         if eng.poll_timeout().is_some_and(|t| t <= now) {
             eng.handle_timeout(now);
@@ -431,6 +446,17 @@ impl Device {
     /// Device counters.
     pub fn counters(&self) -> DeviceCounters {
         self.shared.lock().eng.counters()
+    }
+
+    /// The device's limits (`ibv_query_device`); verbs beyond them fail with
+    /// [`uroce_proto::Error::Limit`].
+    pub fn query_device(&self) -> uroce_proto::DeviceAttr {
+        self.shared.lock().eng.query_device()
+    }
+
+    /// How many verbs objects the engine holds now (its table sizes).
+    pub fn usage(&self) -> uroce_proto::Usage {
+        self.shared.lock().eng.usage()
     }
 
     /// Socket errors seen by the driver (sends that failed for reasons other than a full

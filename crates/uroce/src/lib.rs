@@ -36,6 +36,7 @@ pub use verbs::{
 };
 
 pub use uroce_proto::{
-    Access, Completion, DeviceCounters, Mtu, Payload, QpAttr, QpCap, QpCounters, QpState, QpType,
-    RecvWr, SendFlags, SendOp, SendWr, Sge, UdDest, WcOpcode, WcStatus,
+    Access, Completion, DeviceAttr, DeviceCounters, Mtu, Payload, QpAttr, QpCap, QpCounters,
+    QpState, QpType, RecvWr, Resource, SendFlags, SendOp, SendWr, Sge, UdDest, Usage, WcOpcode,
+    WcStatus,
 };

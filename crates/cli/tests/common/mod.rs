@@ -153,6 +153,11 @@ impl Proc {
         }
     }
 
+    /// Whether it has ended (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// Kills it (a server whose client never came).
     pub fn kill(mut self) -> Outcome {
         let _ = self.child.kill();

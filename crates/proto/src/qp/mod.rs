@@ -417,7 +417,10 @@ impl Qp {
         if attr.max_rd_atomic.is_some_and(|r| r > max_rd)
             || attr.max_dest_rd_atomic.is_some_and(|r| r > max_rd)
         {
-            return Err(Error::InvalidAttr("rd_atomic above the device limit"));
+            return Err(Error::Limit {
+                resource: crate::Resource::RdAtomic,
+                max: u64::from(max_rd),
+            });
         }
         if let (Some(d), Some(local)) = (attr.dest_ip, Some(ctx.config.local_ip)) {
             if d.is_ipv4() != local.is_ipv4() {
