@@ -42,7 +42,7 @@ pub(crate) fn errno_of(e: &uroce::Error) -> i32 {
     use uroce_proto::Error as P;
     match e {
         uroce::Error::Io(io) => io.raw_os_error().unwrap_or(libc::EIO),
-        uroce::Error::Verb(P::Limit(_) | P::QueueFull(_)) => libc::ENOMEM,
+        uroce::Error::Verb(P::Limit { .. } | P::QueueFull(_)) => libc::ENOMEM,
         uroce::Error::Verb(P::Busy(_)) => libc::EBUSY,
         uroce::Error::Verb(P::NotFound(_)) => libc::ENOENT,
         uroce::Error::Closed => libc::ENODEV,

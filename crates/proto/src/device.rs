@@ -550,7 +550,11 @@ impl Device {
         if c.max_send_sge > self.config.max_sge || c.max_recv_sge > self.config.max_sge {
             return Err(limit(Resource::ScatterGatherEntries, self.config.max_sge));
         }
-        let qpn = self.alloc_qpn().ok_or(Error::Limit("QP numbers"))?;
+        // A steered engine's QPN range (its slot) can run out before max_qp does.
+        let range = self.config.last_qpn.saturating_sub(self.config.first_qpn) + 1;
+        let qpn = self
+            .alloc_qpn()
+            .ok_or_else(|| limit(Resource::QueuePairs, range))?;
         self.qps.insert(qpn, Qp::new(qpn, init));
         Ok(qpn)
     }
@@ -901,7 +905,13 @@ mod tests {
         let mut dev = Device::new(cfg);
         let got: Vec<u32> = (0..3).map(|_| qp_in(&mut dev).expect("qp")).collect();
         assert_eq!(got, [0x03_0011, 0x03_0012, 0x03_0013]);
-        assert!(matches!(qp_in(&mut dev), Err(Error::Limit(_))));
+        assert!(matches!(
+            qp_in(&mut dev),
+            Err(Error::Limit {
+                resource: Resource::QueuePairs,
+                max: 3
+            })
+        ));
         dev.destroy_qp(0x03_0012).expect("destroy");
         assert_eq!(qp_in(&mut dev).expect("reuse"), 0x03_0012);
     }
