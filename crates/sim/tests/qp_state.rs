@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use uroce_proto::{
-    Error, Mtu, Payload, QpAttr, QpState, RecvWr, SendOp, SendWr, WcOpcode, WcStatus,
+    Error, Mtu, Payload, QpAttr, QpState, RecvWr, Resource, SendOp, SendWr, WcOpcode, WcStatus,
 };
 use uroce_sim::scenario::{drain, endpoint, pair, settle, wait_completions, PairOpts};
 use uroce_sim::{Link, Sim};
@@ -233,10 +233,6 @@ fn invalid_transitions_and_attributes_are_refused() {
             ..rts_attr()
         },
         QpAttr {
-            max_rd_atomic: Some(255),
-            ..rts_attr()
-        },
-        QpAttr {
             sq_psn: None,
             ..rts_attr()
         },
@@ -251,6 +247,20 @@ fn invalid_transitions_and_attributes_are_refused() {
         );
         assert_eq!(st(dev), QpState::Rtr);
     }
+    // max_rd_atomic above the device's max_qp_init_rd_atom is a resource limit (as
+    // ibv_query_device reports it), not a malformed attribute.
+    let too_deep = QpAttr {
+        max_rd_atomic: Some(255),
+        ..rts_attr()
+    };
+    assert!(matches!(
+        dev.modify_qp(a.qpn, &too_deep),
+        Err(Error::Limit {
+            resource: Resource::RdAtomic,
+            ..
+        })
+    ));
+    assert_eq!(st(dev), QpState::Rtr);
     // RTR→SQD and RTR→INIT are not transitions.
     let to = |s| QpAttr {
         state: Some(s),
