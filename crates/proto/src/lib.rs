@@ -37,7 +37,7 @@ pub mod time;
 pub mod wr;
 
 pub use cq::{Completion, CompletionQueue, WcOpcode, WcStatus};
-pub use device::{Config, Device, DeviceCounters, Transmit};
+pub use device::{AsyncEvent, Config, Device, DeviceCounters, Transmit};
 pub use error::Error;
 pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RegionMemory, VecMemory};

@@ -58,6 +58,8 @@ pub struct DeviceConfig {
     pub accept_any_ipv4_id: bool,
     /// Impair outgoing packets (tests over real sockets); `UROCE_FAULTS` by default.
     pub faults: Option<Faults>,
+    /// Where to report asynchronous events (dropped when `None`).
+    pub async_events: Option<crate::AsyncEvents>,
 }
 
 impl DeviceConfig {
@@ -72,6 +74,7 @@ impl DeviceConfig {
             pcap: std::env::var_os("UROCE_PCAP").map(PathBuf::from),
             accept_any_ipv4_id: false,
             faults: None,
+            async_events: None,
         }
     }
 }
@@ -125,6 +128,7 @@ pub(crate) struct Inner {
     capture: Option<Capture>,
     stats: Option<crate::stats::StatsFile>,
     pub(crate) channels: HashMap<u32, Arc<crate::verbs::ChannelShared>>,
+    async_events: Option<Arc<crate::events::EventsShared>>,
     local: SocketAddr,
     pub(crate) io_errors: u64,
 }
@@ -185,6 +189,11 @@ impl Inner {
                 ch.notify(cq.0);
             }
         }
+        while let Some(e) = self.eng.poll_async_event() {
+            if let Some(a) = &self.async_events {
+                a.push(e);
+            }
+        }
     }
 }
 
@@ -209,6 +218,33 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Receives, fires timers and transmits from the calling thread if nobody holds the lock:
+    /// what an application polling an empty CQ does in [`Progress::Thread`] mode, so that its
+    /// completions do not wait for the progress thread to be scheduled (on a busy machine a
+    /// spinning poller can keep it off the CPU for a whole time slice).
+    pub(crate) fn try_pump(&self) {
+        let Ok(mut g) = self.inner.try_lock() else {
+            return;
+        };
+        let now = self.now();
+        g.pump(now);
+        self.wake_if_needed(&g);
+    }
+
+    /// Wakes the progress thread if the engine now wants a timer earlier than it sleeps
+    /// until, or the back end holds received data its descriptor no longer signals.
+    fn wake_if_needed(&self, g: &Inner) {
+        let early = g
+            .eng
+            .poll_timeout()
+            .is_some_and(|t| t.as_nanos() < self.sleeping_until.load(Ordering::Acquire));
+        // A send path may have taken received data off the back end's descriptor, which
+        // then no longer wakes the progress thread.
+        if early || g.backend.rx_pending() {
+            let _ = self.wake.write(1);
+        }
+    }
+
     /// Runs `f` on the engine, then transmits (and in polled mode receives) and makes sure the
     /// progress thread wakes in time for any new timer.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Inner, Instant) -> T) -> T {
@@ -219,15 +255,7 @@ impl Shared {
             g.pump(now);
         } else {
             g.transmit(now);
-            let early = g
-                .eng
-                .poll_timeout()
-                .is_some_and(|t| t.as_nanos() < self.sleeping_until.load(Ordering::Acquire));
-            // A send path may have taken received data off the back end's descriptor, which
-            // then no longer wakes the progress thread.
-            if early || g.backend.rx_pending() {
-                let _ = self.wake.write(1);
-            }
+            self.wake_if_needed(&g);
         }
         r
     }
@@ -308,6 +336,7 @@ impl Device {
                 capture,
                 stats: crate::stats::StatsFile::new(local),
                 channels: HashMap::new(),
+                async_events: cfg.async_events.as_ref().map(|a| a.shared.clone()),
                 local,
                 io_errors: 0,
             }),

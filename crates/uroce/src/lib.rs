@@ -17,6 +17,7 @@
 pub mod device;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod netif;
 pub mod stats;
 mod sys;
@@ -26,6 +27,7 @@ pub use device::{Device, DeviceConfig, Progress};
 pub use driver::faults::{FaultCounters, Faults};
 pub use driver::{BackendKind, DriverFeatures, DriverStats};
 pub use error::{Error, Result};
+pub use events::{AsyncEvent, AsyncEvents};
 pub use verbs::{
     AddressHandle, CompletionChannel, CompletionQueue, Connect, MemoryRegion, ProtectionDomain,
     QueuePair, SharedReceiveQueue,

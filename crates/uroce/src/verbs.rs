@@ -222,6 +222,12 @@ impl CompletionQueue {
             // The progress thread does the I/O; polling only takes the lock briefly, so a
             // spinning application does not starve it.
             take(&mut self.shared.lock(), &mut out)?;
+            if out.is_empty() {
+                // Nothing yet: receive what has arrived from this thread rather than wait for
+                // the progress thread to be scheduled (it may be the poller's own CPU).
+                self.shared.try_pump();
+                take(&mut self.shared.lock(), &mut out)?;
+            }
         }
         Ok(out)
     }
