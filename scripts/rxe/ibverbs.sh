@@ -94,12 +94,19 @@ for d in to_rxe from_rxe; do
     # -F: the TCG guest's cycle counter fails perftest's CPU frequency check. -t 8: at the
     # default 128 outstanding 64 KiB messages the rxe in the TCG guest falls so far behind
     # that uroce's RC requester (uroce bench alike) runs out of retries on this host.
-    $dir ib_write_bw -x 1 -F -n 300 -t 8
-    $dir ib_read_bw -x 1 -F -n 300 -t 8
-    $dir ib_send_bw -x 1 -F -n 300 -t 8
-    $dir ib_atomic_bw -x 1 -F -n 300
-    $dir ib_write_lat -x 1 -F -n 200
-    $dir ib_send_lat -x 1 -F -n 200
+    # -u 17: both ends' local ACK timeout 4.096 us * 2^17 = 0.54 s instead of 67 ms, so the
+    # retry budget (retry_cnt 7: 8 tries) is 4.3 s instead of 0.54 s. The TCG guest, on a
+    # loaded 2-core host where the uroce side busy-polls, can stall longer than 0.54 s: an
+    # ib_write_lat run then failed RETRY_EXC_ERR on the uroce client (scnt=37, ccnt=36),
+    # and when it is rxe's requester that gives up, the rxe server exits and the uroce client,
+    # which waits for the server's WRITE by spinning on its buffer and never polls the CQ,
+    # hangs to the 120 s limit. A longer timeout costs nothing unless a packet is lost.
+    $dir ib_write_bw -x 1 -F -n 300 -t 8 -u 17
+    $dir ib_read_bw -x 1 -F -n 300 -t 8 -u 17
+    $dir ib_send_bw -x 1 -F -n 300 -t 8 -u 17
+    $dir ib_atomic_bw -x 1 -F -n 300 -u 17
+    $dir ib_write_lat -x 1 -F -n 200 -u 17
+    $dir ib_send_lat -x 1 -F -n 200 -u 17
 done
 echo "ibverbs: $((SECONDS - t0)) s"
 echo "$pass passed, $fail failed"
