@@ -218,19 +218,6 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Receives, fires timers and transmits from the calling thread if nobody holds the lock:
-    /// what an application polling an empty CQ does in [`Progress::Thread`] mode, so that its
-    /// completions do not wait for the progress thread to be scheduled (on a busy machine a
-    /// spinning poller can keep it off the CPU for a whole time slice).
-    pub(crate) fn try_pump(&self) {
-        let Ok(mut g) = self.inner.try_lock() else {
-            return;
-        };
-        let now = self.now();
-        g.pump(now);
-        self.wake_if_needed(&g);
-    }
-
     /// Wakes the progress thread if the engine now wants a timer earlier than it sleeps
     /// until, or the back end holds received data its descriptor no longer signals.
     fn wake_if_needed(&self, g: &Inner) {

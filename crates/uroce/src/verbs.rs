@@ -221,13 +221,10 @@ impl CompletionQueue {
         } else {
             // The progress thread does the I/O; polling only takes the lock briefly, so a
             // spinning application does not starve it.
+            // It does not receive either: the io_uring back end's multishot receive posts its
+            // completions from the task that armed it, which must stay the progress thread
+            // (a busy application thread, descheduled, would delay every packet).
             take(&mut self.shared.lock(), &mut out)?;
-            if out.is_empty() {
-                // Nothing yet: receive what has arrived from this thread rather than wait for
-                // the progress thread to be scheduled (it may be the poller's own CPU).
-                self.shared.try_pump();
-                take(&mut self.shared.lock(), &mut out)?;
-            }
         }
         Ok(out)
     }
