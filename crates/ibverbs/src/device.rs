@@ -1,12 +1,13 @@
 //! Devices and contexts: the device list, `ibv_open_device`/`ibv_close_device`, the
 //! `ibv_query_*` of device, port, GID and P_Key, and asynchronous events.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, OnceLock};
 
 use crate::config::{self, DeviceInfo};
-use crate::objects::{UContext, UDevice};
+use crate::objects::{lock, UContext, UCq, UDevice, UQp};
 use crate::sys::*;
 use crate::{datapath, set_errno};
 
@@ -115,13 +116,13 @@ pub unsafe extern "C" fn ibv_open_device(dev: *mut ibv_device) -> *mut ibv_conte
         set_errno(libc::ENODEV);
         return std::ptr::null_mut();
     };
-    // SAFETY: eventfd(2) with valid flags; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return std::ptr::null_mut();
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let async_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let events = match uroce::AsyncEvents::new() {
+        Ok(e) => e,
+        Err(e) => {
+            set_errno(crate::errno_of(&e));
+            return std::ptr::null_mut();
+        }
+    };
     // SAFETY: verbs_context is C data (pointers, integers, nullable function pointers, a
     // pthread mutex) for which all-zero is valid (and PTHREAD_MUTEX_INITIALIZER).
     let mut vctx: verbs_context = unsafe { std::mem::zeroed() };
@@ -130,7 +131,7 @@ pub unsafe extern "C" fn ibv_open_device(dev: *mut ibv_device) -> *mut ibv_conte
     vctx.query_device_ex = Some(query_device_ex);
     vctx.context.device = dev;
     vctx.context.cmd_fd = -1;
-    vctx.context.async_fd = async_fd.as_raw_fd();
+    vctx.context.async_fd = events.fd().as_raw_fd();
     vctx.context.num_comp_vectors = 1;
     // verbs_get_ctx: only an extended context may be cast back to its verbs_context.
     vctx.context.abi_compat = usize::MAX as *mut c_void; // __VERBS_ABI_IS_EXTENDED ((void *)UINTPTR_MAX)
@@ -139,7 +140,9 @@ pub unsafe extern "C" fn ibv_open_device(dev: *mut ibv_device) -> *mut ibv_conte
         vctx,
         dev: d,
         engine: Mutex::new(None),
-        async_fd,
+        events,
+        qps: Mutex::new(HashMap::new()),
+        cqs: Mutex::new(HashMap::new()),
     });
     let p = Box::into_raw(ctx);
     // SAFETY: p is a valid, leaked Box; the context pointer is its field.
@@ -373,38 +376,97 @@ pub unsafe extern "C" fn ibv_get_pkey_index(
     }
 }
 
-/// `ibv_get_async_event`: uroce raises no asynchronous events yet (errors are reported as
-/// completions), so this waits on the context's `async_fd`, which never becomes readable,
-/// as a blocking call on an idle rdma-core device does.
+/// The next event whose object still exists, filled into `event`, its object's count of
+/// events handed out raised (under the map's lock, so a destroy waits for its ack).
+fn next_event(u: &UContext, event: &mut ibv_async_event) -> Option<()> {
+    use ibv_event_type as t;
+    loop {
+        let e = u.events.try_get()?;
+        match e {
+            uroce::AsyncEvent::QpFatal(qpn) => {
+                let qps = lock(&u.qps);
+                let Some(&p) = qps.get(&qpn) else { continue };
+                // SAFETY: a QP in the map is alive (it leaves the map before it is freed).
+                unsafe { &*(p as *const UQp) }.acks.reported();
+                event.element.qp = p as *mut ibv_qp;
+                event.event_type = t::IBV_EVENT_QP_FATAL;
+            }
+            uroce::AsyncEvent::CqErr(cq) => {
+                let cqs = lock(&u.cqs);
+                let Some(&p) = cqs.get(&cq.0) else { continue };
+                // SAFETY: as for QPs.
+                unsafe { &*(p as *const UCq) }.acks.reported();
+                event.element.cq = p as *mut ibv_cq;
+                event.event_type = t::IBV_EVENT_CQ_ERR;
+            }
+            // Events this library does not know yet are not handed out.
+            _ => continue,
+        }
+        return Some(());
+    }
+}
+
+/// `ibv_get_async_event`: the next asynchronous event (`IBV_EVENT_QP_FATAL` when a QP went
+/// to ERR by itself, `IBV_EVENT_CQ_ERR` when a CQ overflowed). Blocks until one comes, unless
+/// the program made `async_fd` non-blocking (then -1 with errno EAGAIN), as rdma-core's
+/// `read` of the kernel's async fd does. Each event must be acknowledged
+/// (`ibv_ack_async_event`) before its object can be destroyed.
 #[no_mangle]
 pub unsafe extern "C" fn ibv_get_async_event(
     ctx: *mut ibv_context,
-    _event: *mut ibv_async_event,
+    event: *mut ibv_async_event,
 ) -> c_int {
-    if ctx.is_null() {
+    if ctx.is_null() || event.is_null() {
+        set_errno(libc::EINVAL);
         return -1;
     }
-    // SAFETY: ctx is an open context.
-    let fd = unsafe { UContext::from_ibv(ctx) }.async_fd.as_raw_fd();
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    // SAFETY: ctx is an open context; event is the caller's.
+    let (u, ev) = unsafe { (UContext::from_ibv(ctx), &mut *event) };
+    let fd = u.events.fd().as_raw_fd();
     loop {
+        if next_event(u, ev).is_some() {
+            return 0;
+        }
+        // SAFETY: fcntl(F_GETFL) on our open descriptor.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+            set_errno(libc::EAGAIN);
+            return -1;
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, -1) };
         if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return -1;
         }
-        // A readable async fd never happens (nothing writes it); keep waiting.
-        if r > 0 {
-            set_errno(libc::EAGAIN);
-            return -1;
-        }
     }
 }
 
-/// `ibv_ack_async_event`: nothing to acknowledge.
+/// `ibv_ack_async_event`: counts the event as handled, which a destroy of its QP or CQ waits
+/// for.
 #[no_mangle]
-pub unsafe extern "C" fn ibv_ack_async_event(_event: *mut ibv_async_event) {}
+pub unsafe extern "C" fn ibv_ack_async_event(event: *mut ibv_async_event) {
+    if event.is_null() {
+        return;
+    }
+    use ibv_event_type as t;
+    // SAFETY: the caller's event, filled by ibv_get_async_event.
+    let ev = unsafe { &*event };
+    // SAFETY: the element is the member the event type selects, and the object is alive
+    // until this ack (its destroy waits for it).
+    unsafe {
+        match ev.event_type {
+            t::IBV_EVENT_QP_FATAL if !ev.element.qp.is_null() => {
+                (*ev.element.qp.cast::<UQp>()).acks.acked();
+            }
+            t::IBV_EVENT_CQ_ERR if !ev.element.cq.is_null() => {
+                (*ev.element.cq.cast::<UCq>()).acks.acked();
+            }
+            _ => {}
+        }
+    }
+}

@@ -20,6 +20,7 @@
 pub mod config;
 mod datapath;
 mod device;
+mod fork;
 pub mod layout;
 pub mod memory;
 mod objects;

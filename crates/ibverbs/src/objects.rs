@@ -4,8 +4,7 @@
 //! providers do with `container_of`).
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::config::DeviceInfo;
 use crate::sys::*;
@@ -31,9 +30,12 @@ pub(crate) struct UContext {
     /// The uroce device, opened (its UDP socket bound) at the first verb that needs it, so
     /// that `ibv_devinfo` can query a device another process is using.
     pub engine: Mutex<Option<Arc<uroce::Device>>>,
-    /// `async_fd`: never readable, since uroce reports no asynchronous events yet; a
-    /// blocking `ibv_get_async_event` waits on it until the program exits.
-    pub async_fd: OwnedFd,
+    /// The asynchronous events; its descriptor is `async_fd`.
+    pub events: uroce::AsyncEvents,
+    /// The live QPs (QPN → `*mut UQp`) and CQs (id → `*mut UCq`), to name an event's
+    /// object; an object leaves its map before it is freed.
+    pub qps: Mutex<HashMap<u32, usize>>,
+    pub cqs: Mutex<HashMap<u32, usize>>,
 }
 
 impl UContext {
@@ -58,12 +60,43 @@ impl UContext {
         // The peer may be the kernel's rxe, whose IPv4 Identification the ICRC check
         // cannot see (docs/ARCHITECTURE.md, wire).
         cfg.accept_any_ipv4_id = true;
+        cfg.async_events = Some(self.events.clone());
         if std::env::var("UROCE_PROGRESS").is_ok_and(|v| v == "polled") {
             cfg.progress = uroce::Progress::Polled;
         }
         let d = Arc::new(uroce::Device::open(cfg)?);
         *g = Some(d.clone());
         Ok(d)
+    }
+}
+
+/// The asynchronous events handed out for an object and those acknowledged: destroying the
+/// object waits until they are equal, as rdma-core's `ibv_destroy_qp`/`ibv_destroy_cq` do
+/// (`ibv_get_async_event(3)`), so an event never names freed memory.
+#[derive(Default)]
+pub(crate) struct EventAcks {
+    /// (reported, acknowledged).
+    n: Mutex<(u64, u64)>,
+    cv: Condvar,
+}
+
+impl EventAcks {
+    pub fn reported(&self) {
+        lock(&self.n).0 += 1;
+    }
+
+    pub fn acked(&self) {
+        let mut g = lock(&self.n);
+        g.1 = (g.1 + 1).min(g.0);
+        self.cv.notify_all();
+    }
+
+    /// Blocks until every reported event was acknowledged.
+    pub fn wait_all(&self) {
+        let mut g = lock(&self.n);
+        while g.1 < g.0 {
+            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 }
 
@@ -97,6 +130,7 @@ pub(crate) struct UCq {
     pub cq: uroce::CompletionQueue,
     /// The channel it reports to (to unregister on destroy).
     pub channel: *mut UChannel,
+    pub acks: EventAcks,
 }
 
 /// `ibv_srq`.
@@ -115,6 +149,7 @@ pub(crate) struct UQp {
     /// What `ibv_query_qp` reports: the creation attributes and the last values set.
     pub init: ibv_qp_init_attr,
     pub attr: Mutex<ibv_qp_attr>,
+    pub acks: EventAcks,
 }
 
 /// `ibv_ah`.

@@ -3,11 +3,7 @@
 //! does not implement. Each fails cleanly: `EOPNOTSUPP` (as a return value or errno), NULL, or
 //! nothing for `void` functions. The `IBVERBS_PRIVATE_34` ones are rdma-core's interface to
 //! its kernel-driver providers (mlx5, efa, …), which never see a uroce device.
-//!
-//! Fork: uroce never pins pages for DMA (the engine copies to and from registered memory in
-//! this process), so `ibv_fork_init` has nothing to do and a forked child simply has no
-//! working uroce objects (the progress thread is not inherited), as after `fork` without
-//! `ibv_fork_init` on hardware.
+//! (Fork: `fork.rs`.)
 
 use std::ffi::{c_int, c_void};
 
@@ -48,10 +44,6 @@ macro_rules! stub_void {
 const NOTSUP: c_int = libc::EOPNOTSUPP;
 
 stub_int! {
-    ibv_fork_init => 0,
-    ibv_is_fork_initialized => 0, // IBV_FORK_DISABLED: nothing pinned, nothing to protect
-    ibv_dontfork_range => 0,
-    ibv_dofork_range => 0,
     ibv_read_sysfs_file => -1,
     ibv_attach_mcast => NOTSUP,
     ibv_detach_mcast => NOTSUP,

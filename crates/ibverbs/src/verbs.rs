@@ -11,7 +11,7 @@ use std::time::Duration;
 use uroce::{Access, Mtu, QpAttr, QpCap, QpState, QpType};
 
 use crate::memory::RawMemory;
-use crate::objects::{lock, UAh, UChannel, UContext, UCq, UMr, UPd, UQp, USrq};
+use crate::objects::{lock, EventAcks, UAh, UChannel, UContext, UCq, UMr, UPd, UQp, USrq};
 use crate::sys::*;
 use crate::{config, errno_of, set_errno};
 
@@ -283,7 +283,10 @@ pub unsafe extern "C" fn ibv_create_cq(
         ibv,
         cq,
         channel: uch,
+        acks: EventAcks::default(),
     }));
+    // SAFETY: ctx is open.
+    lock(&unsafe { ctx_of(ctx) }.cqs).insert(id, p as usize);
     if !uch.is_null() {
         // SAFETY: uch is a live channel (above).
         lock(&unsafe { &*uch }.cqs).insert(id, p as usize);
@@ -303,8 +306,12 @@ pub unsafe extern "C" fn ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
     if cq.is_null() {
         return libc::EINVAL;
     }
-    // SAFETY: cq came from ibv_create_cq.
+    // SAFETY: cq came from ibv_create_cq; its context is open.
     let u = unsafe { reclaim::<UCq, _>(cq) };
+    // No new event names it once it left the map; wait for those handed out to be acked.
+    // SAFETY: as above.
+    lock(&unsafe { ctx_of(u.ibv.context) }.cqs).remove(&u.cq.id());
+    u.acks.wait_all();
     if !u.channel.is_null() {
         // SAFETY: a CQ's channel outlives it (destroy_comp_channel refuses while CQs exist).
         lock(&unsafe { &*u.channel }.cqs).remove(&u.cq.id());
@@ -380,12 +387,17 @@ pub unsafe extern "C" fn ibv_create_qp(
     // SAFETY: ibv_qp_attr is C data; all-zero is valid.
     let mut last: ibv_qp_attr = unsafe { std::mem::zeroed() };
     last.cap = a.cap;
-    leak(Box::new(UQp {
+    let qpn = qp.qpn();
+    let p: *mut ibv_qp = leak(Box::new(UQp {
         ibv,
         qp,
         init: *a,
         attr: Mutex::new(last),
-    }))
+        acks: EventAcks::default(),
+    }));
+    // SAFETY: the PD's context is open.
+    lock(&unsafe { ctx_of(upd.ibv.context) }.qps).insert(qpn, p as usize);
+    p
 }
 
 fn qp_state(s: ibv_qp_state::Type) -> Option<QpState> {
@@ -559,8 +571,12 @@ pub unsafe extern "C" fn ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
     if qp.is_null() {
         return libc::EINVAL;
     }
-    // SAFETY: qp from ibv_create_qp.
-    drop(unsafe { reclaim::<UQp, _>(qp) });
+    // SAFETY: qp from ibv_create_qp; its context is open.
+    let u = unsafe { reclaim::<UQp, _>(qp) };
+    // SAFETY: as above.
+    lock(&unsafe { ctx_of(u.ibv.context) }.qps).remove(&u.ibv.qp_num);
+    u.acks.wait_all();
+    drop(u);
     0
 }
 

@@ -134,6 +134,11 @@ impl CompletionQueue {
         self.entries.is_empty()
     }
 
+    /// Whether it overflowed (and is in error).
+    pub fn is_overrun(&self) -> bool {
+        self.overrun
+    }
+
     /// Adds a completion. Returns false (and enters the overrun state) when full.
     pub(crate) fn push(&mut self, c: Completion) -> bool {
         if self.overrun || self.entries.len() >= self.depth {

@@ -202,16 +202,49 @@ pub(crate) struct Ctx<'a> {
     pub counters: &'a mut DeviceCounters,
     /// Set when a completion was lost: the QP goes to error.
     pub overrun: bool,
+    /// Asynchronous events raised, for [`Device::poll_async_event`].
+    pub events: &'a mut VecDeque<AsyncEvent>,
 }
 
 impl Ctx<'_> {
     pub fn complete(&mut self, cq: CqHandle, c: Completion) {
-        let ok = self.cqs.get_mut(&cq.0).is_some_and(|q| q.push(c));
-        if !ok {
+        let Some(q) = self.cqs.get_mut(&cq.0) else {
             self.counters.cq_overruns += 1;
             self.overrun = true;
+            return;
+        };
+        let was = q.is_overrun();
+        if !q.push(c) {
+            self.counters.cq_overruns += 1;
+            self.overrun = true;
+            if !was {
+                // Once per CQ: it stays in error (IBTA §11.4.2.1; rxe: IB_EVENT_CQ_ERR).
+                self.raise(AsyncEvent::CqErr(cq));
+            }
         }
     }
+
+    /// Queues an asynchronous event, dropping it when the queue is full (nobody reads them).
+    pub fn raise(&mut self, e: AsyncEvent) {
+        if self.events.len() < MAX_ASYNC_EVENTS {
+            self.events.push_back(e);
+        }
+    }
+}
+
+/// Most asynchronous events kept for a driver that does not take them.
+const MAX_ASYNC_EVENTS: usize = 1024;
+
+/// An asynchronous event (`ibv_async_event`): an error the engine found outside any
+/// completion's reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AsyncEvent {
+    /// The QP went to ERR by itself (a transport or local error, not `modify_qp`):
+    /// `IBV_EVENT_QP_FATAL`.
+    QpFatal(u32),
+    /// The CQ overflowed and is in error: `IBV_EVENT_CQ_ERR`.
+    CqErr(CqHandle),
 }
 
 /// A staged packet that did not fit the GSO batch it was built for.
@@ -240,6 +273,7 @@ pub struct Device {
     staged: Option<Staged>,
     counters: DeviceCounters,
     solver: uroce_wire::Ipv4IdSolver,
+    events: VecDeque<AsyncEvent>,
 }
 
 fn limit(resource: Resource, max: impl TryInto<u64>) -> Error {
@@ -260,6 +294,7 @@ macro_rules! ctx {
             ahs: &$self.ahs,
             counters: &mut $self.counters,
             overrun: false,
+            events: &mut $self.events,
         }
     };
 }
@@ -289,6 +324,7 @@ impl Device {
             staged: None,
             counters: DeviceCounters::default(),
             solver: uroce_wire::Ipv4IdSolver::default(),
+            events: VecDeque::new(),
         }
     }
 
@@ -431,6 +467,11 @@ impl Device {
             .ok_or(Error::NotFound("completion queue"))?
             .req_notify(solicited_only);
         Ok(())
+    }
+
+    /// Takes the oldest asynchronous event.
+    pub fn poll_async_event(&mut self) -> Option<AsyncEvent> {
+        self.events.pop_front()
     }
 
     /// Takes one completion event of an armed CQ whose condition was met.

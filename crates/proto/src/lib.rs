@@ -37,7 +37,7 @@ pub mod time;
 pub mod wr;
 
 pub use cq::{Completion, CompletionQueue, WcOpcode, WcStatus};
-pub use device::{Config, Device, DeviceAttr, DeviceCounters, Transmit, Usage};
+pub use device::{AsyncEvent, Config, Device, DeviceAttr, DeviceCounters, Transmit, Usage};
 pub use error::{Error, Resource};
 pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RegionMemory, VecMemory};

@@ -63,6 +63,8 @@ pub struct DeviceConfig {
     /// the engine owning its DestQP (`steer.rs`). Off by default (the device owns the address);
     /// `UROCE_STEER=1` turns it on.
     pub steer: bool,
+    /// Where to report asynchronous events (dropped when `None`).
+    pub async_events: Option<crate::AsyncEvents>,
 }
 
 impl DeviceConfig {
@@ -78,6 +80,7 @@ impl DeviceConfig {
             accept_any_ipv4_id: false,
             faults: None,
             steer: std::env::var("UROCE_STEER").is_ok_and(|v| !v.is_empty() && v != "0"),
+            async_events: None,
         }
     }
 }
@@ -130,6 +133,7 @@ pub(crate) struct Inner {
     capture: Option<Capture>,
     stats: Option<crate::stats::StatsFile>,
     pub(crate) channels: HashMap<u32, Arc<crate::verbs::ChannelShared>>,
+    async_events: Option<Arc<crate::events::EventsShared>>,
     local: SocketAddr,
     pub(crate) io_errors: u64,
     /// Set on a steered device: drops packets for other engines' QPs before the engine.
@@ -220,6 +224,11 @@ impl Inner {
                 ch.notify(cq.0);
             }
         }
+        while let Some(e) = self.eng.poll_async_event() {
+            if let Some(a) = &self.async_events {
+                a.push(e);
+            }
+        }
     }
 }
 
@@ -244,6 +253,20 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes the progress thread if the engine now wants a timer earlier than it sleeps
+    /// until, or the back end holds received data its descriptor no longer signals.
+    fn wake_if_needed(&self, g: &Inner) {
+        let early = g
+            .eng
+            .poll_timeout()
+            .is_some_and(|t| t.as_nanos() < self.sleeping_until.load(Ordering::Acquire));
+        // A send path may have taken received data off the back end's descriptor, which
+        // then no longer wakes the progress thread.
+        if early || g.backend.rx_pending() {
+            let _ = self.wake.write(1);
+        }
+    }
+
     /// Runs `f` on the engine, then transmits (and in polled mode receives) and makes sure the
     /// progress thread wakes in time for any new timer.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Inner, Instant) -> T) -> T {
@@ -254,15 +277,7 @@ impl Shared {
             g.pump(now);
         } else {
             g.transmit(now);
-            let early = g
-                .eng
-                .poll_timeout()
-                .is_some_and(|t| t.as_nanos() < self.sleeping_until.load(Ordering::Acquire));
-            // A send path may have taken received data off the back end's descriptor, which
-            // then no longer wakes the progress thread.
-            if early || g.backend.rx_pending() {
-                let _ = self.wake.write(1);
-            }
+            self.wake_if_needed(&g);
         }
         r
     }
@@ -373,6 +388,7 @@ impl Device {
                 capture,
                 stats: crate::stats::StatsFile::new(local),
                 channels: HashMap::new(),
+                async_events: cfg.async_events.as_ref().map(|a| a.shared.clone()),
                 local,
                 io_errors: 0,
                 steer: membership.as_ref().map(|m| m.shared.clone()),

@@ -18,6 +18,7 @@ mod coord;
 pub mod device;
 pub mod driver;
 pub mod error;
+pub mod events;
 mod membership;
 pub mod netif;
 pub mod stats;
@@ -29,6 +30,7 @@ pub use device::{Device, DeviceConfig, Progress};
 pub use driver::faults::{FaultCounters, Faults};
 pub use driver::{BackendKind, DriverFeatures, DriverStats};
 pub use error::{Error, Result};
+pub use events::{AsyncEvent, AsyncEvents};
 pub use steer::{SteerCounters, SteerInfo};
 pub use verbs::{
     AddressHandle, CompletionChannel, CompletionQueue, Connect, MemoryRegion, ProtectionDomain,

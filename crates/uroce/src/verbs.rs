@@ -221,6 +221,9 @@ impl CompletionQueue {
         } else {
             // The progress thread does the I/O; polling only takes the lock briefly, so a
             // spinning application does not starve it.
+            // It does not receive either: the io_uring back end's multishot receive posts its
+            // completions from the task that armed it, which must stay the progress thread
+            // (a busy application thread, descheduled, would delay every packet).
             take(&mut self.shared.lock(), &mut out)?;
         }
         Ok(out)

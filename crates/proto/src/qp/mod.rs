@@ -485,16 +485,22 @@ impl Qp {
                 self.resp = responder::Responder::default();
                 self.state = S::Reset;
             }
-            S::Err => self.enter_error(ctx),
+            // Asked for: no QP_FATAL event.
+            S::Err => {
+                self.state = S::Err;
+                self.flush(ctx);
+            }
             _ => self.state = to,
         }
         Ok(())
     }
 
     /// Moves to ERR and flushes every outstanding WQE with `WR_FLUSH_ERR` (IBTA §10.3.1.2).
+    /// The engine found the error itself, so it raises `QpFatal` (once).
     pub(crate) fn enter_error(&mut self, ctx: &mut Ctx<'_>) {
         if self.state != QpState::Err {
             tracing::debug!(qpn = self.qpn, from = ?self.state, "QP to error");
+            ctx.raise(crate::device::AsyncEvent::QpFatal(self.qpn));
         }
         self.state = QpState::Err;
         self.flush(ctx);
