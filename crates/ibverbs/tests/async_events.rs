@@ -7,23 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the library cargo built with this test lives (target/<profile>/deps), as
-/// `libibverbs.so.1`.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("target/<profile>/deps");
-    let so = deps.join("libibverbs.so");
-    assert!(
-        so.exists(),
-        "cargo builds the cdylib with the tests: {so:?}"
-    );
-    let dir = deps.join("ibverbs-ld-async");
-    std::fs::create_dir_all(&dir).expect("create the library directory");
-    let link = dir.join("libibverbs.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&so, &link).expect("link libibverbs.so.1");
-    dir
-}
+mod common;
+use common::lib_dir;
 
 #[test]
 fn qp_error_raises_async_events_on_a_pollable_fd() {
