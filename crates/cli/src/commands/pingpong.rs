@@ -780,6 +780,9 @@ fn print_dest(out: &mut dyn Write, what: &str, d: &Dest, sep: char) -> std::io::
     )
 }
 
+/// The RC local ACK timeout this tool sets (`timeout: 14`): 4.096 µs × 2^14.
+const ACK_TIMEOUT: Duration = Duration::from_micros(67_109);
+
 /// Runs `uroce pingpong`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let o = Opts::new(args)?;
@@ -876,6 +879,18 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     );
 
     let elapsed = ctx.run(client)?;
+    if matches!(o.mode, Mode::Rc | Mode::Srq) {
+        // Linger, as TCP's TIME_WAIT: if our ACK of the peer's last message was lost, the
+        // peer retransmits it after its ACK timeout, and a responder that has already gone
+        // turns that into the peer's retry-exceeded error although all data arrived. Keep
+        // re-ACKing duplicates (the responder's duplicate handling, as rxe's) for three ACK
+        // timeouts.
+        let end = std::time::Instant::now() + 3 * ACK_TIMEOUT;
+        while std::time::Instant::now() < end {
+            ctx.dev.progress();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     if args.counters {
         let c = ctx.dev.counters();
         let q = ctx
