@@ -3,7 +3,10 @@
 //! - `suite`: every measurement in one invocation between two namespaces; writes CSV, SVG and
 //!   the generated section of `docs/PERFORMANCE.md`.
 //! - `report`: the same files again from a saved `results.json`.
-//! - `udp-recv`/`udp-send`, `udp-echo`/`udp-ping`: the raw UDP ceiling probes (see [`udp`]).
+//! - `udp-recv`/`udp-send`, `udp-echo`/`udp-ping`: the raw UDP ceiling probes with plain
+//!   syscalls (see [`udp`]).
+//! - `uring-recv`/`uring-send`: the io_uring UDP GSO/GRO ceiling, through uroce's own io_uring
+//!   back end without the engine (see [`uring_udp`]).
 //! - `rapl`: what the RAPL reader finds on this machine.
 //! - `profile-summary`: where the cycles go, from a `perf report` (`scripts/profile.sh`).
 #![forbid(unsafe_code)]
@@ -15,6 +18,7 @@ mod report;
 mod suite;
 mod svg;
 mod udp;
+mod uring_udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +107,46 @@ enum Cmd {
         /// Seconds to send.
         #[arg(long, default_value_t = 3.0)]
         secs: f64,
+    },
+    /// io_uring UDP receiver (uroce's back end, multishot RECVMSG + UDP_GRO over a buffer
+    /// ring): counts goodput and CPU until the sender goes quiet.
+    UringRecv {
+        /// Address to bind.
+        #[arg(long)]
+        bind: SocketAddr,
+        /// uroce back end (uring, syscall).
+        #[arg(long, default_value = "uring")]
+        backend: uroce::BackendKind,
+        /// Stop this long after the last datagram (ms).
+        #[arg(long, default_value_t = 500)]
+        idle_ms: u64,
+        /// Stop after this many seconds in all.
+        #[arg(long, default_value_t = 60)]
+        max_secs: u64,
+    },
+    /// io_uring UDP sender (uroce's back end, SENDMSG with UDP GSO).
+    UringSend {
+        /// Receiver address.
+        #[arg(long)]
+        to: SocketAddr,
+        /// uroce back end (uring, syscall).
+        #[arg(long, default_value = "uring")]
+        backend: uroce::BackendKind,
+        /// Datagram size.
+        #[arg(long, default_value_t = 4154)]
+        size: usize,
+        /// Datagrams per send (GSO batch; at most what one UDP datagram holds).
+        #[arg(long, default_value_t = 15)]
+        gso: usize,
+        /// Sends queued per submission (the back end has 32 send buffers).
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Stop after this many batches, if sooner (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        batches: u64,
     },
     /// Busy-polling UDP echo.
     UdpEcho {
@@ -247,6 +291,38 @@ fn main() -> ExitCode {
             gso,
             secs,
         } => print(udp::bw_send(to, size, gso, secs)),
+        Cmd::UringRecv {
+            bind,
+            backend,
+            idle_ms,
+            max_secs,
+        } => print(uring_udp::recv(
+            bind,
+            backend,
+            Duration::from_millis(idle_ms),
+            Duration::from_secs(max_secs),
+            // Ready: the suite starts the sender after this line.
+            || eprintln!("uring-recv: listening on {bind}"),
+        )),
+        Cmd::UringSend {
+            to,
+            backend,
+            size,
+            gso,
+            depth,
+            secs,
+            batches,
+        } => print(uring_udp::send(
+            to,
+            backend,
+            uring_udp::SendOptions {
+                size,
+                gso,
+                depth,
+                secs,
+                batches,
+            },
+        )),
         Cmd::UdpEcho { bind, max_secs } => {
             print(udp::rtt_echo(bind, Duration::from_secs(max_secs)))
         }

@@ -28,7 +28,8 @@ pub struct Machine {
 /// One raw UDP bandwidth probe.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UdpBw {
-    /// `per-packet` or `gso-gro`.
+    /// `per-packet` or `gso-gro` (plain syscalls), `uring-gso-gro` (uroce's io_uring back
+    /// end without the engine: the ceiling).
     pub mode: String,
     /// Goodput at the receiver.
     pub gbit_s: f64,
@@ -92,6 +93,9 @@ pub struct Run {
     pub mtu: u32,
     /// QPs.
     pub qps: u32,
+    /// Engine threads (`uroce bench --threads`: QPN-steered devices, one per thread, each
+    /// driving `qps / threads` QPs); 1 is one device.
+    pub threads: u32,
     /// Message size.
     pub size: u64,
     /// Messages (bw, all QPs) or round trips (lat).
@@ -195,7 +199,8 @@ impl Results {
             },
             "runs": self.runs.iter().map(|r| json!({
                 "group": r.group, "test": r.test, "kind": r.kind, "backend": r.backend,
-                "progress": r.progress, "mtu": r.mtu, "qps": r.qps, "size": r.size,
+                "progress": r.progress, "mtu": r.mtu, "qps": r.qps, "threads": r.threads,
+                "size": r.size,
                 "iters": r.iters, "gbit_s": r.gbit_s, "mmsg_s": r.mmsg_s, "cpu_s": r.cpu_s,
                 "cpu_s_per_gb": r.cpu_s_per_gb, "joules_per_gb": r.joules_per_gb,
                 "lat_median_us": r.lat_median_us, "lat_p99_us": r.lat_p99_us,
@@ -268,6 +273,8 @@ impl Results {
                     progress: s(r, "progress"),
                     mtu: u(r, "mtu") as u32,
                     qps: u(r, "qps") as u32,
+                    // Older results have no threads: one device.
+                    threads: r["threads"].as_u64().map_or(1, |t| t as u32),
                     size: u(r, "size"),
                     iters: u(r, "iters"),
                     gbit_s: f(r, "gbit_s"),
@@ -290,7 +297,7 @@ impl Results {
         }
     }
 
-    /// The valid run matching all of the given fields, if any.
+    /// The valid one-thread run matching all of the given fields, if any.
     pub fn find(
         &self,
         group: &str,
@@ -300,6 +307,21 @@ impl Results {
         qps: u32,
         size: u64,
     ) -> Option<&Run> {
+        self.find_threads(group, test, backend, mtu, qps, 1, size)
+    }
+
+    /// [`Results::find`] with `threads` engine threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn find_threads(
+        &self,
+        group: &str,
+        test: &str,
+        backend: &str,
+        mtu: u32,
+        qps: u32,
+        threads: u32,
+        size: u64,
+    ) -> Option<&Run> {
         self.runs.iter().find(|r| {
             r.valid
                 && r.group == group
@@ -307,6 +329,7 @@ impl Results {
                 && r.backend == backend
                 && r.mtu == mtu
                 && r.qps == qps
+                && r.threads.max(1) == threads
                 && r.size == size
         })
     }
@@ -314,6 +337,21 @@ impl Results {
     /// The valid UDP probe of a mode.
     pub fn udp(&self, mode: &str) -> Option<&UdpBw> {
         self.udp.iter().find(|u| u.valid && u.mode == mode)
+    }
+}
+
+/// The result lines of one side: its last line, or with `--threads` (an `aggregate` line
+/// present) every thread's line and the aggregate.
+fn result_lines(lines: &[Value]) -> (Vec<&Value>, Option<&Value>) {
+    let agg = lines.iter().rev().find(|l| b(l, "aggregate"));
+    if agg.is_some() {
+        let per = lines
+            .iter()
+            .filter(|l| !b(l, "aggregate") && l.get("health").is_some())
+            .collect();
+        (per, agg)
+    } else {
+        (lines.last().into_iter().collect(), None)
     }
 }
 
@@ -334,32 +372,62 @@ pub fn run_from_bench(
         reasons.push("server exited with an error".to_string());
         run.errors += 1;
     }
-    let c = client.last();
-    let sv = server.last();
+    let (c, c_threads) = result_lines(client);
+    let (sv, _) = result_lines(server);
     // read_lat/atomic_lat servers print nothing; every test here has a server line.
-    for (side, line) in [("client", c), ("server", sv)] {
-        let Some(l) = line else {
+    for (side, lines) in [("client", &c), ("server", &sv)] {
+        if lines.is_empty() {
             reasons.push(format!("no result line from the {side}"));
             continue;
-        };
-        let h = &l["health"];
-        run.retransmits += u(h, "retransmits");
-        run.timeouts += u(h, "timeouts");
-        run.drops +=
-            u(h, "icrc_drops") + u(h, "out_of_sequence") + u(h, "cq_overruns") + u(h, "duplicates");
-        run.errors += u(h, "io_errors");
-        if !b(h, "clean") {
-            reasons.push(format!("{side}: link not clean ({h})"));
         }
-        if s(l, "data") == "FAILED" {
-            run.errors += 1;
-            reasons.push(format!(
-                "{side}: data check FAILED: {}",
-                s(l, "data_detail")
-            ));
+        let mut cpu: f64 = 0.0;
+        for l in lines {
+            let h = &l["health"];
+            run.retransmits += u(h, "retransmits");
+            run.timeouts += u(h, "timeouts");
+            run.drops += u(h, "icrc_drops")
+                + u(h, "out_of_sequence")
+                + u(h, "cq_overruns")
+                + u(h, "duplicates");
+            run.errors += u(h, "io_errors");
+            if !b(h, "clean") {
+                reasons.push(format!("{side}: link not clean ({h})"));
+            }
+            if s(l, "data") == "FAILED" {
+                run.errors += 1;
+                reasons.push(format!(
+                    "{side}: data check FAILED: {}",
+                    s(l, "data_detail")
+                ));
+            }
+            // Each thread's `cpu_s` is its process's CPU time over that thread's run, and the
+            // threads run at the same time: the largest is the process's (one line: itself).
+            cpu = cpu.max(f(l, "cpu_s"));
         }
-        run.cpu_s += f(l, "cpu_s");
+        run.cpu_s += cpu;
     }
+    let aggregate = c_threads.filter(|_| !c.is_empty());
+    if let Some(agg) = aggregate {
+        // `--threads N`: the bytes of all threads over the longest thread's time.
+        run.iters = c.iter().map(|l| u(l, "iterations")).sum();
+        run.gbit_s = f(agg, "gbit_s");
+        let secs = f(agg, "seconds");
+        run.mmsg_s = if secs > 0.0 && run.size > 0 {
+            u(agg, "bytes") as f64 / run.size as f64 / secs / 1e6
+        } else {
+            0.0
+        };
+        let gb = (run.size * run.iters) as f64 / 1e9;
+        run.cpu_s_per_gb = if gb > 0.0 { run.cpu_s / gb } else { 0.0 };
+        if run.gbit_s <= 0.0 {
+            reasons.push("no throughput measured".into());
+        }
+    }
+    let c = if aggregate.is_some() {
+        None
+    } else {
+        c.last().copied()
+    };
     if let Some(c) = c {
         run.iters = u(c, "iterations");
         if run.kind == "lat" {
@@ -450,6 +518,38 @@ mod tests {
         assert!(!r.valid && r.errors == 1, "{r:?}");
         let r = run_from_bench(bw(), &[line(0, true, "verified")], &[], (true, false));
         assert!(!r.valid && r.reason.contains("server exited"), "{r:?}");
+    }
+
+    #[test]
+    fn threaded_runs_add_the_threads_and_take_the_aggregate_rate() {
+        let thread = |cpu: f64, retrans: u64| {
+            let mut l = line(retrans, retrans == 0, "verified");
+            l["iterations"] = json!(500);
+            l["cpu_s"] = json!(cpu);
+            l
+        };
+        let agg = json!({"aggregate": true, "threads": 2, "qps": 4, "size": 1 << 20,
+                         "bytes": 1000u64 << 20, "seconds": 0.5, "gbit_s": 16.8});
+        let r = run_from_bench(
+            bw(),
+            &[thread(0.6, 0), thread(0.5, 0), agg.clone()],
+            &[thread(0.4, 0), thread(0.3, 0), agg.clone()],
+            (true, true),
+        );
+        assert!(r.valid, "{}", r.reason);
+        assert_eq!(r.iters, 1000);
+        assert!((r.gbit_s - 16.8).abs() < 1e-12);
+        assert!((r.mmsg_s - 2000.0 / 1e6).abs() < 1e-12, "{}", r.mmsg_s);
+        // The largest thread's process CPU per side: 0.6 + 0.4.
+        assert!((r.cpu_s - 1.0).abs() < 1e-12, "{}", r.cpu_s);
+        assert_eq!(r.drops, 4, "every thread's counters count");
+        let r = run_from_bench(
+            bw(),
+            &[thread(0.6, 0), thread(0.5, 2), agg.clone()],
+            &[thread(0.4, 0), thread(0.3, 0), agg],
+            (true, true),
+        );
+        assert!(!r.valid && r.retransmits == 2, "{r:?}");
     }
 
     #[test]

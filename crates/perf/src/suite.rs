@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::model::{run_from_bench, Machine, Results, Run, Tcp, UdpBw, UdpRtt};
 use crate::rapl::{Rapl, Sampler};
-use crate::report::{HEADLINE_MTU, HEADLINE_SIZE, LAT_SIZE, MSGRATE_SIZE, QPS_SIZE};
+use crate::report::{HEADLINE_MTU, HEADLINE_SIZE, LAT_SIZE, MSGRATE_SIZE, QPS_SIZE, QPS_THREADS};
 
 /// Options of a suite run.
 #[derive(Debug, Clone)]
@@ -210,6 +210,42 @@ struct Suite {
     seq: usize,
 }
 
+/// One `uroce bench` configuration.
+#[derive(Debug, Clone, Copy)]
+struct Cfg<'a> {
+    group: &'a str,
+    test: &'a str,
+    kind: &'a str,
+    backend: &'a str,
+    progress: &'a str,
+    mtu: u32,
+    qps: u32,
+    /// `--threads`: engine threads, each a steered device with `qps / threads` QPs.
+    threads: u32,
+    size: u64,
+    iters: u64,
+    extra: &'a [&'a str],
+}
+
+impl<'a> Cfg<'a> {
+    /// One thread, one QP, MTU 4096, thread progress, bandwidth.
+    fn bw(group: &'a str, test: &'a str, backend: &'a str, size: u64, iters: u64) -> Self {
+        Cfg {
+            group,
+            test,
+            kind: "bw",
+            backend,
+            progress: "thread",
+            mtu: HEADLINE_MTU,
+            qps: 1,
+            threads: 1,
+            size,
+            iters,
+            extra: &[],
+        }
+    }
+}
+
 /// Attempts per configuration: a run that lost packets (on a shared machine, another job can
 /// stall a side long enough) is tried once more; every attempt stays in the results, the
 /// INVALID ones marked, and only a clean one counts.
@@ -217,25 +253,9 @@ const ATTEMPTS: usize = 2;
 
 impl Suite {
     /// [`Suite::bench`] up to [`ATTEMPTS`] times, until a valid run; all attempts go to `runs`.
-    #[allow(clippy::too_many_arguments)]
-    fn measure(
-        &mut self,
-        runs: &mut Vec<Run>,
-        group: &str,
-        test: &str,
-        kind: &str,
-        backend: &str,
-        progress: &str,
-        mtu: u32,
-        qps: u32,
-        size: u64,
-        iters: u64,
-        extra: &[&str],
-    ) {
+    fn measure(&mut self, runs: &mut Vec<Run>, c: Cfg<'_>) {
         for _ in 0..ATTEMPTS {
-            let r = self.bench(
-                group, test, kind, backend, progress, mtu, qps, size, iters, extra,
-            );
+            let r = self.bench(c);
             let valid = r.valid;
             runs.push(r);
             if valid {
@@ -253,19 +273,47 @@ impl Suite {
         let _ = std::fs::write(base.with_extension("client.err"), &client.stderr);
     }
 
+    /// A raw UDP bandwidth probe between the namespaces: `per-packet` and `gso-gro` with plain
+    /// syscalls ([`crate::udp`]), `uring-gso-gro` through uroce's io_uring back end
+    /// ([`crate::uring_udp`]), all with 4154-byte datagrams.
     fn udp_bw(&mut self, mode: &str) -> UdpBw {
-        let gso = mode == "gso-gro";
-        let port = if gso { "47911" } else { "47910" };
-        let secs = if self.o.quick { 0.5 } else { 3.0 };
+        let secs = if self.o.quick { "0.5" } else { "3" };
+        let (port, recv, send, how) = match mode {
+            "per-packet" => (
+                "47910",
+                vec!["udp-recv"],
+                vec!["udp-send", "--gso", "1"],
+                "one per send/recv syscall",
+            ),
+            "gso-gro" => (
+                "47911",
+                vec!["udp-recv", "--gro"],
+                vec!["udp-send", "--gso", "15"],
+                "15 per send (UDP_SEGMENT), UDP_GRO recvmsg; plain syscalls",
+            ),
+            _ => (
+                "47913",
+                vec!["uring-recv", "--backend", "uring"],
+                vec![
+                    "uring-send",
+                    "--backend",
+                    "uring",
+                    "--gso",
+                    "15",
+                    "--depth",
+                    "16",
+                ],
+                "uroce's io_uring back end without the engine: SENDMSG of 15 (UDP GSO), 16 per \
+                 submit, into multishot RECVMSG with UDP_GRO over its 64 × 64 KiB buffer ring",
+            ),
+        };
         let addr = sockaddr(&self.o.server_ip, port);
         let mut r = UdpBw {
             mode: mode.into(),
             ..UdpBw::default()
         };
-        let mut rargs = strings(&["udp-recv", "--bind", &addr]);
-        if gso {
-            rargs.push("--gro".into());
-        }
+        let mut rargs = strings(&recv);
+        rargs.extend(strings(&["--bind", &addr]));
         let recv = match spawn(&self.a, &self.o.me, &rargs) {
             Ok(p) => p,
             Err(e) => {
@@ -279,17 +327,8 @@ impl Suite {
             self.save(&format!("udp-{mode}"), &d, &d);
             return r;
         }
-        let sargs = strings(&[
-            "udp-send",
-            "--to",
-            &addr,
-            "--size",
-            "4154",
-            "--gso",
-            if gso { "15" } else { "1" },
-            "--secs",
-            &secs.to_string(),
-        ]);
+        let mut sargs = strings(&send);
+        sargs.extend(strings(&["--to", &addr, "--size", "4154", "--secs", secs]));
         let send = spawn(&self.b, &self.o.me, &sargs).map(|p| p.finish(Duration::from_secs(60)));
         let recv = recv.finish(Duration::from_secs(60));
         let send = send.unwrap_or(Done {
@@ -300,35 +339,30 @@ impl Suite {
         self.save(&format!("udp-{mode}"), &recv, &send);
         let (rv, sv) = (recv.json(), send.json());
         let (Some(rv), Some(sv)) = (rv.last(), sv.last()) else {
-            r.note = "no result".into();
+            r.note = format!("no result: {} {}", recv.stderr.trim(), send.stderr.trim());
             return r;
         };
-        let bytes = rv["bytes"].as_f64().unwrap_or(0.0);
-        let sent = sv["bytes"].as_f64().unwrap_or(0.0);
-        let cpu = rv["cpu_s"].as_f64().unwrap_or(0.0) + sv["cpu_s"].as_f64().unwrap_or(0.0);
-        r.gbit_s = rv["gbit_s"].as_f64().unwrap_or(0.0);
-        r.cpu_s_per_gb = if bytes > 0.0 {
-            cpu / (bytes / 1e9)
-        } else {
-            0.0
-        };
-        r.loss = if sent > 0.0 {
-            (1.0 - bytes / sent).max(0.0)
-        } else {
-            0.0
-        };
+        udp_bw_from(&mut r, rv, sv);
         r.valid = recv.ok && send.ok && r.gbit_s > 0.0;
-        r.note = format!(
-            "{} B datagrams{}; plain send/recv{}; {:.1} % of sent bytes not received",
-            4154,
-            if gso {
-                ", 15 per send (UDP_SEGMENT), UDP_GRO receive"
-            } else {
-                ", one per syscall"
-            },
-            if gso { "msg" } else { "" },
+        let mut note = format!(
+            "4154 B datagrams, {how}; {:.1} % of sent bytes not received",
             r.loss * 100.0
         );
+        // The io_uring probe must have run in the ceiling's shape.
+        if mode == "uring-gso-gro" {
+            let shape = rv["driver"]["multishot_recv"] == true
+                && rv["driver"]["gro"] == true
+                && sv["driver"]["gso"] == true
+                && sv["gso"] == 15;
+            if !shape {
+                r.valid = false;
+                note += &format!(
+                    "; NOT the ceiling's shape: receiver {}, sender {} × {}",
+                    rv["driver"], sv["driver"], sv["gso"]
+                );
+            }
+        }
+        r.note = note;
         r
     }
 
@@ -474,58 +508,64 @@ impl Suite {
         (budget / size.max(1)).clamp(lo, hi)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn bench(
-        &mut self,
-        group: &str,
-        test: &str,
-        kind: &str,
-        backend: &str,
-        progress: &str,
-        mtu: u32,
-        qps: u32,
-        size: u64,
-        iters: u64,
-        extra: &[&str],
-    ) -> Run {
+    fn bench(&mut self, c: Cfg<'_>) -> Run {
         let mut args = strings(&[
             "bench",
-            test,
-            kind,
+            c.test,
+            c.kind,
             "--json",
             "--timeout",
             "30",
             "--backend",
-            backend,
+            c.backend,
             "--progress",
-            progress,
+            c.progress,
         ]);
         args.extend(strings(&[
             "-s",
-            &size.to_string(),
+            &c.size.to_string(),
             "-n",
-            &iters.to_string(),
+            &c.iters.to_string(),
             "-m",
-            &mtu.to_string(),
+            &c.mtu.to_string(),
             "-q",
-            &qps.to_string(),
+            &c.qps.to_string(),
         ]));
-        args.extend(strings(extra));
+        if c.threads > 1 {
+            args.extend(strings(&["--threads", &c.threads.to_string()]));
+        }
+        args.extend(strings(c.extra));
         let mut cargs = args.clone();
         cargs.extend(strings(&["--connect-timeout", "30", &self.o.server_ip]));
         let run = Run {
-            group: group.into(),
-            test: test.into(),
-            kind: kind.into(),
-            backend: backend.into(),
-            progress: progress.into(),
-            mtu,
-            qps,
-            size,
-            iters,
+            group: c.group.into(),
+            test: c.test.into(),
+            kind: c.kind.into(),
+            backend: c.backend.into(),
+            progress: c.progress.into(),
+            mtu: c.mtu,
+            qps: c.qps,
+            threads: c.threads,
+            size: c.size,
+            iters: c.iters,
             ..Run::default()
         };
-        let name = format!("{group}-{test}-{kind}-{backend}-{progress}-m{mtu}-q{qps}-s{size}");
+        let name = format!(
+            "{}-{}-{}-{}-{}-m{}-q{}{}-s{}",
+            c.group,
+            c.test,
+            c.kind,
+            c.backend,
+            c.progress,
+            c.mtu,
+            c.qps,
+            if c.threads > 1 {
+                format!("-t{}", c.threads)
+            } else {
+                String::new()
+            },
+            c.size
+        );
         eprintln!("uroce-perf: {name}");
         let drops0 = udp_rcvbuf_errors(&self.a) + udp_rcvbuf_errors(&self.b);
         let server = match spawn(&self.a, &self.o.uroce, &args) {
@@ -603,6 +643,31 @@ fn udp_rcvbuf_errors(ns: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Goodput, CPU and loss of a bandwidth probe from its receiver's and sender's JSON lines.
+/// Loss compares the totals (`bytes_total`; older probes printed only the timed `bytes`).
+fn udp_bw_from(r: &mut UdpBw, rv: &Value, sv: &Value) {
+    let total = |v: &Value| {
+        v.get("bytes_total")
+            .and_then(Value::as_f64)
+            .or_else(|| v["bytes"].as_f64())
+            .unwrap_or(0.0)
+    };
+    let bytes = rv["bytes"].as_f64().unwrap_or(0.0);
+    let (got, sent) = (total(rv), total(sv));
+    let cpu = rv["cpu_s"].as_f64().unwrap_or(0.0) + sv["cpu_s"].as_f64().unwrap_or(0.0);
+    r.gbit_s = rv["gbit_s"].as_f64().unwrap_or(0.0);
+    r.cpu_s_per_gb = if bytes > 0.0 {
+        cpu / (bytes / 1e9)
+    } else {
+        0.0
+    };
+    r.loss = if sent > 0.0 {
+        (1.0 - got / sent).max(0.0)
+    } else {
+        0.0
+    };
+}
+
 fn sockaddr(ip: &str, port: &str) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
@@ -633,6 +698,7 @@ pub fn run(o: Options) -> Results {
     eprintln!("uroce-perf: raw UDP probes, iperf3");
     res.udp.push(s.udp_bw("per-packet"));
     res.udp.push(s.udp_bw("gso-gro"));
+    res.udp.push(s.udp_bw("uring-gso-gro"));
     res.rtt = s.udp_rtt();
     res.tcp = s.tcp();
     let sizes: Vec<u64> = if s.o.quick {
@@ -644,19 +710,7 @@ pub fn run(o: Options) -> Results {
         for test in ["write", "read", "send"] {
             for &size in &sizes {
                 let n = s.iters(size);
-                s.measure(
-                    &mut res.runs,
-                    "size",
-                    test,
-                    "bw",
-                    backend,
-                    "thread",
-                    HEADLINE_MTU,
-                    1,
-                    size,
-                    n,
-                    &[],
-                );
+                s.measure(&mut res.runs, Cfg::bw("size", test, backend, size, n));
             }
             let mtu1024: &[u64] = if s.o.quick {
                 &[HEADLINE_SIZE]
@@ -665,66 +719,42 @@ pub fn run(o: Options) -> Results {
             };
             for &size in mtu1024 {
                 let n = s.iters(size);
-                s.measure(
-                    &mut res.runs,
-                    "size",
-                    test,
-                    "bw",
-                    backend,
-                    "thread",
-                    1024,
-                    1,
-                    size,
-                    n,
-                    &[],
-                );
+                let c = Cfg {
+                    mtu: 1024,
+                    ..Cfg::bw("size", test, backend, size, n)
+                };
+                s.measure(&mut res.runs, c);
             }
         }
         let lat_n = if s.o.quick { 1000 } else { 20000 };
-        s.measure(
-            &mut res.runs,
-            "lat",
-            "write",
-            "lat",
-            backend,
-            "polled",
-            HEADLINE_MTU,
-            1,
-            LAT_SIZE,
-            lat_n,
-            &[],
-        );
+        let c = Cfg {
+            kind: "lat",
+            progress: "polled",
+            ..Cfg::bw("lat", "write", backend, LAT_SIZE, lat_n)
+        };
+        s.measure(&mut res.runs, c);
         let mr_n = if s.o.quick { 20_000 } else { 1_000_000 };
-        s.measure(
-            &mut res.runs,
-            "msgrate",
-            "write",
-            "bw",
-            backend,
-            "thread",
-            HEADLINE_MTU,
-            1,
-            MSGRATE_SIZE,
-            mr_n,
-            &["-t", "512"],
-        );
-        let qps: &[u32] = if s.o.quick { &[1, 4] } else { &[1, 2, 4] };
-        for &q in qps {
+        let c = Cfg {
+            extra: &["-t", "512"],
+            ..Cfg::bw("msgrate", "write", backend, MSGRATE_SIZE, mr_n)
+        };
+        s.measure(&mut res.runs, c);
+        // QP scaling: QPs on one engine thread, then the 4 QPs on as many engine threads as
+        // this machine's cores (QPN-steered devices, `uroce bench --threads`).
+        let qps: &[(u32, u32)] = if s.o.quick {
+            &[(1, 1), (4, 1), (4, QPS_THREADS)]
+        } else {
+            &[(1, 1), (2, 1), (4, 1), (4, QPS_THREADS)]
+        };
+        for &(q, threads) in qps {
             // -n is per QP: the same total bytes whatever the QP count.
             let n = (s.iters(QPS_SIZE) / u64::from(q)).max(10);
-            s.measure(
-                &mut res.runs,
-                "qps",
-                "write",
-                "bw",
-                backend,
-                "thread",
-                HEADLINE_MTU,
-                q,
-                QPS_SIZE,
-                n,
-                &[],
-            );
+            let c = Cfg {
+                qps: q,
+                threads,
+                ..Cfg::bw("qps", "write", backend, QPS_SIZE, n)
+            };
+            s.measure(&mut res.runs, c);
         }
     }
     res.machine.load_after = loadavg();

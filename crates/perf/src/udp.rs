@@ -5,8 +5,8 @@
 //!   cost floor of a back end that sends each RoCE packet on its own.
 //! - Bandwidth, GSO/GRO: plain `send` of `gso` datagrams at once with `UDP_SEGMENT` set on the
 //!   socket, `recvmsg` with `UDP_GRO` (one coalesced super-datagram per call): the ceiling.
-//!   (Plain syscalls, not io_uring: at ~60 KB per call the syscall cost is already amortised;
-//!   the issue measured io_uring SENDMSG+GSO → multishot RECVMSG+GRO at 80–85 Gbit/s.)
+//!   Plain syscalls: the secondary ceiling; the issue's, io_uring `SENDMSG`+GSO → multishot
+//!   `RECVMSG`+GRO (80–85 Gbit/s there), is [`crate::uring_udp`].
 //! - Round trip: an 8-byte ping-pong, both sides spinning on non-blocking `recv` (busy poll),
 //!   the floor of `uroce bench write lat --progress polled`.
 //!
@@ -84,6 +84,7 @@ pub fn bw_recv(
         .map_err(io("set_read_timeout"))?;
     let mut buf = vec![0u8; 1 << 16];
     let (mut bytes, mut datagrams, mut calls) = (0u64, 0u64, 0u64);
+    let (mut total_bytes, mut total_datagrams) = (0u64, 0u64);
     let begin = Instant::now();
     let mut first: Option<(Instant, f64)> = None;
     let mut last = (begin, 0.0);
@@ -120,6 +121,8 @@ pub fn bw_recv(
         match got {
             Ok((n, d)) => {
                 let t = Instant::now();
+                total_bytes += n as u64;
+                total_datagrams += d as u64;
                 if first.is_none() {
                     first = Some((t, cpu_seconds()));
                 } else {
@@ -143,6 +146,8 @@ pub fn bw_recv(
         "gro": gro,
         "bytes": bytes,
         "datagrams": datagrams,
+        "bytes_total": total_bytes,
+        "datagrams_total": total_datagrams,
         "calls": calls,
         "seconds": secs,
         "gbit_s": if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e9 } else { 0.0 },

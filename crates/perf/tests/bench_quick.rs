@@ -69,9 +69,12 @@ fn bench_sh_quick_writes_well_formed_outputs() {
     );
     // A hand-written part around the generated section must survive.
     std::fs::write(&doc, "# Performance\n\nkept above\n").unwrap();
+    // Namespace pair and subnet: overridable so parallel runs on one machine do not collide.
+    let netns = std::env::var("UROCE_BENCH_NETNS").unwrap_or_else(|_| "perfq".into());
+    let subnet = std::env::var("UROCE_BENCH_SUBNET").unwrap_or_else(|_| "191".into());
     let o = Command::new("bash")
         .arg(root.join("scripts/bench.sh"))
-        .args(["--quick", "--netns", "perfq", "--subnet", "191"])
+        .args(["--quick", "--netns", &netns, "--subnet", &subnet])
         .arg("--out")
         .arg(&out)
         .arg("--plots")
@@ -110,6 +113,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "valid",
             "status",
             "reason",
+            "threads",
         ],
     );
     // Both back ends, all three operations, both path MTUs, and every other group ran.
@@ -127,6 +131,14 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             assert!(
                 runs.iter().any(|r| r[0] == group && r[3] == backend),
                 "no {group} {backend} run"
+            );
+        }
+        // QP scaling on one engine thread and on two (QPN-steered devices).
+        for threads in ["1", "2"] {
+            assert!(
+                runs.iter()
+                    .any(|r| r[0] == "qps" && r[3] == backend && r[6] == "4" && r[24] == threads),
+                "no 4-QP {threads}-thread {backend} run"
             );
         }
     }
@@ -168,6 +180,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
         [
             "udp-per-packet",
             "udp-gso-gro",
+            "udp-uring-gso-gro",
             "udp-busy-poll-rtt",
             "tcp-iperf3"
         ]
@@ -182,7 +195,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "target", "value", "baseline", "ratio", "goal", "result", "note",
         ],
     );
-    assert_eq!(targets.len(), 11);
+    assert_eq!(targets.len(), 13);
     assert!(targets.iter().all(|t| t[5] == "PASS" || t[5] == "FAIL"));
 
     for f in ["throughput.svg", "cpu_per_gb.svg", "latency_cdf.svg"] {

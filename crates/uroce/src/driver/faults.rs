@@ -178,6 +178,11 @@ impl Backend for FaultyBackend {
         self.inner.flush()
     }
 
+    fn drain_sends(&mut self, timeout: std::time::Duration) -> io::Result<bool> {
+        self.flush()?;
+        self.inner.drain_sends(timeout)
+    }
+
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
         self.inner.recv_ready(sink)
     }

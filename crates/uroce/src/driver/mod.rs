@@ -2,6 +2,7 @@
 //! [`Backend`]; the device's progress loop is the same for all of them.
 
 pub mod faults;
+pub mod raw;
 pub(crate) mod syscall;
 pub(crate) mod uring;
 
@@ -79,6 +80,11 @@ pub struct DriverStats {
     pub tx_sends: u64,
     /// GSO batches among them.
     pub tx_gso_sends: u64,
+    /// UDP payload bytes the kernel accepted (sends that completed; a GSO batch counts all
+    /// its packets).
+    pub tx_bytes: u64,
+    /// Sends lost to a full socket buffer or an unreachable peer, as a network would lose them.
+    pub tx_dropped: u64,
     /// Sends whose completion reported an error other than a full buffer or an unreachable
     /// peer (an error returned to the device directly is counted by the device instead).
     pub tx_errors: u64,
@@ -112,6 +118,11 @@ pub(crate) trait Backend: Send {
     ) -> io::Result<()>;
     /// Pushes out sends queued by [`Backend::send`].
     fn flush(&mut self) -> io::Result<()>;
+    /// Flushes, then waits up to `timeout` until every send has completed (so that
+    /// [`DriverStats::tx_bytes`] counts them all); false if some were still in flight.
+    fn drain_sends(&mut self, _timeout: std::time::Duration) -> io::Result<bool> {
+        self.flush().map(|()| true)
+    }
     /// Hands every datagram already received (up to a bound) to `sink` without blocking;
     /// returns how many.
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize>;

@@ -91,13 +91,19 @@ pub(crate) fn send_one(
             MsgFlags::empty(),
             Some(to),
         ) {
-            Ok(_) => return Ok(()),
+            Ok(n) => {
+                stats.tx_bytes += n as u64;
+                return Ok(());
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(
                 nix::errno::Errno::EAGAIN
                 | nix::errno::Errno::ENOBUFS
                 | nix::errno::Errno::ECONNREFUSED,
-            ) => return Ok(()),
+            ) => {
+                stats.tx_dropped += 1;
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -592,11 +592,15 @@ impl UringBackend {
             let Ok(i) = usize::try_from(ud) else { continue };
             let Some(slot) = slots.get(i) else { continue };
             let res = cqe.result();
-            if res < 0 {
+            if res >= 0 {
+                stats.tx_bytes += res as u64;
+            } else {
                 let e = -res;
                 match e {
-                    // Lost like on a network (RC retransmits), or cancelled at shutdown.
-                    libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED | libc::ECANCELED => {}
+                    // Lost like on a network (RC retransmits).
+                    libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED => stats.tx_dropped += 1,
+                    // Cancelled at shutdown.
+                    libc::ECANCELED => {}
                     // The route's device cannot segment (no checksum offload) or take this
                     // segment size: send this batch and every later one packet by packet.
                     libc::EIO | libc::EINVAL if slot.segment.is_some() => {
@@ -826,6 +830,22 @@ impl Backend for UringBackend {
         // UDP sends complete while being submitted: free their buffers now.
         self.reap();
         r
+    }
+
+    fn drain_sends(&mut self, timeout: Duration) -> io::Result<bool> {
+        let end = std::time::Instant::now() + timeout;
+        self.submit()?;
+        loop {
+            self.reap();
+            let idle = self.free.len() + usize::from(self.current.is_some());
+            if idle == self.slots.len() {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= end {
+                return Ok(false);
+            }
+            self.wait_cqe(Duration::from_millis(10));
+        }
     }
 
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
