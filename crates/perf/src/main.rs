@@ -147,6 +147,9 @@ enum Cmd {
         /// Stop after this many batches, if sooner (0: no limit).
         #[arg(long, default_value_t = 0)]
         batches: u64,
+        /// Send with SENDMSG_ZC (zero copy; io_uring only).
+        #[arg(long)]
+        zc: bool,
     },
     /// Busy-polling UDP echo.
     UdpEcho {
@@ -312,6 +315,7 @@ fn main() -> ExitCode {
             depth,
             secs,
             batches,
+            zc,
         } => print(uring_udp::send(
             to,
             backend,
@@ -321,6 +325,7 @@ fn main() -> ExitCode {
                 depth,
                 secs,
                 batches,
+                zero_copy: zc,
             },
         )),
         Cmd::UdpEcho { bind, max_secs } => {

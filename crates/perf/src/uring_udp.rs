@@ -9,7 +9,8 @@
 //!
 //! What the driver fixes, and so the probe: 32 send buffers of 64 KiB (at most that many
 //! batches in flight), 64 provided receive buffers of 64 KiB, `SUBMIT_ALL`, no
-//! `SQPOLL`/`DEFER_TASKRUN`, no registered buffers or files, and no `SEND_ZC`; the sender
+//! `SQPOLL`/`DEFER_TASKRUN`, no registered buffers or files, and `SENDMSG`, not `SENDMSG_ZC`
+//! (`--zc` measures that one: on veth the kernel copies the pages anyway); the sender
 //! submits `depth` batches per `io_uring_enter`, the receiver sleeps in `poll` on the ring's
 //! descriptor when no completion waits (as a device's progress thread does).
 //!
@@ -120,6 +121,8 @@ pub struct SendOptions {
     pub secs: f64,
     /// Stop after this many batches, if sooner (0: no limit).
     pub batches: u64,
+    /// Send with `SENDMSG_ZC` (io_uring only; see [`RawDriver::open_send_zc`]).
+    pub zero_copy: bool,
 }
 
 /// Sends `o.gso`-datagram batches to `to` for `o.secs` seconds with back end `kind`, `o.depth`
@@ -130,7 +133,12 @@ pub fn send(to: SocketAddr, kind: BackendKind, o: SendOptions) -> Result<Value, 
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let mut d = RawDriver::open(any, kind).map_err(io("open"))?;
+    let mut d = if o.zero_copy {
+        RawDriver::open_send_zc(any)
+    } else {
+        RawDriver::open(any, kind)
+    }
+    .map_err(io("open"))?;
     let gso = o.gso.clamp(1, d.max_batch(o.size));
     let depth = o.depth.max(1);
     // The send buffers' bytes are whatever they held: the kernel copies them the same.
@@ -167,6 +175,9 @@ pub fn send(to: SocketAddr, kind: BackendKind, o: SendOptions) -> Result<Value, 
         "dropped": s.tx_dropped,
         "errors": s.tx_errors,
         "ring_enters": s.ring_enters,
+        "zero_copy": o.zero_copy,
+        "zc_notifs": s.tx_zc_notifs,
+        "zc_copied": s.tx_zc_copied,
         "drained": drained,
         "seconds": secs,
         "gbit_s": s.tx_bytes as f64 * 8.0 / secs / 1e9,
@@ -207,6 +218,7 @@ mod tests {
                 depth: 8,
                 secs: 30.0,
                 batches: 100,
+                zero_copy: false,
             };
             let s = send(bind, kind, o).unwrap();
             assert_eq!(s["dropped"], 0, "{s}");

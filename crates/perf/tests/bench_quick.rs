@@ -181,6 +181,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "udp-per-packet",
             "udp-gso-gro",
             "udp-uring-gso-gro",
+            "udp-uring-gso-gro-zc",
             "udp-busy-poll-rtt",
             "tcp-iperf3"
         ]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use uroce::driver::raw::RawDriver;
-use uroce::BackendKind;
+use uroce::{BackendKind, DriverStats};
 
 /// A RoCE packet of 4096 payload bytes with its headers and ICRC, as in issue 6.
 const SEG: usize = 4154;
@@ -16,10 +16,15 @@ const SEG: usize = 4154;
 /// Sends `batches` batches of as many `SEG`-byte datagrams as one send holds, each stamped
 /// with its sequence number, from a `tx` back end to an `rx` back end on `ip`; receives them
 /// all and checks them.
-fn transfer(ip: &str, tx: BackendKind, rx: BackendKind, batches: u64) {
+/// `zc`: the sender uses `SENDMSG_ZC`. Returns the sender's counters.
+fn transfer(ip: &str, tx: BackendKind, rx: BackendKind, batches: u64, zc: bool) -> DriverStats {
     let any: SocketAddr = format!("{ip}:0").parse().unwrap();
     let mut r = RawDriver::open(any, rx).unwrap();
-    let mut s = RawDriver::open(any, tx).unwrap();
+    let mut s = if zc {
+        RawDriver::open_send_zc(any).unwrap()
+    } else {
+        RawDriver::open(any, tx).unwrap()
+    };
     let dst = r.local_addr();
     assert_ne!(dst.port(), 0, "the bound port is reported");
     let per = s.max_batch(SEG);
@@ -90,13 +95,39 @@ fn transfer(ip: &str, tx: BackendKind, rx: BackendKind, batches: u64) {
         assert!(rs.rx_gro_receives > 0, "GRO coalesced nothing: {rs:?}");
         assert_eq!(st.tx_gso_sends, batches, "{st:?}");
     }
+    st
 }
 
 #[test]
 fn uring_gso_batches_arrive_whole_through_the_multishot_gro_receive() {
     // 200 batches = 3000 datagrams: more GRO super-buffers than the 64 provided buffers, so
     // the ring runs dry and the receive is re-armed; 12.5 MB fits the socket's buffer.
-    transfer("127.0.41.1", BackendKind::Uring, BackendKind::Uring, 200);
+    let st = transfer(
+        "127.0.41.1",
+        BackendKind::Uring,
+        BackendKind::Uring,
+        200,
+        false,
+    );
+    assert_eq!(st.tx_zc_notifs, 0);
+}
+
+#[test]
+fn zero_copy_sends_arrive_and_each_is_notified() {
+    let st = transfer(
+        "127.0.41.4",
+        BackendKind::Uring,
+        BackendKind::Uring,
+        200,
+        true,
+    );
+    // Every slot came back through its notification (the transfer drained them all).
+    assert_eq!(st.tx_zc_notifs, st.tx_sends, "{st:?}");
+    assert!(st.tx_zc_copied <= st.tx_zc_notifs);
+    println!(
+        "loopback SENDMSG_ZC: {} of {} sends copied by the kernel",
+        st.tx_zc_copied, st.tx_zc_notifs
+    );
 }
 
 #[test]
@@ -106,6 +137,7 @@ fn syscall_back_end_sends_and_receives_one_by_one() {
         BackendKind::Syscall,
         BackendKind::Syscall,
         300,
+        false,
     );
 }
 

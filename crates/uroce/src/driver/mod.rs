@@ -85,6 +85,10 @@ pub struct DriverStats {
     pub tx_bytes: u64,
     /// Sends lost to a full socket buffer or an unreachable peer, as a network would lose them.
     pub tx_dropped: u64,
+    /// Zero-copy sends' notifications (only with `SENDMSG_ZC`: [`raw::RawDriver::open_send_zc`]).
+    pub tx_zc_notifs: u64,
+    /// Among them, those where the kernel copied the data after all.
+    pub tx_zc_copied: u64,
     /// Sends whose completion reported an error other than a full buffer or an unreachable
     /// peer (an error returned to the device directly is counted by the device instead).
     pub tx_errors: u64,
