@@ -150,6 +150,9 @@ enum Cmd {
         /// Send with SENDMSG_ZC (zero copy; io_uring only).
         #[arg(long)]
         zc: bool,
+        /// Write every batch before sending it (as the engine builds packets in place).
+        #[arg(long)]
+        write: bool,
     },
     /// Busy-polling UDP echo.
     UdpEcho {
@@ -316,6 +319,7 @@ fn main() -> ExitCode {
             secs,
             batches,
             zc,
+            write,
         } => print(uring_udp::send(
             to,
             backend,
@@ -326,6 +330,7 @@ fn main() -> ExitCode {
                 secs,
                 batches,
                 zero_copy: zc,
+                write,
             },
         )),
         Cmd::UdpEcho { bind, max_secs } => {

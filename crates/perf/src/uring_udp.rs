@@ -123,6 +123,9 @@ pub struct SendOptions {
     pub batches: u64,
     /// Send with `SENDMSG_ZC` (io_uring only; see [`RawDriver::open_send_zc`]).
     pub zero_copy: bool,
+    /// Write every batch before sending it, as the engine builds its packets in the send
+    /// buffer (else the buffers keep whatever they held).
+    pub write: bool,
 }
 
 /// Sends `o.gso`-datagram batches to `to` for `o.secs` seconds with back end `kind`, `o.depth`
@@ -149,7 +152,13 @@ pub fn send(to: SocketAddr, kind: BackendKind, o: SendOptions) -> Result<Value, 
     let mut batches = 0u64;
     while batches < limit && t0.elapsed() < end {
         for _ in 0..depth.min((limit - batches) as usize) {
-            d.send_batch(to, o.size, gso, |_| {}).map_err(io("send"))?;
+            let fill = batches as u8;
+            d.send_batch(to, o.size, gso, |b| {
+                if o.write {
+                    b.fill(fill);
+                }
+            })
+            .map_err(io("send"))?;
             batches += 1;
         }
         d.flush().map_err(io("submit"))?;
@@ -176,6 +185,7 @@ pub fn send(to: SocketAddr, kind: BackendKind, o: SendOptions) -> Result<Value, 
         "errors": s.tx_errors,
         "ring_enters": s.ring_enters,
         "zero_copy": o.zero_copy,
+        "write": o.write,
         "zc_notifs": s.tx_zc_notifs,
         "zc_copied": s.tx_zc_copied,
         "drained": drained,
@@ -219,6 +229,7 @@ mod tests {
                 secs: 30.0,
                 batches: 100,
                 zero_copy: false,
+                write: true,
             };
             let s = send(bind, kind, o).unwrap();
             assert_eq!(s["dropped"], 0, "{s}");
