@@ -13,7 +13,8 @@
 //! `SENDMSG` with a `UDP_SEGMENT` control message for a batch, and submitted together in
 //! [`Backend::flush`]. When every buffer is in flight,
 //! the sender submits and waits for a completion. (Registered buffers would not help here: a
-//! plain `SENDMSG` copies the data into the socket buffer either way.)
+//! plain `SENDMSG` copies the data into the socket buffer either way.) `SENDMSG_ZC` is an
+//! option only the raw probe uses (`raw.rs`): a slot is then freed by the send's notification.
 //!
 //! Start-up probes the kernel: the ring is set up with `SUBMIT_ALL` where the kernel knows it,
 //! `SENDMSG`/`RECVMSG` must be supported (else [`UringBackend::new`] fails and the device uses
@@ -433,12 +434,11 @@ impl UringBackend {
             current: None,
             busy_poll: false,
             gso: true,
-            send_zc: false,
+            send_zc: opts.send_zc,
             gro,
             local_default,
             stats: DriverStats::default(),
         };
-        b.send_zc = opts.send_zc;
         let rx = if opts.multishot {
             b.probe_multishot()
         } else {
@@ -565,8 +565,9 @@ impl UringBackend {
         loop {
             // SAFETY: every entry pushed points only at memory owned by this back end that
             // outlives the operation: a send slot, which is not reused before its completion
-            // was reaped, or the receive `msghdr` and buffer ring, kept until `Drop` has seen
-            // the receive end (or leaked). A cancellation points at nothing.
+            // (for a zero-copy send, its notification) was reaped, or the receive `msghdr`
+            // and buffer ring, kept until `Drop` has seen the receive end (or leaked). A
+            // cancellation points at nothing.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
