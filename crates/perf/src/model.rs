@@ -17,6 +17,9 @@ pub struct Machine {
     pub load_before: String,
     /// /proc/loadavg after the runs.
     pub load_after: String,
+    /// Share of the suite's wall time during which some runnable task waited for a CPU
+    /// (`/proc/pressure/cpu`), or why it is unknown: how contended the machine was.
+    pub cpu_pressure: String,
     /// RAPL: the zones used, or why there are none.
     pub rapl: String,
     /// UTC date and time of the start.
@@ -181,6 +184,7 @@ impl Results {
             "machine": {
                 "cpu": m.cpu, "cores": m.cores, "kernel": m.kernel,
                 "load_before": m.load_before, "load_after": m.load_after,
+                "cpu_pressure": m.cpu_pressure,
                 "rapl": m.rapl, "date": m.date, "quick": m.quick,
             },
             "udp": self.udp.iter().map(|x| json!({
@@ -223,6 +227,7 @@ impl Results {
                 kernel: s(m, "kernel"),
                 load_before: s(m, "load_before"),
                 load_after: s(m, "load_after"),
+                cpu_pressure: s(m, "cpu_pressure"),
                 rapl: s(m, "rapl"),
                 date: s(m, "date"),
                 quick: b(m, "quick"),

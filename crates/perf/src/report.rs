@@ -670,6 +670,7 @@ pub fn markdown(r: &Results, link: &str) -> String {
     let _ = writeln!(o, "| kernel | {} |", m.kernel);
     let _ = writeln!(o, "| load average before | {} |", m.load_before);
     let _ = writeln!(o, "| load average after | {} |", m.load_after);
+    let _ = writeln!(o, "| CPU pressure during the run | {} |", m.cpu_pressure);
     let _ = writeln!(o, "| energy | {} |", m.rapl);
     let _ = writeln!(
         o,

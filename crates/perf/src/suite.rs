@@ -175,6 +175,7 @@ pub fn machine(quick: bool, rapl: &Result<Rapl, String>) -> Machine {
             .to_string(),
         load_before: loadavg(),
         load_after: String::new(),
+        cpu_pressure: String::new(),
         rapl: match rapl {
             Ok(r) => format!(
                 "RAPL: {}",
@@ -188,6 +189,31 @@ pub fn machine(quick: bool, rapl: &Result<Rapl, String>) -> Machine {
         },
         date,
         quick,
+    }
+}
+
+/// The cumulative microseconds during which some runnable task waited for a CPU: the `total`
+/// of the `some` line of `/proc/pressure/cpu` (PSI).
+pub fn cpu_pressure_total(psi: &str) -> Option<u64> {
+    psi.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// What [`cpu_pressure_total`] grew by over `wall`, as a share of it.
+fn cpu_pressure_since(start: Option<u64>, wall: Duration) -> String {
+    let now = std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|t| cpu_pressure_total(&t));
+    match (start, now) {
+        (Some(a), Some(b)) if wall.as_micros() > 0 => format!(
+            "{:.1} % of the wall time some task waited for a CPU (/proc/pressure/cpu)",
+            b.saturating_sub(a) as f64 / wall.as_micros() as f64 * 100.0
+        ),
+        _ => "unknown (no /proc/pressure/cpu)".into(),
     }
 }
 
@@ -700,6 +726,10 @@ fn sockaddr(ip: &str, port: &str) -> String {
 /// Runs everything; returns the results (the caller writes them).
 pub fn run(o: Options) -> Results {
     let rapl = Rapl::open(&o.powercap);
+    let t0 = Instant::now();
+    let psi0 = std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|t| cpu_pressure_total(&t));
     let mut res = Results {
         machine: machine(o.quick, &rapl),
         ..Results::default()
@@ -782,5 +812,20 @@ pub fn run(o: Options) -> Results {
         }
     }
     res.machine.load_after = loadavg();
+    res.machine.cpu_pressure = cpu_pressure_since(psi0, t0.elapsed());
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_pressure_reads_the_some_total() {
+        let psi = "some avg10=98.49 avg60=97.51 avg300=97.62 total=12381319996\n\
+                   full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(cpu_pressure_total(psi), Some(12_381_319_996));
+        assert_eq!(cpu_pressure_total("full avg10=0.00 total=5\n"), None);
+        assert_eq!(cpu_pressure_total(""), None);
+    }
 }

@@ -227,6 +227,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
         "| kernel |",
         "| load average before |",
         "| load average after |",
+        "| CPU pressure during the run |",
         "RAPL",
     ] {
         assert!(md.contains(word), "machine description lacks {word}");
