@@ -61,6 +61,18 @@ impl Micro {
             "user_floor_cpu_s_per_gb": self.user_floor_cpu_s_per_gb(),
         })
     }
+
+    /// From [`Micro::to_json`]'s output; `None` when absent (results of older suites).
+    pub fn from_json(v: &Value) -> Option<Micro> {
+        let f = |k: &str| v.get(k).and_then(Value::as_f64);
+        Some(Micro {
+            icrc_gb_s: f("icrc_gb_s")?,
+            mr_read_gb_s: f("mr_read_gb_s")?,
+            mr_write_gb_s: f("mr_write_gb_s")?,
+            memcpy_read_gb_s: f("memcpy_read_gb_s")?,
+            memcpy_write_gb_s: f("memcpy_write_gb_s")?,
+        })
+    }
 }
 
 /// Runs `step` (which moves `bytes_per_step` bytes) for about `time`; GB/s.
@@ -161,5 +173,7 @@ mod tests {
         };
         assert!((fixed.user_floor_cpu_s_per_gb() - (0.2 + 0.2 + 0.25)).abs() < 1e-12);
         assert_eq!(fixed.to_json()["user_floor_cpu_s_per_gb"], 0.65);
+        assert_eq!(Micro::from_json(&fixed.to_json()), Some(fixed));
+        assert_eq!(Micro::from_json(&Value::Null), None);
     }
 }
