@@ -7,10 +7,12 @@
 //!   syscalls (see [`udp`]).
 //! - `uring-recv`/`uring-send`: the io_uring UDP GSO/GRO ceiling, through uroce's own io_uring
 //!   back end without the engine (see [`uring_udp`]).
+//! - `micro`: per-byte costs of the ICRC and the region copies on this CPU (see [`micro`]).
 //! - `rapl`: what the RAPL reader finds on this machine.
 //! - `profile-summary`: where the cycles go, from a `perf report` (`scripts/profile.sh`).
 #![forbid(unsafe_code)]
 
+mod micro;
 mod model;
 mod profile;
 mod rapl;
@@ -191,6 +193,12 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Per-byte costs on this CPU: ICRC, region reads and writes (AtomicMemory and memcpy).
+    Micro {
+        /// Milliseconds per measured rate.
+        #[arg(long, default_value_t = 300)]
+        ms: u64,
+    },
     /// Show the RAPL zones found (or why there are none) and the energy over SECS seconds.
     Rapl {
         /// Root of the powercap tree.
@@ -355,6 +363,10 @@ fn main() -> ExitCode {
             }
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             print!("{}", profile::markdown(&label, &refs, top));
+            ExitCode::SUCCESS
+        }
+        Cmd::Micro { ms } => {
+            println!("{}", micro::measure(Duration::from_millis(ms)).to_json());
             ExitCode::SUCCESS
         }
         Cmd::Rapl { powercap, secs } => match rapl::Rapl::open(&powercap) {

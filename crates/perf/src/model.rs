@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value};
 
+use crate::micro::Micro;
+
 /// The machine the suite ran on.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Machine {
@@ -149,6 +151,8 @@ pub struct Results {
     pub tcp: Tcp,
     /// `uroce bench` runs.
     pub runs: Vec<Run>,
+    /// Per-byte costs of the ICRC and region copies on this CPU (the design's floor).
+    pub micro: Option<Micro>,
 }
 
 fn s(v: &Value, k: &str) -> String {
@@ -213,6 +217,7 @@ impl Results {
                 "kernel_udp_drops": r.kernel_udp_drops,
                 "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
+            "micro": self.micro.map(Micro::to_json),
         })
     }
 
@@ -299,6 +304,7 @@ impl Results {
                     reason: s(r, "reason"),
                 })
                 .collect(),
+            micro: Micro::from_json(&v["micro"]),
         }
     }
 

@@ -647,6 +647,63 @@ fn table_sizes(o: &mut String, r: &Results, mtu: u32) {
 
 /// The generated markdown section (with its markers). `plots` is the link prefix of the SVGs
 /// as seen from the markdown file (e.g. `perf`).
+/// The CPU floor of the design on this machine: the kernel's share (the raw UDP GSO/GRO probe,
+/// both sides) plus the passes every byte takes in user space (two ICRC passes, one region
+/// read, one region write; `uroce-perf micro`), against what uroce spent in the same run.
+fn floor(o: &mut String, r: &Results) {
+    let Some(m) = r.micro else {
+        return;
+    };
+    let _ = writeln!(o, "\n### The floor of the design on this CPU (same run)\n");
+    let _ = writeln!(o, "| pass, one core | GB/s | CPU-s/GB |\n|---|---|---|");
+    for (what, rate) in [
+        ("ICRC of a 4 KiB packet (crc32fast)", m.icrc_gb_s),
+        (
+            "region → packet buffer (`AtomicMemory::read`)",
+            m.mr_read_gb_s,
+        ),
+        (
+            "packet buffer → region (`AtomicMemory::write`)",
+            m.mr_write_gb_s,
+        ),
+        ("the same read as `memcpy`", m.memcpy_read_gb_s),
+        ("the same write as `memcpy`", m.memcpy_write_gb_s),
+    ] {
+        let _ = writeln!(o, "| {what} | {rate:.2} | {:.3} |", 1.0 / rate);
+    }
+    let user = m.user_floor_cpu_s_per_gb();
+    // The kernel's share: the cheaper of the two GSO/GRO probes (io_uring or plain syscalls).
+    let kernel = ["uring-gso-gro", "gso-gro"]
+        .iter()
+        .filter_map(|m| r.udp(m).map(|u| u.cpu_s_per_gb))
+        .reduce(f64::min);
+    let _ = writeln!(
+        o,
+        "\nUser-space floor, both sides (ICRC twice, one region read, one region write): \
+         **{user:.3} CPU-s/GB**."
+    );
+    if let Some(k) = kernel {
+        let total = user + k;
+        let _ = write!(
+            o,
+            "With the kernel's share measured by the cheaper raw UDP GSO/GRO probe ({k:.3}), the \
+             design cannot go below **{total:.3} CPU-s/GB** for both sides on this CPU; if the \
+             two sides split it evenly, one core per side moves at most **{:.1} Gbit/s**.",
+            8.0 / (total / 2.0)
+        );
+        if let Some(w) = r.find("size", "write", "uring", HEADLINE_MTU, 1, HEADLINE_SIZE) {
+            let _ = write!(
+                o,
+                " uroce's WRITE 1 MiB spent {:.3} CPU-s/GB in this run: {:.2}× the floor.",
+                w.cpu_s_per_gb,
+                w.cpu_s_per_gb / total
+            );
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(o);
+}
+
 pub fn markdown(r: &Results, link: &str) -> String {
     let m = &r.machine;
     let t = targets(r);
@@ -755,6 +812,7 @@ pub fn markdown(r: &Results, link: &str) -> String {
         },
         r.tcp.note
     );
+    floor(&mut o, r);
     let _ = writeln!(
         o,
         "\n### `uroce bench`, one RC QP, path MTU {HEADLINE_MTU}\n"
@@ -1074,6 +1132,29 @@ mod tests {
         let t = targets(&r);
         assert!(!t[11].pass && t[11].value == "—", "{:?}", t[11]);
         assert_eq!(t[10].ratio, "1.67");
+    }
+
+    #[test]
+    fn the_floor_adds_the_kernel_probe_and_the_user_passes() {
+        let mut r = sample();
+        assert!(!markdown(&r, "perf").contains("floor of the design"));
+        r.micro = Some(crate::micro::Micro {
+            icrc_gb_s: 10.0,
+            mr_read_gb_s: 5.0,
+            mr_write_gb_s: 4.0,
+            memcpy_read_gb_s: 8.0,
+            memcpy_write_gb_s: 8.0,
+        });
+        let md = markdown(&r, "perf");
+        // 0.2 + 0.2 + 0.25 in user space, 0.17 in the kernel (the sample's cheaper GSO/GRO
+        // probe, the io_uring one).
+        assert!(md.contains("**0.650 CPU-s/GB**"), "{md}");
+        assert!(md.contains("**0.820 CPU-s/GB**"), "{md}");
+        // 8 Gbit per GB / 0.41 CPU-s per GB per side.
+        assert!(md.contains("**19.5 Gbit/s**"), "{md}");
+        // The sample's WRITE 1 MiB spent 0.25 CPU-s/GB.
+        assert!(md.contains("0.30× the floor"), "{md}");
+        assert_eq!(Results::from_json(&r.to_json()), r);
     }
 
     #[test]

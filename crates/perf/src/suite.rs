@@ -746,6 +746,9 @@ pub fn run(o: Options) -> Results {
         seq: 0,
         o,
     };
+    eprintln!("uroce-perf: per-byte costs on this CPU (ICRC, region copies)");
+    let each = Duration::from_millis(if s.o.quick { 30 } else { 300 });
+    res.micro = Some(crate::micro::measure(each));
     eprintln!("uroce-perf: raw UDP probes, iperf3");
     res.udp.push(s.udp_bw("per-packet"));
     res.udp.push(s.udp_bw("gso-gro"));

@@ -5,21 +5,15 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod common;
+
+use common::{connect, pattern, Side, Sizes};
 use uroce::{
-    Access, BackendKind, CompletionChannel, Connect, Device, DeviceConfig, MemoryRegion, Payload,
-    Progress, QpCap, QpType, QueuePair, RecvWr, SendOp, SendWr, UdDest, WcOpcode, WcStatus,
+    BackendKind, CompletionChannel, Connect, DeviceConfig, Payload, Progress, QpCap, QpType,
+    RecvWr, SendOp, SendWr, UdDest, WcOpcode, WcStatus,
 };
 
-const ALL: Access = Access::from_bits(0xF);
 const T: Duration = Duration::from_secs(10);
-
-struct Side {
-    dev: Device,
-    _pd: uroce::ProtectionDomain,
-    cq: uroce::CompletionQueue,
-    mr: MemoryRegion,
-    qp: QueuePair,
-}
 
 fn side(
     ip: &str,
@@ -37,65 +31,25 @@ fn side(
 
 /// A side on a device opened with `cfg`: a 4 MiB region with every right, a CQ and a QP.
 fn side_with(cfg: DeviceConfig, qp_type: QpType) -> Side {
-    let dev = Device::open(cfg).expect("open device");
-    let pd = dev.alloc_pd();
-    let mr = pd.reg_mr(0x10_0000, 4 << 20, ALL).unwrap();
-    let cq = dev.create_cq(4096, None).unwrap();
-    let qp = pd
-        .create_qp(
-            qp_type,
-            &cq,
-            &cq,
-            None,
-            QpCap {
-                max_send_wr: 512,
-                max_recv_wr: 512,
-                ..QpCap::default()
-            },
-        )
-        .unwrap();
-    Side {
-        dev,
-        _pd: pd,
-        cq,
-        mr,
-        qp,
-    }
-}
-
-fn connect(a: &Side, b: &Side) {
-    let ip = |s: &Side| -> IpAddr { s.dev.local_addr().ip() };
-    a.qp.connect(&Connect::new(ip(b), b.qp.qpn(), 100, 200))
-        .unwrap();
-    b.qp.connect(&Connect::new(ip(a), a.qp.qpn(), 200, 100))
-        .unwrap();
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) ^ (i >> 8) as u8)
-        .collect()
+    common::side_with(
+        cfg,
+        qp_type,
+        Sizes {
+            mr_len: 4 << 20,
+            cq_depth: 4096,
+            wrs: 512,
+        },
+    )
 }
 
 fn one_ok(s: &Side, op: WcOpcode) -> uroce::Completion {
-    one_ok_driving(s, op, None)
+    common::one_ok(s, op, &[], T)
 }
 
 /// Waits for one completion on `s`; in polled mode `other`'s device is driven meanwhile, as the
 /// application owning it would.
 fn one_ok_driving(s: &Side, op: WcOpcode, other: Option<&Side>) -> uroce::Completion {
-    let end = std::time::Instant::now() + T;
-    let mut c = Vec::new();
-    while c.is_empty() && std::time::Instant::now() < end {
-        c = s.cq.poll(1).unwrap();
-        if let Some(o) = other {
-            o.dev.progress();
-        }
-    }
-    assert_eq!(c.len(), 1, "no completion within {T:?}");
-    assert_eq!(c[0].status, WcStatus::Success, "{:?}", c[0]);
-    assert_eq!(c[0].opcode, op);
-    c[0]
+    common::one_ok(s, op, other.as_slice(), T)
 }
 
 fn every_rc_opcode(backend: BackendKind, progress: Progress, ip_a: &str, ip_b: &str) {

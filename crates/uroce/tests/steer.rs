@@ -2,78 +2,37 @@
 //! and port 4791, each gets a slot of QPNs, and the kernel's reuseport program hands every
 //! packet to the device owning its DestQP. Each test uses its own addresses.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{connect, pattern, Side, Sizes};
 use uroce::{
-    Access, BackendKind, Connect, Device, DeviceConfig, MemoryRegion, Payload, Progress, QpCap,
-    QpType, QueuePair, RecvWr, SendOp, SendWr, WcOpcode, WcStatus,
+    BackendKind, DeviceConfig, Payload, Progress, QpType, RecvWr, SendOp, SendWr, WcOpcode,
 };
 
-const ALL: Access = Access::from_bits(0xF);
 const T: Duration = Duration::from_secs(20);
-
-struct Side {
-    dev: Device,
-    _pd: uroce::ProtectionDomain,
-    cq: uroce::CompletionQueue,
-    mr: MemoryRegion,
-    qp: QueuePair,
-}
 
 fn side(ip: &str, steer: bool, backend: BackendKind, progress: Progress) -> Side {
     let mut cfg = DeviceConfig::new(ip.parse().expect("ip"));
     cfg.steer = steer;
     cfg.backend = backend;
     cfg.progress = progress;
-    let dev = Device::open(cfg).expect("open device");
-    let pd = dev.alloc_pd();
-    let mr = pd.reg_mr(0x10_0000, 2 << 20, ALL).expect("mr");
-    let cq = dev.create_cq(1024, None).expect("cq");
-    let cap = QpCap {
-        max_send_wr: 64,
-        max_recv_wr: 64,
-        ..QpCap::default()
-    };
-    let qp = pd.create_qp(QpType::Rc, &cq, &cq, None, cap).expect("qp");
-    Side {
-        dev,
-        _pd: pd,
-        cq,
-        mr,
-        qp,
-    }
-}
-
-fn connect(a: &Side, b: &Side) {
-    let ip = |s: &Side| -> IpAddr { s.dev.local_addr().ip() };
-    a.qp.connect(&Connect::new(ip(b), b.qp.qpn(), 100, 200))
-        .expect("connect a");
-    b.qp.connect(&Connect::new(ip(a), a.qp.qpn(), 200, 100))
-        .expect("connect b");
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 9) as u8)
-        .collect()
+    common::side_with(
+        cfg,
+        QpType::Rc,
+        Sizes {
+            mr_len: 2 << 20,
+            cq_depth: 1024,
+            wrs: 64,
+        },
+    )
 }
 
 /// Waits for one successful completion of `op` on `s`, driving `others` (polled devices).
 fn one_ok(s: &Side, op: WcOpcode, others: &[&Side]) {
-    let end = Instant::now() + T;
-    loop {
-        let c = s.cq.poll(1).expect("poll");
-        if let Some(c) = c.first() {
-            assert_eq!(c.status, WcStatus::Success, "{c:?}");
-            assert_eq!(c.opcode, op);
-            return;
-        }
-        for o in others {
-            o.dev.progress();
-        }
-        assert!(Instant::now() < end, "no completion within {T:?}");
-    }
+    common::one_ok(s, op, others, T);
 }
 
 /// WRITE 256 KiB + 3 from `a` to `b`, SEND 5000 bytes back; every byte checked.
