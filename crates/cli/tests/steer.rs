@@ -306,6 +306,14 @@ fn steer_bench_two_engine_threads_per_side() {
         agg.contains(&format!("{} bytes", 65536u64 * 200 * 4)),
         "{agg}"
     );
+    // CPU per GB over all threads' bytes (each thread's own figure is process-wide).
+    let cpu_per_gb: f64 = agg
+        .rsplit("), ")
+        .next()
+        .and_then(|t| t.strip_suffix(" CPU-s/GB"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU-s/GB in {agg}"));
+    assert!(cpu_per_gb > 0.0, "{agg}");
     // Each thread's data was checked by its peer thread.
     let verified = client
         .stdout

@@ -4,7 +4,9 @@
 //! `--qps / N` of the QPs and runs its own perftest session on TCP port `-p + i`, so the
 //! kernel hands every packet to the thread owning its QP. The peer runs the same `--threads N`.
 //! Each thread's result lines are printed, then the aggregate: the bytes of all threads over
-//! the longest thread's time, per message size.
+//! the longest thread's time, per message size. A thread's CPU seconds are the whole
+//! process's (getrusage over that thread's run), so its own `cpu_s_per_gb` is about N× too
+//! high; the aggregate divides the largest of them by all threads' bytes.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,13 +16,24 @@ use serde_json::Value;
 use super::{fail, Args};
 use crate::commands::CliError;
 
-/// One thread's result for one size: (size, bytes moved, seconds).
-fn parse(line: &str) -> Option<(u64, u64, f64)> {
+/// One thread's result for one size: (size, bytes moved, seconds, process CPU seconds).
+fn parse(line: &str) -> Option<(u64, u64, f64, f64)> {
     let v: Value = serde_json::from_str(line).ok()?;
     let size = v.get("size")?.as_u64()?;
     let iters = v.get("iterations")?.as_u64()?;
     let secs = v.get("seconds")?.as_f64()?;
-    Some((size, size * iters, secs))
+    let cpu = v.get("cpu_s").and_then(Value::as_f64).unwrap_or(0.0);
+    Some((size, size * iters, secs, cpu))
+}
+
+/// Per size: bytes of all threads, the longest time, the largest process CPU figure, and each
+/// thread's Gb/s.
+struct Agg {
+    size: u64,
+    bytes: u64,
+    secs: f64,
+    cpu: f64,
+    per: Vec<f64>,
 }
 
 /// Runs the threads and prints their lines and the aggregate.
@@ -66,8 +79,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             .collect()
     });
     let mut code = ExitCode::SUCCESS;
-    // size -> (bytes, longest seconds, per-thread Gb/s)
-    let mut agg: Vec<(u64, u64, f64, Vec<f64>)> = Vec::new();
+    let mut agg: Vec<Agg> = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         let (c, buf) = r.map_err(|e| fail(format!("thread {i}: {e}")))?;
         if c != ExitCode::SUCCESS {
@@ -79,25 +91,45 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             } else {
                 writeln!(out, "thread {i}: {line}")?;
             }
-            if let Some((size, bytes, secs)) = parse(line) {
+            if let Some((size, bytes, secs, cpu)) = parse(line) {
                 let gbps = bytes as f64 * 8.0 / secs.max(1e-12) / 1e9;
-                match agg.iter_mut().find(|e| e.0 == size) {
+                match agg.iter_mut().find(|e| e.size == size) {
                     Some(e) => {
-                        e.1 += bytes;
-                        e.2 = e.2.max(secs);
-                        e.3.push(gbps);
+                        e.bytes += bytes;
+                        e.secs = e.secs.max(secs);
+                        e.cpu = e.cpu.max(cpu);
+                        e.per.push(gbps);
                     }
-                    None => agg.push((size, bytes, secs, vec![gbps])),
+                    None => agg.push(Agg {
+                        size,
+                        bytes,
+                        secs,
+                        cpu,
+                        per: vec![gbps],
+                    }),
                 }
             }
         }
     }
-    for (size, bytes, secs, per) in agg {
+    for Agg {
+        size,
+        bytes,
+        secs,
+        cpu,
+        per,
+    } in agg
+    {
         let gbps = bytes as f64 * 8.0 / secs.max(1e-12) / 1e9;
+        let cpu_per_gb = if bytes == 0 {
+            0.0
+        } else {
+            cpu / (bytes as f64 / 1e9)
+        };
         if args.json {
             let v = serde_json::json!({
                 "aggregate": true, "threads": n, "qps": args.qps, "size": size,
                 "bytes": bytes, "seconds": secs, "gbit_s": gbps, "per_thread_gbit_s": per,
+                "cpu_s": cpu, "cpu_s_per_gb": cpu_per_gb,
             });
             writeln!(out, "{v}")?;
         } else {
@@ -105,7 +137,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             writeln!(
                 out,
                 "aggregate: {n} threads, {} QPs, {size} B: {bytes} bytes in {secs:.3} s = \
-                 {gbps:.2} Gb/s (threads: {} Gb/s)",
+                 {gbps:.2} Gb/s (threads: {} Gb/s), {cpu_per_gb:.3} CPU-s/GB",
                 args.qps,
                 per.join(" + ")
             )?;
