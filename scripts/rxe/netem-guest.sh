@@ -17,23 +17,20 @@ modprobe sch_netem 2>/dev/null || true
 out=$(mktemp -d)
 trap 'bash "$dir"/netns.sh down gn >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
 bash $dir/netns.sh up gn 5
+# NETEM overrides the profile; NETEM_BACKENDS the back ends run (default both).
 NETEM=${NETEM:-delay 1ms 500us loss 5% reorder 10% duplicate 2% corrupt 1%}
-# The syscall back end sends packet by packet, so netem impairs each packet on its own (io_uring
-# sends GSO batches, impaired as a unit). Under the full profile it exhausted retry_cnt
-# (transport retry counter exceeded) in 2 of 2 runs in this TCG guest, while the simulator runs
-# the same profile cleanly (crates/sim/tests/rc_netem_pingpong.rs). With the driver taking in
-# queued receives before firing ACK timers it passed 1 of 1 run (70 s, ~90 ACK timeouts per
-# side): too few runs to trust yet, so it runs the earlier, lighter profile until more have
-# passed. NETEM_SYSCALL overrides.
-NETEM_SYSCALL=${NETEM_SYSCALL:-delay 1ms loss 2% reorder 5% duplicate 1% corrupt 1%}
-for backend in uring syscall; do
-    profile=$NETEM
-    [[ $backend == syscall ]] && profile=$NETEM_SYSCALL
+for backend in ${NETEM_BACKENDS:-uring syscall}; do
     # shellcheck disable=SC2086
-    bash $dir/netns.sh netem gn $profile
+    bash $dir/netns.sh netem gn $NETEM
     ip netns exec gn-a tc qdisc show dev eth0 | sed "s/^/$backend: /"
     args=(pingpong --rc -c --counters --timeout 200 --backend "$backend" -s 1048576 -m 4096 -n 10)
-    ip netns exec gn-a "$U" "${args[@]}" > "$out/server" 2>&1 &
+    # NETEM_PCAP=DIR: each side writes what uroce sent and received to DIR/BACKEND-SIDE.pcap.
+    senv=() cenv=()
+    if [[ -n ${NETEM_PCAP:-} ]]; then
+        senv=("UROCE_PCAP=$NETEM_PCAP/$backend-server.pcap")
+        cenv=("UROCE_PCAP=$NETEM_PCAP/$backend-client.pcap")
+    fi
+    ip netns exec gn-a env "${senv[@]}" "$U" "${args[@]}" > "$out/server" 2>&1 &
     pid=$!
     deadline=$((SECONDS + 60))
     until grep -q listening "$out/server" 2>/dev/null; do
@@ -41,7 +38,7 @@ for backend in uring syscall; do
         sleep 0.05
     done
     rc=0
-    ip netns exec gn-b "$U" "${args[@]}" 10.66.5.1 > "$out/client" 2>&1 || rc=$?
+    ip netns exec gn-b env "${cenv[@]}" "$U" "${args[@]}" 10.66.5.1 > "$out/client" 2>&1 || rc=$?
     wait "$pid" || rc=$?
     for side in server client; do
         echo "$backend $side: $(grep -E '^counters:' "$out/$side" | cut -c1-400)"

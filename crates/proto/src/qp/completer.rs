@@ -191,7 +191,13 @@ impl Qp {
                 }
                 break;
             }
-            if a.diff(w.last_psn()) >= 0 && w.all_sent {
+            // An ACK covers every earlier PSN (IBTA §9.7.5.1.1), so one at or past the last
+            // packet means the responder has the whole message, even when a go-back-N rewind
+            // (e.g. for a stale NAK in the same batch) was about to send part of it again.
+            // (An ACK past `high_psn` was dropped above, so the last packet was sent.) Waiting
+            // for that resend left `comp_psn` past the WQE, where a timeout rewind found
+            // nothing to send and only used up retries.
+            if a.diff(w.last_psn()) >= 0 {
                 self.req.comp_psn = w.last_psn().add(1);
                 self.complete_head(ctx);
                 advanced = true;
@@ -204,6 +210,7 @@ impl Qp {
             }
         }
         if advanced {
+            self.skip_acknowledged();
             self.progress(ctx);
         }
     }

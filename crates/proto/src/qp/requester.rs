@@ -485,6 +485,31 @@ impl Qp {
         }
     }
 
+    /// After an ACK acknowledged PSNs a rewind had queued for resending, moves the resend point
+    /// up to the oldest unacknowledged PSN: the responder has the rest, and a WQE started
+    /// after its predecessor completed must take the PSN after it, never one the responder
+    /// has already seen (it would take the new message for a duplicate and drop it).
+    pub(crate) fn skip_acknowledged(&mut self) {
+        let comp = self.req.comp_psn;
+        if self.req.next_psn.diff(comp) >= 0 {
+            return;
+        }
+        match self.sq.iter().position(|w| !w.done) {
+            Some(i) if self.sq[i].started => {
+                // Re-segment from `comp`, as a rewind would, keeping the record of the last
+                // rewind (it stops repeated rewinds for one NAKed gap).
+                let rewound_to = self.req.rewound_to;
+                self.rewind(comp);
+                self.req.rewound_to = rewound_to;
+            }
+            i => {
+                self.req.cursor = i.unwrap_or(self.sq.len());
+                self.req.next_psn = comp;
+                self.req.since_ack_req = 0;
+            }
+        }
+    }
+
     /// Go-back-N: resend everything from `psn` (IBTA §9.7.5.1.3). The WQE holding `psn` is
     /// re-segmented from that packet (a READ asks again for the part not yet received, an
     /// atomic is re-sent whole); later WQEs start over and get the same PSNs again.
