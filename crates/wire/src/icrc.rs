@@ -110,10 +110,6 @@ pub struct IcrcMismatch {
     pub computed: u32,
 }
 
-// Offset of the IPv4 Identification within the pseudo packet: 8 bytes of 0xFF, then
-// version/IHL, TOS, total length.
-const V4_ID_OFFSET: usize = 8 + 4;
-
 /// Fills the masked pseudo header for `ctx` and a transport packet of `udp_payload_len` bytes
 /// whose first 12 bytes are `bth`; returns the used length.
 fn pseudo_header(
@@ -295,34 +291,108 @@ impl Ipv4IdSolver {
     }
 }
 
-/// The CRC-32 register after feeding `v` through `len` zero bytes: the linear map that carries a
-/// difference in early bytes to the end of the message (zlib's `crc32_combine` with crc2 = 0).
-fn shift(v: u32, len: usize) -> u32 {
-    let mut a = Hasher::new_with_initial(v);
-    a.combine(&Hasher::new_with_initial_len(0, len as u64));
-    a.finalize()
+/// CRC-32's reflected generator polynomial.
+const POLY: u32 = 0xEDB8_8320;
+
+/// `a * b mod P` over GF(2), both in CRC-32's reflected bit order (bit 31 is x^0), as zlib's
+/// `multmodp`, with masks instead of branches.
+const fn mul_mod_p(a: u32, mut b: u32) -> u32 {
+    let mut product = 0;
+    let mut bit = 32;
+    while bit > 0 {
+        bit -= 1;
+        product ^= b & 0u32.wrapping_sub(a >> bit & 1);
+        b = (b >> 1) ^ (POLY & 0u32.wrapping_sub(b & 1));
+    }
+    product
+}
+
+/// `x^(8 * 2^k) mod P` for k = 0..64: feeding 2^k zero bytes through a CRC register.
+const ZERO_BYTES_POW2: [u32; 64] = {
+    let mut t = [0u32; 64];
+    t[0] = 1 << 23; // x^8: one byte
+    let mut k = 1;
+    while k < 64 {
+        t[k] = mul_mod_p(t[k - 1], t[k - 1]);
+        k += 1;
+    }
+    t
+};
+
+/// `x^(8 * k) mod P` for k = 0..64, and `x^(8 * 64 * k) mod P` for k = 0..128: together one
+/// multiplication gives the operator for any length below 8 KiB (every RoCE packet).
+const ZERO_BYTES_LO: [u32; 64] = powers(1 << 23);
+const ZERO_BYTES_HI: [u32; 128] = powers(ZERO_BYTES_POW2[6]);
+
+/// `[1, x, x^2, ...]` for the GF(2) element `x`, modulo P.
+const fn powers<const N: usize>(x: u32) -> [u32; N] {
+    let mut t = [0u32; N];
+    t[0] = 1 << 31; // x^0
+    let mut k = 1;
+    while k < N {
+        t[k] = mul_mod_p(t[k - 1], x);
+        k += 1;
+    }
+    t
+}
+
+/// `x^(8 * len) mod P`: the operator that feeds a CRC register through `len` zero bytes (zlib's
+/// `x2nmodp`): one table multiplication below 8 KiB, else one per set bit of `len`.
+fn zero_bytes_op(len: usize) -> u32 {
+    if let (Some(&hi), lo) = (ZERO_BYTES_HI.get(len / 64), ZERO_BYTES_LO[len % 64]) {
+        return mul_mod_p(hi, lo);
+    }
+    let mut op = 1 << 31; // x^0
+    let mut n = len as u64;
+    let mut k = 0;
+    while n != 0 {
+        if n & 1 == 1 {
+            op = mul_mod_p(ZERO_BYTES_POW2[k], op);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    op
+}
+
+/// Multiplies by x modulo P: one step of the CRC register over a zero bit.
+const fn times_x(c: u32) -> u32 {
+    (c >> 1) ^ (POLY & 0u32.wrapping_sub(c & 1))
+}
+
+/// The CRC-32 difference made by XORing the single byte `v` into the last byte of a message
+/// (CRC-32 is affine, so a difference depends only on the XOR pattern, not the message).
+const fn byte_difference(v: u8) -> u32 {
+    let mut c = v as u32;
+    let mut i = 0;
+    while i < 8 {
+        c = times_x(c);
+        i += 1;
+    }
+    c
 }
 
 /// The basis for a message with `trailing` bytes after the ID: the effect of flipping each ID
 /// bit on the final CRC (CRC-32 is affine in the message), row-reduced over GF(2).
+///
+/// The ID is big-endian, and a bit one place earlier in the message is one more multiplication
+/// by x: bit 7 (the top of the second ID byte) is the lowest power, then 6..0, then 15..8. So
+/// one shift operator and 15 single steps give all 16 rows, cheap enough to build a basis for
+/// every packet length a receiver meets (a fuzzer meets a new one almost every input).
 fn basis(trailing: usize) -> Basis {
-    let base = {
-        let mut h = Hasher::new();
-        h.update(&[0u8; V4_ID_OFFSET + 2]);
-        h.finalize()
-    };
+    let mut diffs = [0u32; 16];
+    let mut d = mul_mod_p(zero_bytes_op(trailing), byte_difference(0x80));
+    for j in [7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8] {
+        diffs[j] = d;
+        d = times_x(d);
+    }
     let mut basis = [0u64; 32];
-    for j in 0..16 {
-        let mut msg = [0u8; V4_ID_OFFSET + 2];
-        msg[V4_ID_OFFSET..].copy_from_slice(&(1u16 << j).to_be_bytes());
-        let mut h = Hasher::new();
-        h.update(&msg);
-        let d = shift(h.finalize() ^ base, trailing);
+    for (j, d) in diffs.into_iter().enumerate() {
         let mut row = u64::from(d) | (1u64 << (32 + j));
-        for bit in (0..32).rev() {
-            if row >> bit & 1 == 0 {
-                continue;
-            }
+        // Reduce by the pivots of the row's set CRC bits, highest first; a row whose CRC bits
+        // all cancel is dependent and dropped.
+        while row as u32 != 0 {
+            let bit = 31 - (row as u32).leading_zeros() as usize;
             if basis[bit] == 0 {
                 basis[bit] = row;
                 break;
@@ -336,13 +406,13 @@ fn basis(trailing: usize) -> Basis {
 /// Finds the 16-bit XOR difference to the ID that changes the CRC by `diff`, if any.
 fn solve(basis: &Basis, diff: u32) -> Option<u16> {
     let mut t = u64::from(diff);
-    for bit in (0..32).rev() {
-        if t >> bit & 1 == 1 {
-            if basis[bit] == 0 {
-                return None;
-            }
-            t ^= basis[bit];
+    // Each pivot row's highest CRC bit is its pivot, so clearing set bits highest first ends.
+    while t as u32 != 0 {
+        let bit = 31 - (t as u32).leading_zeros() as usize;
+        if basis[bit] == 0 {
+            return None;
         }
+        t ^= basis[bit];
     }
     Some((t >> 32) as u16)
 }
@@ -355,6 +425,79 @@ mod tests {
         let mut p: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         p[0] = 0x04;
         p
+    }
+
+    // Offset of the IPv4 Identification within the pseudo packet: 8 bytes of 0xFF, then
+    // version/IHL, TOS, total length.
+    const V4_ID_OFFSET: usize = 8 + 4;
+
+    /// The CRC-32 register after feeding `v` through `len` zero bytes: the linear map that
+    /// carries a difference in early bytes to the end of the message (zlib's `crc32_combine`
+    /// with crc2 = 0), the way `basis` uses `zero_bytes_op`.
+    fn shift(v: u32, len: usize) -> u32 {
+        mul_mod_p(zero_bytes_op(len), v)
+    }
+
+    /// The reference the fast shift must match: crc32fast's own combine.
+    fn shift_by_combine(v: u32, len: usize) -> u32 {
+        let mut a = Hasher::new_with_initial(v);
+        a.combine(&Hasher::new_with_initial_len(0, len as u64));
+        a.finalize()
+    }
+
+    /// The reference basis: hash the pseudo-packet prefix with each ID bit set, shift by
+    /// combining (the slow way this module used to take).
+    fn basis_by_hashing(trailing: usize) -> Basis {
+        let base = {
+            let mut h = Hasher::new();
+            h.update(&[0u8; V4_ID_OFFSET + 2]);
+            h.finalize()
+        };
+        let mut basis = [0u64; 32];
+        for j in 0..16 {
+            let mut msg = [0u8; V4_ID_OFFSET + 2];
+            msg[V4_ID_OFFSET..].copy_from_slice(&(1u16 << j).to_be_bytes());
+            let mut h = Hasher::new();
+            h.update(&msg);
+            let d = shift_by_combine(h.finalize() ^ base, trailing);
+            let mut row = u64::from(d) | (1u64 << (32 + j));
+            for bit in (0..32).rev() {
+                if row >> bit & 1 == 0 {
+                    continue;
+                }
+                if basis[bit] == 0 {
+                    basis[bit] = row;
+                    break;
+                }
+                row ^= basis[bit];
+            }
+        }
+        basis
+    }
+
+    #[test]
+    fn shift_matches_crc32fast_combine() {
+        let lens = (0..70).chain([255, 256, 257, 1000, 4096, 4200, 9000, 65_535, 1 << 20]);
+        for len in lens {
+            for v in [0, 1, 0x8000_0000, 0xDEAD_BEEF, 0xFFFF_FFFF] {
+                assert_eq!(
+                    shift(v, len),
+                    shift_by_combine(v, len),
+                    "v {v:#x} len {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn basis_matches_the_hashed_reference() {
+        for trailing in [0, 1, 2, 21, 22, 38, 100, 1057, 4118, 4222, 9000] {
+            assert_eq!(
+                basis(trailing),
+                basis_by_hashing(trailing),
+                "trailing {trailing}"
+            );
+        }
     }
 
     #[test]
