@@ -1,13 +1,14 @@
 //! The device: the sans-IO endpoint that owns every verbs object and is driven with datagrams
 //! and time (see the crate docs for the call contract).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use uroce_wire::{IcrcCheck, IcrcContext, IpFields, Ipv4IdMode, PacketRepr, Transport};
 
 use crate::cq::{Completion, CompletionQueue};
+use crate::idmap::IdMap;
 use crate::mr::{Access, MrKeys, MrTable, RegionMemory};
 use crate::qp::{Qp, QpAttr, QpInit, QpState, QpType};
 use crate::srq::Srq;
@@ -60,6 +61,14 @@ pub struct Config {
     pub ack_req_interval: u32,
     /// Most packets in one GSO batch.
     pub max_segments: usize,
+    /// How long a responder may hold a positive ACK to SEND/WRITE (zero: send it at once).
+    /// A held ACK leaves right after the QP's next request packet, in the same transmit
+    /// (the application's reply to what it just received: one datagram instead of two on a
+    /// ping-pong), or when the delay has passed; newer ACKs coalesce into it and keep its
+    /// deadline, so no request waits longer than this for its ACK. IBTA allows coalesced
+    /// ACKs (an ACK covers every earlier PSN); keep this far below the peers' local ACK
+    /// timeout (4.096 µs × 2^timeout: 67 ms for the usual 14).
+    pub ack_delay: core::time::Duration,
 }
 
 impl Config {
@@ -84,6 +93,7 @@ impl Config {
             max_unacked_psns: 2048,
             ack_req_interval: 64,
             max_segments: 64,
+            ack_delay: core::time::Duration::ZERO,
         }
     }
 }
@@ -196,9 +206,9 @@ pub(crate) struct Ctx<'a> {
     pub now: Instant,
     pub config: &'a Config,
     pub mrs: &'a mut MrTable,
-    pub cqs: &'a mut HashMap<u32, CompletionQueue>,
-    pub srqs: &'a mut HashMap<u32, Srq>,
-    pub ahs: &'a HashMap<u32, Ah>,
+    pub cqs: &'a mut IdMap<CompletionQueue>,
+    pub srqs: &'a mut IdMap<Srq>,
+    pub ahs: &'a IdMap<Ah>,
     pub counters: &'a mut DeviceCounters,
     /// Set when a completion was lost: the QP goes to error.
     pub overrun: bool,
@@ -259,15 +269,15 @@ struct Staged {
 pub struct Device {
     config: Config,
     next_pd: u32,
-    pds: HashMap<u32, ()>,
+    pds: IdMap<()>,
     mrs: MrTable,
-    cqs: HashMap<u32, CompletionQueue>,
+    cqs: IdMap<CompletionQueue>,
     next_cq: u32,
-    srqs: HashMap<u32, Srq>,
+    srqs: IdMap<Srq>,
     next_srq: u32,
-    ahs: HashMap<u32, Ah>,
+    ahs: IdMap<Ah>,
     next_ah: u32,
-    qps: HashMap<u32, Qp>,
+    qps: IdMap<Qp>,
     next_qpn: u32,
     ready: VecDeque<u32>,
     staged: Option<Staged>,
@@ -310,15 +320,15 @@ impl Device {
         Device {
             config,
             next_pd: 0,
-            pds: HashMap::new(),
+            pds: IdMap::default(),
             mrs: MrTable::default(),
-            cqs: HashMap::new(),
+            cqs: IdMap::default(),
             next_cq: 0,
-            srqs: HashMap::new(),
+            srqs: IdMap::default(),
             next_srq: 0,
-            ahs: HashMap::new(),
+            ahs: IdMap::default(),
             next_ah: 0,
-            qps: HashMap::new(),
+            qps: IdMap::default(),
             next_qpn,
             ready: VecDeque::new(),
             staged: None,

@@ -29,6 +29,7 @@
 pub mod cq;
 pub mod device;
 pub mod error;
+pub mod idmap;
 pub mod memory;
 pub mod mr;
 pub mod qp;

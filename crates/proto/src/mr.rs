@@ -5,7 +5,6 @@
 //! tests and the simulator, memory-mapped buffers in the drivers. Every access is bounds- and
 //! rights-checked against the region by [`MrTable`] before the memory is called.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{Error, PdHandle};
@@ -236,7 +235,7 @@ impl Span {
 /// All regions of a device, by key.
 #[derive(Debug, Default)]
 pub struct MrTable {
-    regions: HashMap<u32, MemoryRegion>,
+    regions: crate::idmap::IdMap<MemoryRegion>,
     next_index: u32,
     generation: u8,
 }

@@ -65,6 +65,15 @@ pub struct DeviceConfig {
     pub steer: bool,
     /// Where to report asynchronous events (dropped when `None`).
     pub async_events: Option<crate::AsyncEvents>,
+    /// How long a responder may hold an ACK to SEND/WRITE so that it leaves together with the
+    /// application's reply (proto's `Config::ack_delay`; `None`: zero, ACK at once;
+    /// `UROCE_ACK_DELAY_US` sets it). For a busy-polling ping-pong: the reply is posted a few
+    /// microseconds after the poll that received the request, and the ACK then rides in the
+    /// same `sendmsg` (a GSO batch of two) instead of costing a send of its own on the
+    /// critical path. In polled mode a held ACK leaves only from a poll: the application must
+    /// keep polling for this long after its last receive (as it must anyway to answer a
+    /// retransmission). Keep it far below the peers' local ACK timeout.
+    pub ack_delay: Option<Duration>,
 }
 
 impl DeviceConfig {
@@ -81,6 +90,10 @@ impl DeviceConfig {
             faults: None,
             steer: std::env::var("UROCE_STEER").is_ok_and(|v| !v.is_empty() && v != "0"),
             async_events: None,
+            ack_delay: std::env::var("UROCE_ACK_DELAY_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_micros),
         }
     }
 }
@@ -274,6 +287,9 @@ impl Shared {
         let mut g = self.lock();
         let r = f(&mut g, now);
         if self.polled {
+            // Send what `f` made first (a post's packets, and a held ACK with them), then
+            // receive: the receive syscall would otherwise delay the send.
+            g.transmit(now);
             g.pump(now);
         } else {
             g.transmit(now);
@@ -368,6 +384,7 @@ impl Device {
         if cfg.accept_any_ipv4_id {
             ecfg.ipv4_id_mode = Ipv4IdMode::Solve;
         }
+        ecfg.ack_delay = cfg.ack_delay.unwrap_or_default();
         let capture = match &cfg.pcap {
             Some(p) => {
                 let f = std::fs::File::create(p)?;

@@ -238,6 +238,7 @@ impl IcrcContext {
         let t = &packet[packet.len() - ICRC_LEN..];
         let carried = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
         if computed == carried {
+            solver.hint = 1;
             return Ok(IcrcCheck::Valid);
         }
         let mismatch = IcrcMismatch { carried, computed };
@@ -250,8 +251,18 @@ impl IcrcContext {
             IpFields::V4 { identification, .. } if bound > 0 => {
                 // Bytes of the pseudo packet after the two ID bytes (ICRC excluded).
                 let trailing = 20 - 6 + 8 + packet.len() - ICRC_LEN;
-                solve(solver.basis(trailing), computed ^ carried)
-                    .filter(|delta| u32::from(*delta) < bound)
+                let diff = computed ^ carried;
+                let hint = solver.hint;
+                let table = solver.table(trailing);
+                // Segment i + 1 of a GSO batch follows segment i: try that ID first (a few
+                // XORs) before the elimination.
+                let delta = if u32::from(hint) < bound && table.effect(hint) == diff {
+                    Some(hint)
+                } else {
+                    solve(&table.basis, diff).filter(|delta| u32::from(*delta) < bound)
+                };
+                solver.hint = delta.map_or(0, |d| d.wrapping_add(1));
+                delta
                     .map(|delta| IcrcCheck::SolvedIpv4Id(identification ^ delta))
                     .ok_or(mismatch)
             }
@@ -264,20 +275,44 @@ impl IcrcContext {
 /// (CRC bits | ID-bit tag << 32), indexed by pivot bit.
 type Basis = [u64; 32];
 
-/// Caches [`Basis`] tables by packet length (the expensive part of solving: 16 CRC shifts),
-/// so solving costs one elimination per packet. Holds at most 16 lengths.
+/// What one message length needs: the CRC change of each ID bit, and those rows reduced.
+#[derive(Debug, Clone)]
+struct Table {
+    /// `effect[j]`: how flipping ID bit `j` changes the CRC.
+    effect: [u32; 16],
+    basis: Basis,
+}
+
+impl Table {
+    /// How an ID difference of `delta` changes the CRC (CRC-32 is linear in it).
+    fn effect(&self, delta: u16) -> u32 {
+        let mut d = 0;
+        let mut bits = delta;
+        while bits != 0 {
+            d ^= self.effect[bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+        }
+        d
+    }
+}
+
+/// Caches a [`Table`] per packet length, so solving costs one elimination per packet, or a
+/// few XORs when the ID is the one after the previous packet's (GSO segments in order). Holds
+/// at most 16 lengths.
 #[derive(Debug, Clone, Default)]
 pub struct Ipv4IdSolver {
-    entries: Vec<(usize, Box<Basis>)>,
+    entries: Vec<(usize, Box<Table>)>,
     next: usize,
+    /// The ID difference to try first: one more than the last packet's.
+    hint: u16,
 }
 
 impl Ipv4IdSolver {
-    fn basis(&mut self, trailing: usize) -> &Basis {
+    fn table(&mut self, trailing: usize) -> &Table {
         if let Some(i) = self.entries.iter().position(|(t, _)| *t == trailing) {
             return &self.entries[i].1;
         }
-        let b = Box::new(basis(trailing));
+        let b = Box::new(table(trailing));
         let i = if self.entries.len() < 16 {
             self.entries.push((trailing, b));
             self.entries.len() - 1
@@ -372,14 +407,14 @@ const fn byte_difference(v: u8) -> u32 {
     c
 }
 
-/// The basis for a message with `trailing` bytes after the ID: the effect of flipping each ID
-/// bit on the final CRC (CRC-32 is affine in the message), row-reduced over GF(2).
+/// The table for a message with `trailing` bytes after the ID: the effect of flipping each ID
+/// bit on the final CRC (CRC-32 is affine in the message), and those rows reduced over GF(2).
 ///
 /// The ID is big-endian, and a bit one place earlier in the message is one more multiplication
 /// by x: bit 7 (the top of the second ID byte) is the lowest power, then 6..0, then 15..8. So
 /// one shift operator and 15 single steps give all 16 rows, cheap enough to build a basis for
 /// every packet length a receiver meets (a fuzzer meets a new one almost every input).
-fn basis(trailing: usize) -> Basis {
+fn table(trailing: usize) -> Table {
     let mut diffs = [0u32; 16];
     let mut d = mul_mod_p(zero_bytes_op(trailing), byte_difference(0x80));
     for j in [7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8] {
@@ -400,7 +435,10 @@ fn basis(trailing: usize) -> Basis {
             row ^= basis[bit];
         }
     }
-    basis
+    Table {
+        effect: diffs,
+        basis,
+    }
 }
 
 /// Finds the 16-bit XOR difference to the ID that changes the CRC by `diff`, if any.
@@ -493,11 +531,47 @@ mod tests {
     fn basis_matches_the_hashed_reference() {
         for trailing in [0, 1, 2, 21, 22, 38, 100, 1057, 4118, 4222, 9000] {
             assert_eq!(
-                basis(trailing),
+                table(trailing).basis,
                 basis_by_hashing(trailing),
                 "trailing {trailing}"
             );
         }
+    }
+
+    #[test]
+    fn solver_hint_follows_gso_order_and_recovers_from_jumps() {
+        // Segments of GSO batches carry IDs 0, 1, 2, ...; the solver guesses the next one, and
+        // a guess that fails (a new batch, a lost segment, another length) falls back to the
+        // elimination with the same answer.
+        let rx = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, 50000, 4791);
+        let mut solver = Ipv4IdSolver::default();
+        let ids = [0u16, 1, 2, 3, 7, 8, 0, 1, 63, 5, 6];
+        for (k, &id) in ids.iter().enumerate() {
+            let len = if k == 9 { 200 } else { 64 };
+            let mut p = sample(len);
+            rx.with_ipv4_id(id).seal(&mut p);
+            let want = if id == 0 {
+                IcrcCheck::Valid
+            } else {
+                IcrcCheck::SolvedIpv4Id(id)
+            };
+            assert_eq!(
+                rx.verify_with(&p, Ipv4IdMode::SolveBelow(64), &mut solver),
+                Ok(want),
+                "packet {k}, ID {id}"
+            );
+        }
+        // Beyond the bound: refused, and the next packet still verifies.
+        let mut p = sample(64);
+        rx.with_ipv4_id(64).seal(&mut p);
+        assert!(rx
+            .verify_with(&p, Ipv4IdMode::SolveBelow(64), &mut solver)
+            .is_err());
+        rx.with_ipv4_id(9).seal(&mut p);
+        assert_eq!(
+            rx.verify_with(&p, Ipv4IdMode::SolveBelow(64), &mut solver),
+            Ok(IcrcCheck::SolvedIpv4Id(9))
+        );
     }
 
     #[test]

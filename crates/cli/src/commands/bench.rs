@@ -334,6 +334,12 @@ impl Opts {
             dev: DevOpts {
                 backend: a.backend,
                 polled: a.progress == ProgressMode::Polled,
+                // A busy-polled ping-pong sends each ACK with the reply (ctx.rs, LAT_ACK_DELAY).
+                ack_delay: if a.progress == ProgressMode::Polled && a.kind == Kind::Lat {
+                    ctx::LAT_ACK_DELAY
+                } else {
+                    Duration::ZERO
+                },
                 udp_port: a.udp_port,
                 timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout)),
                 steer: a.steer,

@@ -259,6 +259,7 @@ impl Qp {
 
     /// Timers: the RNR wait ends, or the local ACK timer fires.
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        self.resp.on_timeout(ctx.now);
         if self.req.rnr_until.is_some_and(|t| t <= ctx.now) {
             self.req.rnr_until = None;
             self.arm_ack_timer(ctx);

@@ -648,6 +648,9 @@ impl Qp {
 
     /// Earliest timer of requester or completer.
     pub(crate) fn next_timeout(&self) -> Option<crate::Instant> {
-        self.req.next_timeout()
+        match (self.req.next_timeout(), self.resp.next_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

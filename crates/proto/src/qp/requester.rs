@@ -462,6 +462,13 @@ impl Qp {
         }
         if last {
             w.all_sent = true;
+            if !w.wr.op.is_read_or_atomic() {
+                // The data is sent: release the checked spans here, on the posting thread that
+                // resolved them, rather than on whichever thread completes the WQE (a free and
+                // a reference count moving between cores per message). A retransmission
+                // resolves the SGL again, as rxe looks its keys up again on a retry.
+                w.data = None;
+            }
             self.req.cursor += 1;
             if self.qp_type != QpType::Rc {
                 // UC and UD complete at send time: there is no acknowledgement to wait for.

@@ -11,6 +11,9 @@
 //! 4. SEND needs a receive WQE: otherwise RNR NAK with `min_rnr_timer`.
 //! 5. R_Key, rights, bounds and lengths: NAK remote access error or invalid request.
 //! 6. Execute; AckReq asks for an ACK (coalesced: one ACK covers all requests seen so far).
+//!    With `Config::ack_delay` a positive ACK to SEND/WRITE is held until the QP's next
+//!    request packets have gone out (it then follows them in the same transmit) or the delay
+//!    has passed, whichever comes first.
 //!
 //! NAK invalid request / remote access / remote operational move the QP to ERR (rxe does the
 //! same). UC drops a broken message silently and resynchronises on the next FIRST/ONLY. UD
@@ -29,6 +32,7 @@ use super::{Qp, QpType, RecvWqe};
 use crate::cq::{Completion, WcOpcode, WcStatus};
 use crate::device::Ctx;
 use crate::mr::{Access, KeyError, Span};
+use crate::Instant;
 
 /// Credit field rxe puts in every ACK: "unlimited" (IBTA §9.7.7.2.5 invalid credit count).
 const ACK_UNLIMITED: u8 = 0x1F;
@@ -110,6 +114,11 @@ pub(crate) struct Responder {
     pub uc_drop: bool,
     pub resources: VecDeque<Resource>,
     pub out: VecDeque<Out>,
+    /// Deadline of a held ACK (`Config::ack_delay`): set while `out` holds only that positive
+    /// ACK, which waits for the QP's next request packets or this instant.
+    pub ack_hold: Option<Instant>,
+    /// Request packets went out while the ACK was held: it follows once they are done.
+    pub ack_follows: bool,
 }
 
 impl Responder {
@@ -123,23 +132,65 @@ impl Responder {
 
     pub fn on_flush(&mut self) {
         self.out.clear();
+        self.ack_hold = None;
+        self.ack_follows = false;
         self.in_msg = None;
         self.write = None;
     }
 
-    fn push_ack(&mut self, psn: Psn, syndrome: AckSyndrome) {
+    /// Queues an ACK; `hold` is the deadline to hold a positive one until (`None`: send it
+    /// with the next transmit).
+    fn push_ack(&mut self, psn: Psn, syndrome: AckSyndrome, hold: Option<Instant>) {
         // Coalesce: a newer ACK replaces one not yet sent (NAKs are never replaced).
-        if let (
-            Some(Out::Ack {
-                syndrome: AckSyndrome::Ack { .. },
-                ..
-            }),
-            AckSyndrome::Ack { .. },
-        ) = (self.out.back(), syndrome)
-        {
+        let coalesced = matches!(
+            (self.out.back(), syndrome),
+            (
+                Some(Out::Ack {
+                    syndrome: AckSyndrome::Ack { .. },
+                    ..
+                }),
+                AckSyndrome::Ack { .. },
+            )
+        );
+        if coalesced {
             self.out.pop_back();
         }
         self.out.push_back(Out::Ack { psn, syndrome });
+        self.ack_hold = match hold {
+            // An ACK that must go now takes a held one with it.
+            None => None,
+            // Coalesced into a held ACK: the first request's deadline stands (the bound is per
+            // request); into one already released: still released.
+            Some(_) if coalesced => self.ack_hold,
+            // Only an ACK alone in the queue is held: behind other responses it goes anyway.
+            Some(t) if self.out.len() == 1 => Some(t),
+            Some(_) => None,
+        };
+    }
+
+    /// Whether the only queued response is a positive ACK held until after `now`.
+    fn ack_held(&self, now: Instant) -> bool {
+        self.ack_hold.is_some_and(|t| now < t)
+            && self.out.len() == 1
+            && matches!(
+                self.out.front(),
+                Some(Out::Ack {
+                    syndrome: AckSyndrome::Ack { .. },
+                    ..
+                })
+            )
+    }
+
+    /// The instant a held ACK must go out by.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.ack_hold.filter(|_| !self.out.is_empty())
+    }
+
+    /// Releases a held ACK whose deadline passed (from the QP's timer).
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.ack_hold.is_some_and(|t| t <= now) {
+            self.ack_hold = None;
+        }
     }
 }
 
@@ -303,11 +354,14 @@ impl Qp {
                 }
                 if repr.bth.ack_req {
                     self.counters.acks_sent += 1;
+                    let delay = ctx.config.ack_delay;
+                    let hold = (!delay.is_zero()).then(|| ctx.now + delay);
                     self.resp.push_ack(
                         psn,
                         AckSyndrome::Ack {
                             credits: ACK_UNLIMITED,
                         },
+                        hold,
                     );
                 }
             }
@@ -445,7 +499,8 @@ impl Qp {
     fn duplicate(&mut self, repr: &PacketRepr, psn: Psn) {
         match repr.bth.opcode.info().operation {
             Operation::Send | Operation::RdmaWrite => {
-                // Re-ACK with the last PSN received (rxe `duplicate_request`).
+                // Re-ACK with the last PSN received (rxe `duplicate_request`), at once: the
+                // requester is retrying.
                 let last = self.resp.epsn.sub(1);
                 self.counters.acks_sent += 1;
                 self.resp.push_ack(
@@ -453,6 +508,7 @@ impl Qp {
                     AckSyndrome::Ack {
                         credits: ACK_UNLIMITED,
                     },
+                    None,
                 );
             }
             Operation::RdmaReadRequest => {
@@ -762,12 +818,23 @@ impl Qp {
         !self.resp.out.is_empty() || self.requester_ready(config)
     }
 
-    /// Builds the next packet: responses first (they unblock the peer), then requests.
+    /// Builds the next packet: responses first (they unblock the peer), then requests; but a
+    /// held ACK goes after the requests ready now (the application's reply, so both leave in
+    /// one transmit), or alone once its deadline passed.
     pub(crate) fn emit(
         &mut self,
         buf: &mut [u8],
         ctx: &mut Ctx<'_>,
     ) -> Option<(usize, SocketAddr)> {
+        if self.resp.ack_held(ctx.now) {
+            if let Some(r) = self.emit_request(buf, ctx) {
+                self.resp.ack_follows = true;
+                return Some(r);
+            }
+            if !self.resp.ack_follows {
+                return None;
+            }
+        }
         if let Some(r) = self.emit_response(buf) {
             return Some(r);
         }
@@ -853,7 +920,10 @@ impl Qp {
             _ => true,
         };
         if done {
-            self.resp.out.pop_front();
+            if let Some(Out::Ack { .. }) = self.resp.out.pop_front() {
+                self.resp.ack_hold = None;
+                self.resp.ack_follows = false;
+            }
         }
         self.counters.tx_packets += 1;
         Some((len, dst))

@@ -31,7 +31,9 @@
 //! ring's descriptor, always sees it. The multishot receive is (re-)armed from
 //! [`Backend::recv_ready`], which in thread mode runs on the progress thread. A busy-polled
 //! device ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
-//! thread that never leaves user space gets its completion work only after an interrupt.
+//! thread that never leaves user space gets its completion work only after an interrupt. It
+//! also sends with `sendmsg` syscalls from the send buffers (measured faster for one datagram
+//! at a time than a ring submission).
 
 #![allow(unsafe_code)]
 
@@ -679,6 +681,56 @@ impl UringBackend {
         Ok(self.free.pop().expect("a free slot"))
     }
 
+    /// Sends the first `len` bytes of slot `i` (taken, filled) with a `sendmsg` syscall now
+    /// and frees the slot: a busy-polled device's path (see [`Backend::set_busy_poll`]).
+    fn send_slot_now(
+        &mut self,
+        i: usize,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let slot = &mut *self.slots[i];
+        slot.prepare(dst, len, segment);
+        self.stats.tx_sends += 1;
+        if slot.segment.is_some() {
+            self.stats.tx_gso_sends += 1;
+        }
+        let r = loop {
+            // SAFETY: `slot.msg` points at the slot's own address, iovec (its buffer, `len`
+            // bytes) and control message, all alive and unchanged during this synchronous
+            // call; the kernel copies what it needs before returning.
+            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &slot.msg, 0) };
+            if n >= 0 {
+                break Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match errno(&e) {
+                libc::EINTR => continue,
+                // Lost like on a network (RC retransmits).
+                libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED => break Ok(()),
+                libc::EIO | libc::EINVAL if slot.segment.is_some() => {
+                    WARN_GSO.call_once(|| {
+                        tracing::warn!(
+                            "io_uring: UDP GSO send failed ({e}); sending packet by packet"
+                        );
+                    });
+                    self.gso = false;
+                    let to = SockaddrStorage::from(dst);
+                    let seg = slot.segment.unwrap_or(slot.len);
+                    let mut r = Ok(());
+                    for pkt in slot.buf[..slot.len].chunks(seg) {
+                        r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
+                    }
+                    break r;
+                }
+                _ => break Err(e),
+            }
+        };
+        self.free.push(i);
+        r
+    }
+
     /// Queues a `SENDMSG` of the first `len` bytes of slot `i` (taken, filled).
     fn queue_slot(
         &mut self,
@@ -863,6 +915,9 @@ impl Backend for UringBackend {
                 return r;
             }
         }
+        if self.busy_poll {
+            return self.send_slot_now(i, dst, len, segment);
+        }
         self.queue_slot(i, dst, len, segment)
     }
 
@@ -950,7 +1005,10 @@ impl Backend for UringBackend {
     }
 
     /// A busy-polled device receives with non-blocking `recvmsg` syscalls (still splitting
-    /// GRO super-buffers) and sends through the ring. The multishot receive's completion is
+    /// GRO super-buffers) and sends each datagram or GSO batch with a `sendmsg` syscall from
+    /// its send buffer: one thread does both, one datagram at a time, and a `SENDMSG` through
+    /// the ring measured ≈ 0.7 µs slower per 8-byte WRITE half round trip than the syscall
+    /// back end's `sendmsg` (10.3 against 9.6 µs, same window). The multishot receive's completion is
     /// posted by task work queued to the thread that armed it, which the kernel runs only
     /// after interrupting that thread (an inter-processor interrupt: a VM exit on a guest)
     /// when it never leaves user space: measured 18 µs median 8-byte WRITE round trip against

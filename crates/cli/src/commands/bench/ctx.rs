@@ -31,6 +31,12 @@ const BUF_IOVA: u64 = 0x7f00_0000_0000;
 const MIN_RNR_TIMER: u8 = 12;
 /// `DEF_QP_TIME`: local ACK timeout exponent.
 const QP_TIMEOUT: u8 = 14;
+/// ACK delay of a polled latency run: the peer's reply follows its poll by a few microseconds
+/// on a quiet machine; far below the ACK timeout of `QP_TIMEOUT` (67 ms).
+pub const LAT_ACK_DELAY: Duration = Duration::from_micros(20);
+/// How long a polled ping-pong keeps the device running after its last iteration: well past
+/// [`LAT_ACK_DELAY`].
+const LINGER: Duration = Duration::from_millis(2);
 /// Bits of a WR id that hold the message index; the QP index sits above.
 const QP_SHIFT: u32 = 40;
 const IDX_MASK: u64 = (1 << QP_SHIFT) - 1;
@@ -211,6 +217,9 @@ pub struct DevOpts {
     pub backend: BackendKind,
     /// Busy polling without a progress thread.
     pub polled: bool,
+    /// How long the responder may hold an ACK for the reply to carry it (unless
+    /// `UROCE_ACK_DELAY_US` says otherwise).
+    pub ack_delay: Duration,
     /// RoCE UDP port.
     pub udp_port: u16,
     /// Give up after this long without a completion.
@@ -252,6 +261,7 @@ impl Ctx {
         cfg.port = d.udp_port;
         cfg.backend = d.backend;
         cfg.steer |= d.steer;
+        cfg.ack_delay.get_or_insert(d.ack_delay);
         cfg.progress = if d.polled {
             Progress::Polled
         } else {
@@ -358,6 +368,20 @@ impl Ctx {
     /// Runs the device once (polled mode has no thread to do it).
     pub fn pump(&self) {
         if self.polled {
+            self.dev.progress();
+        }
+    }
+
+    /// After the last iteration of a polled ping-pong: keeps the device running for
+    /// [`LINGER`], so that the ACK of the peer's last message, held for our reply that never
+    /// comes (`DevOpts::ack_delay`), leaves at its deadline, and a retransmission of it is
+    /// answered. (perftest's write_lat ends without a handshake: the peer may still wait.)
+    pub fn linger(&self) {
+        if !self.polled {
+            return;
+        }
+        let end = Instant::now() + LINGER;
+        while Instant::now() < end {
             self.dev.progress();
         }
     }
@@ -822,6 +846,7 @@ impl Ctx {
             }
             tick.tick(&label, scnt, Some(iters), scnt * size);
         }
+        self.linger();
         Ok(tposted)
     }
 }
