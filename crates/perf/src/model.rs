@@ -43,6 +43,8 @@ pub struct UdpBw {
     /// Share of the sent bytes that did not arrive (UDP has no flow control: a sender faster
     /// than its receiver loses datagrams; the goodput is what counts).
     pub loss: f64,
+    /// Datagrams per second received, in millions (the message-rate ceiling for small ones).
+    pub mdgram_s: f64,
     /// Whether the probe produced a number.
     pub valid: bool,
     /// Why not, or remarks.
@@ -193,7 +195,7 @@ impl Results {
             },
             "udp": self.udp.iter().map(|x| json!({
                 "mode": x.mode, "gbit_s": x.gbit_s, "cpu_s_per_gb": x.cpu_s_per_gb,
-                "loss": x.loss, "valid": x.valid, "note": x.note,
+                "loss": x.loss, "mdgram_s": x.mdgram_s, "valid": x.valid, "note": x.note,
             })).collect::<Vec<_>>(),
             "rtt": {
                 "size": self.rtt.size, "half_median_us": self.rtt.half_median_us,
@@ -246,6 +248,7 @@ impl Results {
                     gbit_s: f(x, "gbit_s"),
                     cpu_s_per_gb: f(x, "cpu_s_per_gb"),
                     loss: f(x, "loss"),
+                    mdgram_s: f(x, "mdgram_s"),
                     valid: b(x, "valid"),
                     note: s(x, "note"),
                 })

@@ -36,6 +36,12 @@ pub struct Options {
     pub powercap: PathBuf,
 }
 
+/// The message-rate ceiling's datagram: a 64-byte WRITE packet (BTH 12 + RETH 16 + 64 +
+/// ICRC 4), [`SMALL_GSO`] per GSO send.
+const SMALL_DGRAM: u32 = 96;
+/// Datagrams per GSO send of the message-rate ceiling (the engine's batch limit).
+const SMALL_GSO: u32 = 64;
+
 /// A child process whose output is collected by threads.
 struct Proc {
     child: Child,
@@ -67,8 +73,21 @@ impl Done {
 }
 
 fn spawn(ns: &str, prog: &Path, args: &[String]) -> std::io::Result<Proc> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    spawn_on(ns, None, prog, args)
+}
+
+/// CPUs the busy-polling runs pin their two sides to (server, client): on a 2-vCPU machine two
+/// unpinned spinners can land on one CPU and take turns, which measures the scheduler.
+const PIN: (u32, u32) = (0, 1);
+
+/// [`spawn`], pinned to `cpu` (`taskset -c`) when given.
+fn spawn_on(ns: &str, cpu: Option<u32>, prog: &Path, args: &[String]) -> std::io::Result<Proc> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    if let Some(c) = cpu {
+        cmd.args(["taskset", "-c", &c.to_string()]);
+    }
+    let mut child = cmd
         .arg(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -103,7 +122,12 @@ fn spawn(ns: &str, prog: &Path, args: &[String]) -> std::io::Result<Proc> {
         stdout,
         stderr,
         lines,
-        what: format!("ip netns exec {ns} {} {}", prog.display(), args.join(" ")),
+        what: format!(
+            "ip netns exec {ns} {}{} {}",
+            cpu.map_or(String::new(), |c| format!("taskset -c {c} ")),
+            prog.display(),
+            args.join(" ")
+        ),
     })
 }
 
@@ -251,6 +275,8 @@ struct Cfg<'a> {
     size: u64,
     iters: u64,
     extra: &'a [&'a str],
+    /// Pin the server to CPU [`PIN`].0 and the client to [`PIN`].1 (busy-polling runs).
+    pin: bool,
 }
 
 impl<'a> Cfg<'a> {
@@ -268,6 +294,7 @@ impl<'a> Cfg<'a> {
             size,
             iters,
             extra: &[],
+            pin: false,
         }
     }
 }
@@ -301,9 +328,12 @@ impl Suite {
 
     /// A raw UDP bandwidth probe between the namespaces: `per-packet` and `gso-gro` with plain
     /// syscalls ([`crate::udp`]), `uring-gso-gro` through uroce's io_uring back end
-    /// ([`crate::uring_udp`]), all with 4154-byte datagrams.
+    /// ([`crate::uring_udp`]), all with 4154-byte datagrams; `uring-small`, the message-rate
+    /// ceiling: the io_uring back end with datagrams the size of a 64-byte WRITE packet.
     fn udp_bw(&mut self, mode: &str) -> UdpBw {
         let secs = if self.o.quick { "0.5" } else { "3" };
+        let (mut size, mut gso) = (4154u32, 15u32);
+        let small_gso = SMALL_GSO.to_string();
         let (port, recv, send, how) = match mode {
             "per-packet" => (
                 "47910",
@@ -332,6 +362,24 @@ impl Suite {
                 ],
                 "as uring-gso-gro but SENDMSG_ZC (zero copy)",
             ),
+            "uring-small" => {
+                (size, gso) = (SMALL_DGRAM, SMALL_GSO);
+                (
+                    "47915",
+                    vec!["uring-recv", "--backend", "uring"],
+                    vec![
+                        "uring-send",
+                        "--backend",
+                        "uring",
+                        "--gso",
+                        &small_gso,
+                        "--depth",
+                        "16",
+                    ],
+                    "the message-rate ceiling: uroce's io_uring back end without the engine, \
+                     SENDMSG of 64 (UDP GSO), 16 per submit, into multishot RECVMSG with UDP_GRO",
+                )
+            }
             _ => (
                 "47913",
                 vec!["uring-recv", "--backend", "uring"],
@@ -369,7 +417,14 @@ impl Suite {
             return r;
         }
         let mut sargs = strings(&send);
-        sargs.extend(strings(&["--to", &addr, "--size", "4154", "--secs", secs]));
+        sargs.extend(strings(&[
+            "--to",
+            &addr,
+            "--size",
+            &size.to_string(),
+            "--secs",
+            secs,
+        ]));
         let send = spawn(&self.b, &self.o.me, &sargs).map(|p| p.finish(Duration::from_secs(60)));
         let recv = recv.finish(Duration::from_secs(60));
         let send = send.unwrap_or(Done {
@@ -386,7 +441,7 @@ impl Suite {
         udp_bw_from(&mut r, rv, sv);
         r.valid = recv.ok && send.ok && r.gbit_s > 0.0;
         let mut note = format!(
-            "4154 B datagrams, {how}; {:.1} % of sent bytes not received",
+            "{size} B datagrams, {how}; {:.1} % of sent bytes not received",
             r.loss * 100.0
         );
         if sv["zero_copy"] == true {
@@ -400,7 +455,7 @@ impl Suite {
             let shape = rv["driver"]["multishot_recv"] == true
                 && rv["driver"]["gro"] == true
                 && sv["driver"]["gso"] == true
-                && sv["gso"] == 15;
+                && sv["gso"] == gso;
             if !shape {
                 r.valid = false;
                 note += &format!(
@@ -420,8 +475,9 @@ impl Suite {
             size: LAT_SIZE,
             ..UdpRtt::default()
         };
-        let echo = match spawn(
+        let echo = match spawn_on(
             &self.a,
+            Some(PIN.0),
             &self.o.me,
             &strings(&["udp-echo", "--bind", &addr]),
         ) {
@@ -436,8 +492,9 @@ impl Suite {
             let _ = echo.finish(Duration::ZERO);
             return r;
         }
-        let ping = spawn(
+        let ping = spawn_on(
             &self.b,
+            Some(PIN.1),
             &self.o.me,
             &strings(&["udp-ping", "--to", &addr, "--size", "8", "--count", count]),
         )
@@ -462,8 +519,9 @@ impl Suite {
                 .unwrap_or_default();
             r.valid = ping.ok && r.half_median_us > 0.0;
             r.note = format!(
-                "{count} round trips, both sides spinning on non-blocking recv; {} resent",
-                v["lost"]
+                "{count} round trips, both sides spinning on non-blocking recv, pinned to CPUs \
+                 {} and {}; {} resent",
+                PIN.0, PIN.1, v["lost"]
             );
         } else {
             r.note = format!("no result: {}", ping.stderr.trim());
@@ -615,7 +673,12 @@ impl Suite {
         );
         eprintln!("uroce-perf: {name}");
         let drops0 = udp_rcvbuf_errors(&self.a) + udp_rcvbuf_errors(&self.b);
-        let server = match spawn(&self.a, &self.o.uroce, &args) {
+        let (pa, pb) = if c.pin {
+            (Some(PIN.0), Some(PIN.1))
+        } else {
+            (None, None)
+        };
+        let server = match spawn_on(&self.a, pa, &self.o.uroce, &args) {
             Ok(p) => p,
             Err(e) => {
                 return Run {
@@ -629,8 +692,8 @@ impl Suite {
             .rapl
             .clone()
             .map(|r| Sampler::start(r, Duration::from_millis(10)));
-        let client =
-            spawn(&self.b, &self.o.uroce, &cargs).map(|p| p.finish(Duration::from_secs(300)));
+        let client = spawn_on(&self.b, pb, &self.o.uroce, &cargs)
+            .map(|p| p.finish(Duration::from_secs(300)));
         let energy = sampler.map(Sampler::stop);
         let client = client.unwrap_or(Done {
             ok: false,
@@ -708,6 +771,12 @@ fn udp_bw_from(r: &mut UdpBw, rv: &Value, sv: &Value) {
     } else {
         0.0
     };
+    let secs = rv["seconds"].as_f64().unwrap_or(0.0);
+    r.mdgram_s = if secs > 0.0 {
+        rv["datagrams"].as_f64().unwrap_or(0.0) / secs / 1e6
+    } else {
+        0.0
+    };
     r.loss = if sent > 0.0 {
         (1.0 - got / sent).max(0.0)
     } else {
@@ -756,6 +825,7 @@ pub fn run(o: Options) -> Results {
     // Issue 6: "SEND_ZC is always copied on veth/loopback (measure it, keep it only where it
     // wins)". Reported next to the ceiling, used by no target.
     res.udp.push(s.udp_bw("uring-gso-gro-zc"));
+    res.udp.push(s.udp_bw("uring-small"));
     res.rtt = s.udp_rtt();
     res.tcp = s.tcp();
     let sizes: Vec<u64> = if s.o.quick {
@@ -787,15 +857,22 @@ pub fn run(o: Options) -> Results {
         let c = Cfg {
             kind: "lat",
             progress: "polled",
+            pin: true,
             ..Cfg::bw("lat", "write", backend, LAT_SIZE, lat_n)
         };
         s.measure(&mut res.runs, c);
         let mr_n = if s.o.quick { 20_000 } else { 1_000_000 };
-        let c = Cfg {
-            extra: &["-t", "512"],
-            ..Cfg::bw("msgrate", "write", backend, MSGRATE_SIZE, mr_n)
-        };
-        s.measure(&mut res.runs, c);
+        // Thread progress (the default), then busy polling pinned (the design's fast mode for
+        // small messages: the posting thread runs the engine, no hand-offs).
+        for (progress, pin) in [("thread", false), ("polled", true)] {
+            let c = Cfg {
+                extra: &["-t", "512"],
+                progress,
+                pin,
+                ..Cfg::bw("msgrate", "write", backend, MSGRATE_SIZE, mr_n)
+            };
+            s.measure(&mut res.runs, c);
+        }
         // QP scaling: QPs on one engine thread, then the 4 QPs on as many engine threads as
         // this machine's cores (QPN-steered devices, `uroce bench --threads`).
         let qps: &[(u32, u32)] = if s.o.quick {
