@@ -207,6 +207,20 @@ fn missing(name: &'static str, target: &'static str, what: &str) -> Target {
     }
 }
 
+/// A "value / baseline ≥ `min`" target on two rates in Gbit/s, without note or bound.
+fn gbit_ratio(name: &'static str, value: f64, base: f64, target: &'static str, min: f64) -> Target {
+    Target {
+        name,
+        value: gb(value),
+        baseline: gb(base),
+        ratio: format!("{:.2}", value / base),
+        target,
+        pass: value / base >= min,
+        note: String::new(),
+        reach: None,
+    }
+}
+
 /// The ceilings of a run: the io_uring UDP GSO/GRO probe (the issue's), else none.
 fn ceiling(r: &Results) -> Option<&crate::model::UdpBw> {
     r.udp("uring-gso-gro")
@@ -267,16 +281,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
     ] {
         t.push(match (w, c) {
             (Some(w), Some(g)) if g.gbit_s > 0.0 => Target {
-                name: n[i],
-                value: gb(w.gbit_s),
-                baseline: gb(g.gbit_s),
-                ratio: format!("{:.2}", w.gbit_s / g.gbit_s),
-                target: "≥ 0.75",
-                pass: w.gbit_s / g.gbit_s >= 0.75,
                 note: with_note(note, fl.and_then(|f| f.design_note(0.75 * g.gbit_s))),
                 reach: fl.and_then(|f| {
                     f.gbit_reach(&format!("0.75 × {:.2}", g.gbit_s), 0.75 * g.gbit_s)
                 }),
+                ..gbit_ratio(n[i], w.gbit_s, g.gbit_s, "≥ 0.75", 0.75)
             },
             _ => missing(n[i], "≥ 0.75", what),
         });
@@ -298,14 +307,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 _ => fl.and_then(|f| f.gbit_reach(&format!("3 × {:.2}", c.gbit_s), goal)),
             };
             Target {
-                name: n[2],
-                value: gb(w.gbit_s),
-                baseline: gb(c.gbit_s),
-                ratio: format!("{:.2}", w.gbit_s / c.gbit_s),
-                target: "≥ 3",
-                pass: w.gbit_s / c.gbit_s >= 3.0,
-                note: String::new(),
                 reach,
+                ..gbit_ratio(n[2], w.gbit_s, c.gbit_s, "≥ 3", 3.0)
             }
         }
         _ => missing(n[2], "≥ 3", "uring WRITE run or iperf3 result"),
@@ -350,16 +353,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
     for (i, test) in [(4, "read"), (5, "send")] {
         let o = r.find("size", test, "uring", HEADLINE_MTU, 1, HEADLINE_SIZE);
         t.push(match (o, w) {
-            (Some(o), Some(w)) if w.gbit_s > 0.0 => Target {
-                name: n[i],
-                value: gb(o.gbit_s),
-                baseline: gb(w.gbit_s),
-                ratio: format!("{:.2}", o.gbit_s / w.gbit_s),
-                target: "≥ 0.8",
-                pass: o.gbit_s / w.gbit_s >= 0.8,
-                note: String::new(),
-                reach: None,
-            },
+            (Some(o), Some(w)) if w.gbit_s > 0.0 => {
+                gbit_ratio(n[i], o.gbit_s, w.gbit_s, "≥ 0.8", 0.8)
+            }
             _ => missing(n[i], "≥ 0.8", &format!("uring {test} and WRITE runs")),
         });
     }

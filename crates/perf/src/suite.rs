@@ -332,69 +332,48 @@ impl Suite {
     /// ceiling: the io_uring back end with datagrams the size of a 64-byte WRITE packet.
     fn udp_bw(&mut self, mode: &str) -> UdpBw {
         let secs = if self.o.quick { "0.5" } else { "3" };
-        let (mut size, mut gso) = (4154u32, 15u32);
-        let small_gso = SMALL_GSO.to_string();
-        let (port, recv, send, how) = match mode {
-            "per-packet" => (
-                "47910",
-                vec!["udp-recv"],
-                vec!["udp-send", "--gso", "1"],
-                "one per send/recv syscall",
-            ),
+        let (size, gso) = if mode == "uring-small" {
+            (SMALL_DGRAM, SMALL_GSO)
+        } else {
+            (4154, 15)
+        };
+        let (port, how) = match mode {
+            "per-packet" => ("47910", "one per send/recv syscall"),
             "gso-gro" => (
                 "47911",
-                vec!["udp-recv", "--gro"],
-                vec!["udp-send", "--gso", "15"],
                 "15 per send (UDP_SEGMENT), UDP_GRO recvmsg; plain syscalls",
             ),
-            "uring-gso-gro-zc" => (
-                "47914",
-                vec!["uring-recv", "--backend", "uring"],
-                vec![
-                    "uring-send",
-                    "--backend",
-                    "uring",
-                    "--gso",
-                    "15",
-                    "--depth",
-                    "16",
-                    "--zc",
-                ],
-                "as uring-gso-gro but SENDMSG_ZC (zero copy)",
+            "uring-gso-gro-zc" => ("47914", "as uring-gso-gro but SENDMSG_ZC (zero copy)"),
+            "uring-small" => (
+                "47915",
+                "the message-rate ceiling: uroce's io_uring back end without the engine, SENDMSG \
+                 of 64 (UDP GSO), 16 per submit, into multishot RECVMSG with UDP_GRO",
             ),
-            "uring-small" => {
-                (size, gso) = (SMALL_DGRAM, SMALL_GSO);
-                (
-                    "47915",
-                    vec!["uring-recv", "--backend", "uring"],
-                    vec![
-                        "uring-send",
-                        "--backend",
-                        "uring",
-                        "--gso",
-                        &small_gso,
-                        "--depth",
-                        "16",
-                    ],
-                    "the message-rate ceiling: uroce's io_uring back end without the engine, \
-                     SENDMSG of 64 (UDP GSO), 16 per submit, into multishot RECVMSG with UDP_GRO",
-                )
-            }
             _ => (
                 "47913",
-                vec!["uring-recv", "--backend", "uring"],
-                vec![
-                    "uring-send",
-                    "--backend",
-                    "uring",
-                    "--gso",
-                    "15",
-                    "--depth",
-                    "16",
-                ],
                 "uroce's io_uring back end without the engine: SENDMSG of 15 (UDP GSO), 16 per \
                  submit, into multishot RECVMSG with UDP_GRO over its 64 × 64 KiB buffer ring",
             ),
+        };
+        let g = gso.to_string();
+        let (recv, send) = match mode {
+            "per-packet" => (vec!["udp-recv"], vec!["udp-send", "--gso", "1"]),
+            "gso-gro" => (vec!["udp-recv", "--gro"], vec!["udp-send", "--gso", "15"]),
+            _ => {
+                let mut send = vec![
+                    "uring-send",
+                    "--backend",
+                    "uring",
+                    "--gso",
+                    &g,
+                    "--depth",
+                    "16",
+                ];
+                if mode == "uring-gso-gro-zc" {
+                    send.push("--zc");
+                }
+                (vec!["uring-recv", "--backend", "uring"], send)
+            }
         };
         let addr = sockaddr(&self.o.server_ip, port);
         let mut r = UdpBw {
