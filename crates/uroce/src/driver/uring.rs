@@ -1015,6 +1015,7 @@ impl Backend for UringBackend {
     /// 10 µs with syscalls. The data sits in the socket for the next poll instead.
     fn set_busy_poll(&mut self, on: bool) {
         self.busy_poll = on;
+        self.syscall_rx.set_busy_poll(on);
     }
 
     fn features(&self) -> DriverFeatures {
