@@ -328,6 +328,44 @@ impl SendSlot {
     }
 }
 
+impl SendSlot {
+    /// After a GSO send of this slot failed with `e` (the route's device cannot segment, or
+    /// not this segment size): turns GSO off for good (`gso`) and sends the slot's packets
+    /// one by one with `sendmsg`.
+    fn resend_unsegmented(
+        &self,
+        sock: &UdpSocket,
+        gso: &mut bool,
+        e: &io::Error,
+        stats: &mut DriverStats,
+    ) -> io::Result<()> {
+        WARN_GSO.call_once(|| {
+            tracing::warn!("io_uring: UDP GSO send failed ({e}); sending packet by packet");
+        });
+        *gso = false;
+        send_unsegmented(sock, self.dst, &self.buf[..self.len], self.segment, stats)
+    }
+}
+
+/// Sends `data` to `dst` as `segment`-byte packets (the last may be shorter), one `sendmsg`
+/// each: what a GSO batch becomes where GSO does not work. Every packet is tried; the first
+/// error is returned.
+fn send_unsegmented(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    data: &[u8],
+    segment: Option<usize>,
+    stats: &mut DriverStats,
+) -> io::Result<()> {
+    let to = SockaddrStorage::from(dst);
+    let seg = segment.unwrap_or(data.len()).max(1);
+    let mut r = Ok(());
+    for pkt in data.chunks(seg) {
+        r = r.and(send_one(sock, &to, pkt, stats));
+    }
+    r
+}
+
 /// The io_uring back end (see the module documentation).
 pub(crate) struct UringBackend {
     ring: IoUring,
@@ -639,19 +677,11 @@ impl UringBackend {
                     // The route's device cannot segment (no checksum offload) or take this
                     // segment size: send this batch and every later one packet by packet.
                     libc::EIO | libc::EINVAL if slot.segment.is_some() => {
-                        WARN_GSO.call_once(|| {
-                            tracing::warn!(
-                                "io_uring: UDP GSO send failed ({}); sending packet by packet",
-                                io::Error::from_raw_os_error(e)
-                            );
-                        });
-                        *gso = false;
-                        let to = SockaddrStorage::from(slot.dst);
-                        let seg = slot.segment.unwrap_or(slot.len);
-                        for pkt in slot.buf[..slot.len].chunks(seg) {
-                            if send_one(sock, &to, pkt, stats).is_err() {
-                                stats.tx_errors += 1;
-                            }
+                        if slot
+                            .resend_unsegmented(sock, gso, &io::Error::from_raw_os_error(e), stats)
+                            .is_err()
+                        {
+                            stats.tx_errors += 1;
                         }
                     }
                     _ => stats.tx_errors += 1,
@@ -681,6 +711,23 @@ impl UringBackend {
         Ok(self.free.pop().expect("a free slot"))
     }
 
+    /// Prepares slot `i` (taken, filled) to send its first `len` bytes and counts the send.
+    fn prepare_slot(
+        &mut self,
+        i: usize,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> &mut SendSlot {
+        let slot = &mut *self.slots[i];
+        slot.prepare(dst, len, segment);
+        self.stats.tx_sends += 1;
+        if slot.segment.is_some() {
+            self.stats.tx_gso_sends += 1;
+        }
+        slot
+    }
+
     /// Sends the first `len` bytes of slot `i` (taken, filled) with a `sendmsg` syscall now
     /// and frees the slot: a busy-polled device's path (see [`Backend::set_busy_poll`]).
     fn send_slot_now(
@@ -690,17 +737,13 @@ impl UringBackend {
         len: usize,
         segment: Option<usize>,
     ) -> io::Result<()> {
-        let slot = &mut *self.slots[i];
-        slot.prepare(dst, len, segment);
-        self.stats.tx_sends += 1;
-        if slot.segment.is_some() {
-            self.stats.tx_gso_sends += 1;
-        }
+        let fd = self.sock.as_raw_fd();
+        let slot = self.prepare_slot(i, dst, len, segment);
         let r = loop {
             // SAFETY: `slot.msg` points at the slot's own address, iovec (its buffer, `len`
             // bytes) and control message, all alive and unchanged during this synchronous
             // call; the kernel copies what it needs before returning.
-            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &slot.msg, 0) };
+            let n = unsafe { libc::sendmsg(fd, &slot.msg, 0) };
             if n >= 0 {
                 break Ok(());
             }
@@ -710,19 +753,8 @@ impl UringBackend {
                 // Lost like on a network (RC retransmits).
                 libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED => break Ok(()),
                 libc::EIO | libc::EINVAL if slot.segment.is_some() => {
-                    WARN_GSO.call_once(|| {
-                        tracing::warn!(
-                            "io_uring: UDP GSO send failed ({e}); sending packet by packet"
-                        );
-                    });
-                    self.gso = false;
-                    let to = SockaddrStorage::from(dst);
-                    let seg = slot.segment.unwrap_or(slot.len);
-                    let mut r = Ok(());
-                    for pkt in slot.buf[..slot.len].chunks(seg) {
-                        r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
-                    }
-                    break r;
+                    let slot = &*self.slots[i];
+                    break slot.resend_unsegmented(&self.sock, &mut self.gso, &e, &mut self.stats);
                 }
                 _ => break Err(e),
             }
@@ -739,11 +771,10 @@ impl UringBackend {
         len: usize,
         segment: Option<usize>,
     ) -> io::Result<()> {
-        let slot = &mut *self.slots[i];
-        slot.prepare(dst, len, segment);
-        let batch = slot.segment.is_some();
         let fd = types::Fd(self.sock.as_raw_fd());
-        let entry = if self.send_zc {
+        let send_zc = self.send_zc;
+        let slot = self.prepare_slot(i, dst, len, segment);
+        let entry = if send_zc {
             opcode::SendMsgZc::new(fd, &slot.msg)
                 .ioprio(SEND_ZC_REPORT_USAGE)
                 .build()
@@ -751,10 +782,6 @@ impl UringBackend {
             opcode::SendMsg::new(fd, &slot.msg).build()
         }
         .user_data(i as u64);
-        self.stats.tx_sends += 1;
-        if batch {
-            self.stats.tx_gso_sends += 1;
-        }
         if let Err(e) = self.push(entry) {
             self.free.push(i);
             return Err(e);
@@ -906,11 +933,8 @@ impl Backend for UringBackend {
         if let Some(seg) = segment.filter(|&s| s > 0 && s < len) {
             if !self.gso {
                 // GSO failed once: packet by packet, straight from the slot.
-                let to = SockaddrStorage::from(dst);
-                let mut r = Ok(());
-                for pkt in self.slots[i].buf[..len].chunks(seg) {
-                    r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
-                }
+                let data = &self.slots[i].buf[..len];
+                let r = send_unsegmented(&self.sock, dst, data, Some(seg), &mut self.stats);
                 self.free.push(i);
                 return r;
             }
