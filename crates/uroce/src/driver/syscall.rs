@@ -230,6 +230,10 @@ impl Backend for SyscallBackend {
     ) -> io::Result<()> {
         let to = SockaddrStorage::from(dst);
         let data = self.txbuf.get(..len).ok_or(io::ErrorKind::InvalidInput)?;
+        if data.is_empty() {
+            // An empty datagram, as the io_uring back end sends it (`chunks` yields none).
+            return send_one(&self.sock, &to, data, &mut self.stats);
+        }
         let seg = segment.unwrap_or(len).max(1);
         for pkt in data.chunks(seg) {
             send_one(&self.sock, &to, pkt, &mut self.stats)?;

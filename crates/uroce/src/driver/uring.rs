@@ -1376,6 +1376,47 @@ mod tests {
         assert!(!rx.armed);
     }
 
+    /// A busy-polled sender's socket takes the GSO size of its steady batches (sent with
+    /// `sendto` then); a datagram longer than that size, a batch of another size and a send
+    /// queued through the ring still arrive in their own shape.
+    #[test]
+    fn busy_poll_sends_follow_the_gso_size_and_other_sends_keep_their_shape() {
+        let mut rx = backend("127.0.40.11", Options::default());
+        let mut tx = backend("127.0.40.12", Options::default());
+        rx.set_busy_poll(true);
+        tx.set_busy_poll(true);
+        let dst = rx.sock.local_addr().unwrap();
+        let send = |tx: &mut UringBackend, data: &[u8], seg: Option<usize>| {
+            let b = tx.tx_buffer().unwrap();
+            b[..data.len()].copy_from_slice(data);
+            tx.send_written(dst, data.len(), seg).unwrap();
+        };
+        // A ping-pong's WRITE (40 B) and held ACK (20 B), six times.
+        for k in 0..6u8 {
+            send(&mut tx, &[k; 60], Some(40));
+        }
+        assert_eq!(
+            tx.gso.sock, 40,
+            "the socket follows after {GSO_FOLLOW} batches"
+        );
+        send(&mut tx, &[7; 100], None);
+        send(&mut tx, &[8; 90], Some(30));
+        send(&mut tx, &[9; 30], None);
+        // Through the ring (the copying `send` path queues a SENDMSG).
+        tx.send(dst, &[10; 100], None).unwrap();
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 12 + 1 + 3 + 1 + 1);
+        let shape: Vec<(u8, usize)> = got.iter().map(|(_, _, d)| (d[0], d.len())).collect();
+        let mut want = Vec::new();
+        for k in 0..6u8 {
+            want.extend([(k, 40), (k, 20)]);
+        }
+        want.extend([(7, 100), (8, 30), (8, 30), (8, 30), (9, 30), (10, 100)]);
+        assert_eq!(shape, want);
+        assert_eq!(tx.stats().tx_gso_sends, 7);
+        assert!(tx.features().gso);
+    }
+
     #[test]
     fn syscall_receive_fallback() {
         let mut rx = backend(
