@@ -173,8 +173,10 @@ impl RawDriver {
         }
     }
 
-    /// Receive as a busy-polled device does ([`crate::Progress::Polled`]): on io_uring, by
-    /// non-blocking `recvmsg` instead of the multishot receive. Call before the first receive.
+    /// Receive and send as a busy-polled device does ([`crate::Progress::Polled`]): one
+    /// non-blocking `recvmsg` per [`RawDriver::recv`] (on io_uring instead of the multishot
+    /// receive), each send a syscall at once (on io_uring `sendto` when the socket's own GSO
+    /// size fits, else `sendmsg`). Call before the first receive.
     pub fn set_busy_poll(&mut self, on: bool) {
         self.backend.set_busy_poll(on);
     }

@@ -32,8 +32,19 @@
 //! [`Backend::recv_ready`], which in thread mode runs on the progress thread. A busy-polled
 //! device ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
 //! thread that never leaves user space gets its completion work only after an interrupt. It
-//! also sends with `sendmsg` syscalls from the send buffers (measured faster for one datagram
-//! at a time than a ring submission).
+//! also sends with syscalls from the send buffers (measured faster for one datagram at a time
+//! than a ring submission): `sendto` when the socket's own `UDP_SEGMENT` fits the send (it
+//! follows the size of steady GSO batches, [`GsoState`]), else `sendmsg` with the size in a
+//! control message.
+//!
+//! Tried for busy polling and not kept (2026-11-26, same window, pinned): the multishot receive
+//! on a ring set up with `COOP_TASKRUN|TASKRUN_FLAG`, armed by the polling thread, a poll
+//! reading the CQ and `IORING_SQ_TASKRUN` in ring memory and entering the kernel (`GETEVENTS`)
+//! only when set. One `io_uring_enter` per datagram and no syscall per empty poll, as
+//! designed, yet slower: 8-byte WRITE half round trip 7.2-7.5 against 6.1-6.5 µs with
+//! `recvmsg`, `uroce-perf raw-ping --ack 20` 4.8-4.9 against 3.9-4.0 µs, and some round trips
+//! waited milliseconds (50 000 took 3.2 s against 0.5 s: the flag was not always set when the
+//! work was queued).
 
 #![allow(unsafe_code)]
 
@@ -1123,8 +1134,9 @@ impl Backend for UringBackend {
     }
 
     /// A busy-polled device receives with non-blocking `recvmsg` syscalls (still splitting
-    /// GRO super-buffers) and sends each datagram or GSO batch with a `sendmsg` syscall from
-    /// its send buffer: one thread does both, one datagram at a time, and a `SENDMSG` through
+    /// GRO super-buffers), one per call, and sends each datagram or GSO batch with a `sendto`
+    /// or `sendmsg` syscall from its send buffer ([`UringBackend::send_slot_now`]): one thread
+    /// does both, one datagram at a time, and a `SENDMSG` through
     /// the ring measured ≈ 0.7 µs slower per 8-byte WRITE half round trip than the syscall
     /// back end's `sendmsg` (10.3 against 9.6 µs, same window). The multishot receive's completion is
     /// posted by task work queued to the thread that armed it, which the kernel runs only
