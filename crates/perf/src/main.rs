@@ -7,6 +7,8 @@
 //!   syscalls (see [`udp`]).
 //! - `uring-recv`/`uring-send`: the io_uring UDP GSO/GRO ceiling, through uroce's own io_uring
 //!   back end without the engine (see [`uring_udp`]).
+//! - `raw-echo`/`raw-ping`: the busy-poll ping-pong through uroce's driver without the
+//!   engine (see [`raw_rtt`]).
 //! - `micro`: per-byte costs of the ICRC and the region copies on this CPU (see [`micro`]).
 //! - `rapl`: what the RAPL reader finds on this machine.
 //! - `profile-summary`: where the cycles go, from a `perf report` (`scripts/profile.sh`).
@@ -16,6 +18,7 @@ mod micro;
 mod model;
 mod profile;
 mod rapl;
+mod raw_rtt;
 mod report;
 mod suite;
 mod svg;
@@ -173,6 +176,44 @@ enum Cmd {
         /// Payload bytes.
         #[arg(long, default_value_t = 8)]
         size: usize,
+        /// Round trips measured.
+        #[arg(long, default_value_t = 10000)]
+        count: u64,
+        /// Round trips before (not measured).
+        #[arg(long, default_value_t = 1000)]
+        warmup: u64,
+    },
+    /// Busy-polling echo through uroce's driver without the engine (a polled device's
+    /// socket and receive path): answers each receive in its shape (datagram or GSO batch).
+    RawEcho {
+        /// Address to bind.
+        #[arg(long)]
+        bind: SocketAddr,
+        /// uroce back end (uring, syscall).
+        #[arg(long, default_value = "uring")]
+        backend: uroce::BackendKind,
+        /// Stop after this many seconds in all.
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
+    /// Busy-polling ping-pong client through uroce's driver without the engine: round-trip
+    /// percentiles (the layer between udp-ping and `uroce bench write lat --progress polled`).
+    RawPing {
+        /// Echo address.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Local address (default: any, port chosen by the kernel).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// uroce back end (uring, syscall).
+        #[arg(long, default_value = "uring")]
+        backend: uroce::BackendKind,
+        /// Bytes of the datagram (40: an 8-byte RDMA WRITE packet).
+        #[arg(long, default_value_t = 40)]
+        size: usize,
+        /// Bytes of a second datagram in the same GSO send (20: the held ACK); 0: none.
+        #[arg(long, default_value_t = 0)]
+        ack: usize,
         /// Round trips measured.
         #[arg(long, default_value_t = 10000)]
         count: u64,
@@ -350,6 +391,34 @@ fn main() -> ExitCode {
             count,
             warmup,
         } => print(udp::rtt_ping(to, size, count, warmup)),
+        Cmd::RawEcho {
+            bind,
+            backend,
+            max_secs,
+        } => print(raw_rtt::echo(
+            bind,
+            backend,
+            Duration::from_secs(max_secs),
+            // Ready: the ping may start after this line.
+            |a| eprintln!("raw-echo: listening on {a}"),
+        )),
+        Cmd::RawPing {
+            to,
+            bind,
+            backend,
+            size,
+            ack,
+            count,
+            warmup,
+        } => print(raw_rtt::ping(raw_rtt::PingOptions {
+            to,
+            bind,
+            backend,
+            size,
+            ack,
+            count,
+            warmup,
+        })),
         Cmd::ProfileSummary { label, top, files } => {
             let mut texts = Vec::new();
             for f in &files {

@@ -151,6 +151,10 @@ pub(crate) struct Inner {
     pub(crate) io_errors: u64,
     /// Set on a steered device: drops packets for other engines' QPs before the engine.
     steer: Option<Arc<crate::steer::SteerShared>>,
+    /// Back-end receive budgets one pump takes: [`RX_ROUNDS`], or one when busy-polled (a
+    /// round that finds nothing costs a receive syscall between a datagram and the reply the
+    /// application is about to post; the next poll follows at once).
+    rx_rounds: usize,
 }
 
 /// Most back-end receive budgets one pump takes in before timers and transmission (syscall:
@@ -174,6 +178,7 @@ impl Inner {
             local,
             io_errors,
             steer,
+            rx_rounds,
             ..
         } = self;
         let local = *local;
@@ -181,7 +186,7 @@ impl Inner {
         // timers: after the thread was descheduled, the ACK that answers an expired ACK timer
         // may wait behind more than one budget of packets, and firing first would count a
         // spurious timeout (one of retry_cnt) and retransmit the window go-back-N.
-        for _ in 0..RX_ROUNDS {
+        for _ in 0..*rx_rounds {
             let r = backend.recv_ready(&mut |from, to, bytes| {
                 if steer.as_ref().is_some_and(|s| !s.admit(bytes)) {
                     return;
@@ -416,6 +421,11 @@ impl Device {
                 local,
                 io_errors: 0,
                 steer: membership.as_ref().map(|m| m.shared.clone()),
+                rx_rounds: if cfg.progress == Progress::Polled {
+                    1
+                } else {
+                    RX_ROUNDS
+                },
             }),
             epoch: std::time::Instant::now(),
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,

@@ -218,6 +218,11 @@ impl CompletionQueue {
         };
         if self.shared.polled {
             self.shared.with(|g, _| take(g, &mut out))?;
+            if out.is_empty() {
+                // What this poll's receive completed is returned now, not one poll (a receive
+                // syscall) later.
+                take(&mut self.shared.lock(), &mut out)?;
+            }
         } else {
             // The progress thread does the I/O; polling only takes the lock briefly, so a
             // spinning application does not starve it.

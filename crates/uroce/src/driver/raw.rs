@@ -118,6 +118,29 @@ impl RawDriver {
             .send_written(dst, len, (count > 1).then_some(segment))
     }
 
+    /// Queues one send of `len` bytes to `dst` built by `fill` in the back end's send buffer:
+    /// one datagram, or with `segment` a UDP GSO batch of `segment`-byte datagrams whose last
+    /// may be shorter (as the engine's batch of a WRITE and the ACK it carries: 40 + 20 bytes
+    /// for 8 bytes of payload). Sent as [`RawDriver::send_batch`] sends.
+    pub fn send_gso(
+        &mut self,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> io::Result<()> {
+        if len > TX_MAX || segment == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{len} B in {segment:?}-byte segments is not a datagram or GSO batch"),
+            ));
+        }
+        let buf = self.backend.tx_buffer()?;
+        fill(&mut buf[..len]);
+        self.backend
+            .send_written(dst, len, segment.filter(|&s| s < len))
+    }
+
     /// Submits the queued sends.
     pub fn flush(&mut self) -> io::Result<()> {
         self.backend.flush()
@@ -150,8 +173,10 @@ impl RawDriver {
         }
     }
 
-    /// Receive as a busy-polled device does ([`crate::Progress::Polled`]): on io_uring, by
-    /// non-blocking `recvmsg` instead of the multishot receive. Call before the first receive.
+    /// Receive and send as a busy-polled device does ([`crate::Progress::Polled`]): one
+    /// non-blocking `recvmsg` per [`RawDriver::recv`] (on io_uring instead of the multishot
+    /// receive), each send a syscall at once (on io_uring `sendto` when the socket's own GSO
+    /// size fits, else `sendmsg`). Call before the first receive.
     pub fn set_busy_poll(&mut self, on: bool) {
         self.backend.set_busy_poll(on);
     }

@@ -32,8 +32,19 @@
 //! [`Backend::recv_ready`], which in thread mode runs on the progress thread. A busy-polled
 //! device ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
 //! thread that never leaves user space gets its completion work only after an interrupt. It
-//! also sends with `sendmsg` syscalls from the send buffers (measured faster for one datagram
-//! at a time than a ring submission).
+//! also sends with syscalls from the send buffers (measured faster for one datagram at a time
+//! than a ring submission): `sendto` when the socket's own `UDP_SEGMENT` fits the send (it
+//! follows the size of steady GSO batches, [`GsoState`]), else `sendmsg` with the size in a
+//! control message.
+//!
+//! Tried for busy polling and not kept (2026-11-26, same window, pinned): the multishot receive
+//! on a ring set up with `COOP_TASKRUN|TASKRUN_FLAG`, armed by the polling thread, a poll
+//! reading the CQ and `IORING_SQ_TASKRUN` in ring memory and entering the kernel (`GETEVENTS`)
+//! only when set. One `io_uring_enter` per datagram and no syscall per empty poll, as
+//! designed, yet slower: 8-byte WRITE half round trip 7.2-7.5 against 6.1-6.5 µs with
+//! `recvmsg`, `uroce-perf raw-ping --ack 20` 4.8-4.9 against 3.9-4.0 µs, and some round trips
+//! waited milliseconds (50 000 took 3.2 s against 0.5 s: the flag was not always set when the
+//! work was queued).
 
 #![allow(unsafe_code)]
 
@@ -49,7 +60,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
-use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{setsockopt, sockopt, SockaddrLike, SockaddrStorage};
 
 use super::syscall::{deliver, send_one, SyscallRx};
 use super::{Backend, BackendKind, DriverFeatures, DriverStats, Sink};
@@ -298,8 +309,10 @@ impl SendSlot {
     }
 
     /// Points the `msghdr` at this slot's fields to send the first `len` bytes of the buffer
-    /// (`len` is at most [`TX_BUF_LEN`]).
-    fn prepare(&mut self, dst: SocketAddr, len: usize, segment: Option<usize>) {
+    /// (`len` is at most [`TX_BUF_LEN`]). `sock_gso`: the socket's own `UDP_SEGMENT` (0: none);
+    /// while it is set, every `msghdr` says its segment size (0 for one datagram), so that the
+    /// socket's default never applies to a send built for another size.
+    fn prepare(&mut self, dst: SocketAddr, len: usize, segment: Option<usize>, sock_gso: u16) {
         let len = len.min(TX_BUF_LEN);
         self.dst = dst;
         self.len = len;
@@ -314,18 +327,120 @@ impl SendSlot {
         self.msg.msg_iov = &mut self.iov;
         self.msg.msg_iovlen = 1;
         self.msg.msg_flags = 0;
-        match self.segment {
-            Some(s) => {
-                self.ctrl = SegmentCmsg::new(s as u16);
-                self.msg.msg_control = self.ctrl.0.as_mut_ptr().cast();
-                self.msg.msg_controllen = self.ctrl.0.len() as _;
-            }
-            None => {
+        match (self.segment, sock_gso) {
+            (None, 0) => {
                 self.msg.msg_control = std::ptr::null_mut();
                 self.msg.msg_controllen = 0;
             }
+            (s, _) => {
+                self.ctrl = SegmentCmsg::new(s.unwrap_or(0) as u16);
+                self.msg.msg_control = self.ctrl.0.as_mut_ptr().cast();
+                self.msg.msg_controllen = self.ctrl.0.len() as _;
+            }
         }
     }
+}
+
+impl SendSlot {
+    /// After a GSO send of this slot failed with `e` (the route's device cannot segment, or
+    /// not this segment size): turns GSO off for good (`gso`) and sends the slot's packets
+    /// one by one with `sendmsg`.
+    fn resend_unsegmented(
+        &self,
+        sock: &UdpSocket,
+        gso: &mut GsoState,
+        e: &io::Error,
+        stats: &mut DriverStats,
+    ) -> io::Result<()> {
+        WARN_GSO.call_once(|| {
+            tracing::warn!("io_uring: UDP GSO send failed ({e}); sending packet by packet");
+        });
+        gso.disable(sock);
+        send_unsegmented(sock, self.dst, &self.buf[..self.len], self.segment, stats)
+    }
+}
+
+/// Consecutive GSO sends of one segment size, other than the socket's, after which the socket's
+/// own `UDP_SEGMENT` follows it (one `setsockopt`); a busy poll's steady traffic (a ping-pong's
+/// WRITE and held ACK, a stream of full batches) then sends with a plain `sendto`.
+const GSO_FOLLOW: u8 = 4;
+
+/// Whether UDP GSO works, and the socket's own `UDP_SEGMENT` option (busy-polled sends).
+///
+/// A busy-polled send is a syscall on the critical path of a ping-pong: `sendto` costs less
+/// than `sendmsg`, which copies in a `msghdr`, an iovec and the `UDP_SEGMENT` control message
+/// (measured ≈ 0.2 µs per 2-segment send here, see docs/ARCHITECTURE.md). With the segment
+/// size set on the socket, a batch of that size and any datagram no longer than it go out with
+/// `sendto`; every other send names its size (0: none) in a control message.
+#[derive(Debug)]
+struct GsoState {
+    /// GSO works (cleared for good when a GSO send fails).
+    on: bool,
+    /// The socket's `UDP_SEGMENT` (0: not set).
+    sock: u16,
+    /// The segment size of the latest GSO sends that differed from `sock`, and how many.
+    streak: (u16, u8),
+}
+
+impl GsoState {
+    /// Whether a send of `len` bytes in `segment`-byte packets (`None`: one datagram) can go
+    /// out without a control message.
+    fn plain(&self, len: usize, segment: Option<usize>) -> bool {
+        let sock = usize::from(self.sock);
+        match segment {
+            Some(s) => s == sock,
+            None => sock == 0 || len <= sock,
+        }
+    }
+
+    /// Counts a GSO send of `segment`-byte packets; after [`GSO_FOLLOW`] in a row with a size
+    /// other than the socket's, sets the socket's option to it.
+    fn follow(&mut self, sock: &UdpSocket, segment: Option<usize>) {
+        let Some(s) = segment.and_then(|s| u16::try_from(s).ok()) else {
+            return;
+        };
+        if !self.on || s == self.sock {
+            self.streak = (0, 0);
+            return;
+        }
+        self.streak = match self.streak {
+            (t, n) if t == s => (s, n.saturating_add(1)),
+            _ => (s, 1),
+        };
+        if self.streak.1 >= GSO_FOLLOW {
+            self.streak = (0, 0);
+            if setsockopt(sock, sockopt::UdpGsoSegment, &i32::from(s)).is_ok() {
+                self.sock = s;
+            }
+        }
+    }
+
+    /// Turns GSO off for good, and the socket's option with it.
+    fn disable(&mut self, sock: &UdpSocket) {
+        self.on = false;
+        if self.sock != 0 && setsockopt(sock, sockopt::UdpGsoSegment, &0).is_ok() {
+            self.sock = 0;
+        }
+    }
+}
+
+/// Sends `data` to `dst` as `segment`-byte packets (the last may be shorter), one `sendmsg`
+/// each: what a GSO batch becomes where GSO does not work. Every packet is tried; the first
+/// error is returned.
+fn send_unsegmented(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    data: &[u8],
+    segment: Option<usize>,
+    stats: &mut DriverStats,
+) -> io::Result<()> {
+    let to = SockaddrStorage::from(dst);
+    let seg = segment.unwrap_or(data.len()).max(1);
+    let mut r = Ok(());
+    for pkt in data.chunks(seg) {
+        r = r.and(send_one(sock, &to, pkt, stats));
+    }
+    r
 }
 
 /// The io_uring back end (see the module documentation).
@@ -349,7 +464,7 @@ pub(crate) struct UringBackend {
     /// The device is busy-polled: receive with `recvmsg` syscalls, never arm the multishot
     /// receive (see [`Backend::set_busy_poll`] on this type).
     busy_poll: bool,
-    gso: bool,
+    gso: GsoState,
     gro: bool,
     /// Sends are `SENDMSG_ZC` (see [`Options::send_zc`]).
     send_zc: bool,
@@ -435,7 +550,11 @@ impl UringBackend {
             free: (0..TX_SLOTS).rev().collect(),
             current: None,
             busy_poll: false,
-            gso: true,
+            gso: GsoState {
+                on: true,
+                sock: 0,
+                streak: (0, 0),
+            },
             send_zc: opts.send_zc,
             gro,
             local_default,
@@ -639,19 +758,11 @@ impl UringBackend {
                     // The route's device cannot segment (no checksum offload) or take this
                     // segment size: send this batch and every later one packet by packet.
                     libc::EIO | libc::EINVAL if slot.segment.is_some() => {
-                        WARN_GSO.call_once(|| {
-                            tracing::warn!(
-                                "io_uring: UDP GSO send failed ({}); sending packet by packet",
-                                io::Error::from_raw_os_error(e)
-                            );
-                        });
-                        *gso = false;
-                        let to = SockaddrStorage::from(slot.dst);
-                        let seg = slot.segment.unwrap_or(slot.len);
-                        for pkt in slot.buf[..slot.len].chunks(seg) {
-                            if send_one(sock, &to, pkt, stats).is_err() {
-                                stats.tx_errors += 1;
-                            }
+                        if slot
+                            .resend_unsegmented(sock, gso, &io::Error::from_raw_os_error(e), stats)
+                            .is_err()
+                        {
+                            stats.tx_errors += 1;
                         }
                     }
                     _ => stats.tx_errors += 1,
@@ -681,8 +792,26 @@ impl UringBackend {
         Ok(self.free.pop().expect("a free slot"))
     }
 
-    /// Sends the first `len` bytes of slot `i` (taken, filled) with a `sendmsg` syscall now
-    /// and frees the slot: a busy-polled device's path (see [`Backend::set_busy_poll`]).
+    /// Prepares slot `i` (taken, filled) to send its first `len` bytes and counts the send.
+    fn prepare_slot(
+        &mut self,
+        i: usize,
+        dst: SocketAddr,
+        len: usize,
+        segment: Option<usize>,
+    ) -> &mut SendSlot {
+        let slot = &mut *self.slots[i];
+        slot.prepare(dst, len, segment, self.gso.sock);
+        self.stats.tx_sends += 1;
+        if slot.segment.is_some() {
+            self.stats.tx_gso_sends += 1;
+        }
+        slot
+    }
+
+    /// Sends the first `len` bytes of slot `i` (taken, filled) with a syscall now and frees
+    /// the slot: a busy-polled device's path (see [`Backend::set_busy_poll`]). `sendto` when
+    /// the socket's own segment size fits the send ([`GsoState`]), else `sendmsg`.
     fn send_slot_now(
         &mut self,
         i: usize,
@@ -690,17 +819,36 @@ impl UringBackend {
         len: usize,
         segment: Option<usize>,
     ) -> io::Result<()> {
-        let slot = &mut *self.slots[i];
-        slot.prepare(dst, len, segment);
-        self.stats.tx_sends += 1;
-        if slot.segment.is_some() {
-            self.stats.tx_gso_sends += 1;
+        let fd = self.sock.as_raw_fd();
+        let segment = segment.filter(|&s| s > 0 && s < len.min(TX_BUF_LEN));
+        // Change the socket's option only while no queued `SENDMSG` (built for the old one)
+        // is in flight: slot `i` is the only one taken.
+        if self.free.len() + 1 == self.slots.len() {
+            self.gso.follow(&self.sock, segment);
         }
+        let plain = self.gso.plain(len, segment);
+        let slot = self.prepare_slot(i, dst, len, segment);
         let r = loop {
-            // SAFETY: `slot.msg` points at the slot's own address, iovec (its buffer, `len`
-            // bytes) and control message, all alive and unchanged during this synchronous
-            // call; the kernel copies what it needs before returning.
-            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &slot.msg, 0) };
+            let n = if plain {
+                // SAFETY: the buffer holds at least `slot.len` initialised bytes and
+                // `slot.addr` is a valid socket address of `len()` bytes; both stay alive and
+                // unchanged during this synchronous call.
+                unsafe {
+                    libc::sendto(
+                        fd,
+                        slot.buf.as_ptr().cast(),
+                        slot.len,
+                        0,
+                        slot.addr.as_ptr(),
+                        slot.addr.len(),
+                    )
+                }
+            } else {
+                // SAFETY: `slot.msg` points at the slot's own address, iovec (its buffer,
+                // `len` bytes) and control message, all alive and unchanged during this
+                // synchronous call; the kernel copies what it needs before returning.
+                unsafe { libc::sendmsg(fd, &slot.msg, 0) }
+            };
             if n >= 0 {
                 break Ok(());
             }
@@ -710,19 +858,8 @@ impl UringBackend {
                 // Lost like on a network (RC retransmits).
                 libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED => break Ok(()),
                 libc::EIO | libc::EINVAL if slot.segment.is_some() => {
-                    WARN_GSO.call_once(|| {
-                        tracing::warn!(
-                            "io_uring: UDP GSO send failed ({e}); sending packet by packet"
-                        );
-                    });
-                    self.gso = false;
-                    let to = SockaddrStorage::from(dst);
-                    let seg = slot.segment.unwrap_or(slot.len);
-                    let mut r = Ok(());
-                    for pkt in slot.buf[..slot.len].chunks(seg) {
-                        r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
-                    }
-                    break r;
+                    let slot = &*self.slots[i];
+                    break slot.resend_unsegmented(&self.sock, &mut self.gso, &e, &mut self.stats);
                 }
                 _ => break Err(e),
             }
@@ -739,11 +876,10 @@ impl UringBackend {
         len: usize,
         segment: Option<usize>,
     ) -> io::Result<()> {
-        let slot = &mut *self.slots[i];
-        slot.prepare(dst, len, segment);
-        let batch = slot.segment.is_some();
         let fd = types::Fd(self.sock.as_raw_fd());
-        let entry = if self.send_zc {
+        let send_zc = self.send_zc;
+        let slot = self.prepare_slot(i, dst, len, segment);
+        let entry = if send_zc {
             opcode::SendMsgZc::new(fd, &slot.msg)
                 .ioprio(SEND_ZC_REPORT_USAGE)
                 .build()
@@ -751,10 +887,6 @@ impl UringBackend {
             opcode::SendMsg::new(fd, &slot.msg).build()
         }
         .user_data(i as u64);
-        self.stats.tx_sends += 1;
-        if batch {
-            self.stats.tx_gso_sends += 1;
-        }
         if let Err(e) = self.push(entry) {
             self.free.push(i);
             return Err(e);
@@ -868,7 +1000,7 @@ impl Backend for UringBackend {
             return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
         if let Some(seg) = segment.filter(|&s| s > 0 && s < data.len()) {
-            if !self.gso {
+            if !self.gso.on {
                 for pkt in data.chunks(seg) {
                     self.send(dst, pkt, None)?;
                 }
@@ -904,13 +1036,10 @@ impl Backend for UringBackend {
         };
         let len = len.min(super::TX_MAX);
         if let Some(seg) = segment.filter(|&s| s > 0 && s < len) {
-            if !self.gso {
+            if !self.gso.on {
                 // GSO failed once: packet by packet, straight from the slot.
-                let to = SockaddrStorage::from(dst);
-                let mut r = Ok(());
-                for pkt in self.slots[i].buf[..len].chunks(seg) {
-                    r = r.and(send_one(&self.sock, &to, pkt, &mut self.stats));
-                }
+                let data = &self.slots[i].buf[..len];
+                let r = send_unsegmented(&self.sock, dst, data, Some(seg), &mut self.stats);
                 self.free.push(i);
                 return r;
             }
@@ -1005,8 +1134,9 @@ impl Backend for UringBackend {
     }
 
     /// A busy-polled device receives with non-blocking `recvmsg` syscalls (still splitting
-    /// GRO super-buffers) and sends each datagram or GSO batch with a `sendmsg` syscall from
-    /// its send buffer: one thread does both, one datagram at a time, and a `SENDMSG` through
+    /// GRO super-buffers), one per call, and sends each datagram or GSO batch with a `sendto`
+    /// or `sendmsg` syscall from its send buffer ([`UringBackend::send_slot_now`]): one thread
+    /// does both, one datagram at a time, and a `SENDMSG` through
     /// the ring measured ≈ 0.7 µs slower per 8-byte WRITE half round trip than the syscall
     /// back end's `sendmsg` (10.3 against 9.6 µs, same window). The multishot receive's completion is
     /// posted by task work queued to the thread that armed it, which the kernel runs only
@@ -1015,6 +1145,7 @@ impl Backend for UringBackend {
     /// 10 µs with syscalls. The data sits in the socket for the next poll instead.
     fn set_busy_poll(&mut self, on: bool) {
         self.busy_poll = on;
+        self.syscall_rx.set_busy_poll(on);
     }
 
     fn features(&self) -> DriverFeatures {
@@ -1022,7 +1153,7 @@ impl Backend for UringBackend {
             backend: BackendKind::Uring,
             multishot_recv: self.rx.is_some(),
             gro: self.gro,
-            gso: self.gso,
+            gso: self.gso.on,
         }
     }
 
@@ -1255,6 +1386,47 @@ mod tests {
             "the multishot receive stays off"
         );
         assert!(!rx.armed);
+    }
+
+    /// A busy-polled sender's socket takes the GSO size of its steady batches (sent with
+    /// `sendto` then); a datagram longer than that size, a batch of another size and a send
+    /// queued through the ring still arrive in their own shape.
+    #[test]
+    fn busy_poll_sends_follow_the_gso_size_and_other_sends_keep_their_shape() {
+        let mut rx = backend("127.0.40.11", Options::default());
+        let mut tx = backend("127.0.40.12", Options::default());
+        rx.set_busy_poll(true);
+        tx.set_busy_poll(true);
+        let dst = rx.sock.local_addr().unwrap();
+        let send = |tx: &mut UringBackend, data: &[u8], seg: Option<usize>| {
+            let b = tx.tx_buffer().unwrap();
+            b[..data.len()].copy_from_slice(data);
+            tx.send_written(dst, data.len(), seg).unwrap();
+        };
+        // A ping-pong's WRITE (40 B) and held ACK (20 B), six times.
+        for k in 0..6u8 {
+            send(&mut tx, &[k; 60], Some(40));
+        }
+        assert_eq!(
+            tx.gso.sock, 40,
+            "the socket follows after {GSO_FOLLOW} batches"
+        );
+        send(&mut tx, &[7; 100], None);
+        send(&mut tx, &[8; 90], Some(30));
+        send(&mut tx, &[9; 30], None);
+        // Through the ring (the copying `send` path queues a SENDMSG).
+        tx.send(dst, &[10; 100], None).unwrap();
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 12 + 1 + 3 + 1 + 1);
+        let shape: Vec<(u8, usize)> = got.iter().map(|(_, _, d)| (d[0], d.len())).collect();
+        let mut want = Vec::new();
+        for k in 0..6u8 {
+            want.extend([(k, 40), (k, 20)]);
+        }
+        want.extend([(7, 100), (8, 30), (8, 30), (8, 30), (9, 30), (10, 100)]);
+        assert_eq!(shape, want);
+        assert_eq!(tx.stats().tx_gso_sends, 7);
+        assert!(tx.features().gso);
     }
 
     #[test]
