@@ -472,7 +472,7 @@ impl Ctx {
         SendWr {
             wr_id: (q << QP_SHIFT) | k,
             op: op_,
-            payload: Payload::Sgl(vec![sge]),
+            payload: Payload::Sge(sge),
             flags: SendFlags {
                 signaled,
                 ..SendFlags::default()
