@@ -23,6 +23,7 @@ pub struct Packet<T> {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Validates the layout of `buffer` (the whole UDP payload, ICRC included).
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         let bth = Bth::new_checked(b)?;
@@ -180,6 +181,7 @@ impl PacketRepr {
     }
 
     /// Reads every header of a checked packet.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Self> {
         Ok(PacketRepr {
             bth: BthRepr::parse(&p.bth())?,
@@ -195,6 +197,7 @@ impl PacketRepr {
     }
 
     /// Checks a buffer and reads its headers in one step.
+    #[inline]
     pub fn parse_bytes(buf: &[u8]) -> Result<(Self, Packet<&[u8]>)> {
         let p = Packet::new_checked(buf)?;
         Ok((PacketRepr::parse(&p)?, p))
@@ -219,6 +222,7 @@ impl PacketRepr {
     /// sets the BTH pad count from the payload length. The payload area is left as it is (the
     /// caller copies data there, e.g. straight from a memory region); the ICRC is written by
     /// [`crate::icrc::IcrcContext::seal`] once the payload is in place.
+    #[inline]
     pub fn emit<'a>(&self, buf: &'a mut [u8]) -> Result<Packet<&'a mut [u8]>> {
         let info = self.bth.opcode.info();
         let len = self.buffer_len();
