@@ -283,6 +283,8 @@ pub struct Device {
     staged: Option<Staged>,
     counters: DeviceCounters,
     solver: uroce_wire::Ipv4IdSolver,
+    /// Pseudo-header constants for sealing small packets.
+    icrc: uroce_wire::IcrcCache,
     events: VecDeque<AsyncEvent>,
 }
 
@@ -334,6 +336,7 @@ impl Device {
             staged: None,
             counters: DeviceCounters::default(),
             solver: uroce_wire::Ipv4IdSolver::default(),
+            icrc: uroce_wire::IcrcCache::default(),
             events: VecDeque::new(),
         }
     }
@@ -800,7 +803,7 @@ impl Device {
         self.qps.values().filter_map(Qp::next_timeout).min()
     }
 
-    fn seal(&self, dst: SocketAddr, packet: &mut [u8], ipv4_id: u16) {
+    fn seal(&mut self, dst: SocketAddr, packet: &mut [u8], ipv4_id: u16) {
         let ip = match (self.config.local_ip, dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
             (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
@@ -813,7 +816,7 @@ impl Device {
             src_port: self.config.udp_port,
             dst_port: dst.port(),
         }
-        .seal(packet);
+        .seal_with(packet, &mut self.icrc);
     }
 
     /// Writes the next datagram (or GSO batch) into `buf`. `buf` should hold at least one

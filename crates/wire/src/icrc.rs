@@ -234,6 +234,33 @@ impl IcrcContext {
         }
     }
 
+    /// Like [`Self::compute`], with the pseudo header's share taken from `cache`: a small
+    /// packet then costs one CRC pass over its own bytes, in place (no pseudo header built,
+    /// nothing copied). The result is the same.
+    pub fn compute_with(&self, packet: &[u8], cache: &mut IcrcCache) -> Option<u32> {
+        if packet.len() < BTH_LEN + ICRC_LEN {
+            return None;
+        }
+        let n = packet.len() - ICRC_LEN;
+        // Byte 4 of the BTH (FECN, BECN, resv6) counts as 0xFF; the cached constant assumes
+        // the 0 that uroce and rxe send without congestion marks.
+        if n > CACHED_MAX || packet[4] != 0 {
+            return self.compute(packet);
+        }
+        let k = cache.constant(self, packet.len());
+        let mut h = cache.proto.clone();
+        h.update(&packet[..n]);
+        Some(h.finalize() ^ k)
+    }
+
+    /// Like [`Self::seal`], using `cache` as [`Self::compute_with`] does.
+    pub fn seal_with(&self, packet: &mut [u8], cache: &mut IcrcCache) {
+        if let Some(crc) = self.compute_with(packet, cache) {
+            let n = packet.len();
+            packet[n - ICRC_LEN..].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
     /// Verifies the ICRC carried in the last 4 bytes of `packet`.
     pub fn verify(&self, packet: &[u8], mode: Ipv4IdMode) -> Result<IcrcCheck, IcrcMismatch> {
         self.verify_with(packet, mode, &mut Ipv4IdSolver::default())
@@ -247,10 +274,12 @@ impl IcrcContext {
         mode: Ipv4IdMode,
         solver: &mut Ipv4IdSolver,
     ) -> Result<IcrcCheck, IcrcMismatch> {
-        let computed = self.compute(packet).ok_or(IcrcMismatch {
-            carried: 0,
-            computed: 0,
-        })?;
+        let computed = self
+            .compute_with(packet, &mut solver.cache)
+            .ok_or(IcrcMismatch {
+                carried: 0,
+                computed: 0,
+            })?;
         let t = &packet[packet.len() - ICRC_LEN..];
         let carried = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
         if computed == carried {
@@ -321,6 +350,8 @@ pub struct Ipv4IdSolver {
     next: usize,
     /// The ID difference to try first: one more than the last packet's.
     hint: u16,
+    /// Pseudo-header constants of the contexts and lengths verified lately.
+    cache: IcrcCache,
 }
 
 impl Ipv4IdSolver {
@@ -340,6 +371,88 @@ impl Ipv4IdSolver {
         };
         &self.entries[i].1
     }
+}
+
+/// Transport bytes (headers and payload, ICRC excluded) up to which [`IcrcCache`] serves a
+/// packet: a small WRITE, SEND or READ response, any ACK.
+const CACHED_MAX: usize = 256;
+
+/// Entries of an [`IcrcCache`]: room for a GSO batch's 64 IPv4 IDs at a few lengths.
+const CACHE_SLOTS: usize = 256;
+
+/// What a sender or receiver of small packets keeps between packets so that their ICRC costs
+/// one CRC pass over the packet as it lies in the buffer ([`IcrcContext::compute_with`]).
+///
+/// CRC-32 is affine: for a transport packet `M` of `n` bytes whose BTH byte 4 is 0,
+/// `ICRC = crc(M) ^ K`, where `K` depends only on the context (addresses, ports, IPv4 ID) and
+/// `n`: the pseudo header's CRC moved past `n` bytes, plus the effect of counting byte 4 as
+/// 0xFF. `K` is computed once per context and length (four CRCs of at most 256 bytes) and kept
+/// in a small direct-mapped table; a sender's GSO batch uses one entry per segment ID.
+#[derive(Debug, Clone)]
+pub struct IcrcCache {
+    slots: Vec<Option<Slot>>,
+    /// A hasher made once: `Hasher::new` detects the CPU's features on every call.
+    proto: Hasher,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    ctx: IcrcContext,
+    len: usize,
+    k: u32,
+}
+
+impl Default for IcrcCache {
+    fn default() -> Self {
+        IcrcCache {
+            slots: Vec::new(),
+            proto: Hasher::new(),
+        }
+    }
+}
+
+impl IcrcCache {
+    /// `K` for `ctx` and a UDP payload of `len` bytes (at most `CACHED_MAX` + 4).
+    fn constant(&mut self, ctx: &IcrcContext, len: usize) -> u32 {
+        if self.slots.is_empty() {
+            self.slots = vec![None; CACHE_SLOTS];
+        }
+        let id = match ctx.ip {
+            IpFields::V4 { identification, .. } => usize::from(identification),
+            IpFields::V6 { .. } => 0,
+        };
+        // Consecutive IDs of one length, and one ID at consecutive lengths, take distinct
+        // slots.
+        let i = (id ^ len.wrapping_mul(67)) % CACHE_SLOTS;
+        match self.slots[i] {
+            Some(s) if s.len == len && s.ctx == *ctx => s.k,
+            _ => {
+                let k = constant(ctx, len);
+                self.slots[i] = Some(Slot { ctx: *ctx, len, k });
+                k
+            }
+        }
+    }
+}
+
+/// `K` of [`IcrcCache`]: `ICRC(M) ^ crc(M)` for any transport packet `M` of `len - 4` bytes
+/// with BTH byte 4 zero.
+fn constant(ctx: &IcrcContext, len: usize) -> u32 {
+    let n = len - ICRC_LEN;
+    let mut pseudo = [0u8; PSEUDO_MAX];
+    let prefix = pseudo_header(ctx, len, &[0; BTH_LEN], &mut pseudo) - BTH_LEN;
+    let p = crc32fast::hash(&pseudo[..prefix]);
+    let zeros = [0u8; CACHED_MAX];
+    let mut masked = [0u8; CACHED_MAX];
+    masked[4] = 0xFF;
+    let base = crc32fast::hash(&zeros[..n]);
+    let mut h = Hasher::new_with_initial(p);
+    h.update(&zeros[..n]);
+    // Continuing from `p` instead of the initial state changes the CRC by `p` moved past `n`
+    // bytes; byte 4 counted as 0xFF changes it by that byte's effect.
+    let moved = h.finalize() ^ base;
+    let mask = crc32fast::hash(&masked[..n]) ^ base;
+    moved ^ mask
 }
 
 /// CRC-32's reflected generator polynomial.
@@ -642,6 +755,55 @@ mod tests {
                 let p = sample(BTH_LEN + rest + ICRC_LEN);
                 assert_eq!(ctx.compute(&p), Some(reference(&ctx, &p)), "rest {rest}");
             }
+        }
+    }
+
+    #[test]
+    fn cached_icrc_equals_the_computed_one() {
+        let v4 = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, 49152, 4791);
+        let v6 = IcrcContext::v6(
+            "fd66::1".parse().unwrap(),
+            "fd66::2".parse().unwrap(),
+            49153,
+            4791,
+        );
+        let mut cache = IcrcCache::default();
+        // Twice over, so the second round is served from the slots the first one filled
+        // (and evicted: 64 IDs x many lengths overflow the table).
+        for round in 0..2 {
+            for ctx in [v4, v6, v4.with_ipv4_id(0x8001)] {
+                for id in [0u16, 1, 2, 63] {
+                    let ctx = ctx.with_ipv4_id(ctx_id(&ctx) ^ id);
+                    for len in (BTH_LEN + ICRC_LEN..CACHED_MAX + 40).step_by(7) {
+                        let mut p = sample(len);
+                        for byte4 in [0u8, 0x80, 0xFF] {
+                            p[4] = byte4;
+                            p[len / 2] ^= round as u8;
+                            assert_eq!(
+                                ctx.compute_with(&p, &mut cache),
+                                ctx.compute(&p),
+                                "round {round} id {id} len {len} byte4 {byte4:#x} {ctx:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(v4.compute_with(&[0; 15], &mut cache), None);
+        // Sealed with the cache, verified without it.
+        let mut p = sample(92 + ICRC_LEN);
+        p[4] = 0;
+        v4.with_ipv4_id(5).seal_with(&mut p, &mut cache);
+        assert_eq!(
+            v4.verify(&p, Ipv4IdMode::SolveBelow(64)),
+            Ok(IcrcCheck::SolvedIpv4Id(5))
+        );
+    }
+
+    fn ctx_id(ctx: &IcrcContext) -> u16 {
+        match ctx.ip {
+            IpFields::V4 { identification, .. } => identification,
+            IpFields::V6 { .. } => 0,
         }
     }
 
