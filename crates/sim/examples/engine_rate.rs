@@ -98,14 +98,17 @@ fn main() {
         ns_b += t2 - t1;
     }
     let cpu = cpu_ns() - cpu0;
+    let acks = sim.hosts[b.host].dev.counters().tx_packets;
     let wall = wall0.elapsed().as_secs_f64();
     println!(
         "{total} x {size} B WRITE, depth {depth}: {:.1} ns CPU per message ({:.2} M msg/s of one \
-         core), wall {:.2} M msg/s; posting+requester+responder {:.0} %, ACKs+completer {:.0} %",
+         core), wall {:.2} M msg/s; posting+requester+responder {:.0} %, ACKs+completer {:.0} %; \
+         {:.3} ACKs per message",
         cpu as f64 / total as f64,
         total as f64 / (cpu as f64 / 1e9) / 1e6,
         total as f64 / wall / 1e6,
         100.0 * ns_a as f64 / (ns_a + ns_b).max(1) as f64,
         100.0 * ns_b as f64 / (ns_a + ns_b).max(1) as f64,
+        acks as f64 / total as f64,
     );
 }

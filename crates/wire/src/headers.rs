@@ -226,6 +226,7 @@ impl BthRepr {
     }
 
     /// Validates and reads a BTH: the opcode must be known and TVer 0.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(bth: &Bth<T>) -> Result<Self> {
         let opcode = crate::Opcode::try_from(bth.opcode())?;
         if bth.tver() != 0 {
@@ -248,6 +249,7 @@ impl BthRepr {
     }
 
     /// Writes the BTH. Fails if a field is wider than its wire width.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, bth: &mut Bth<T>) -> Result<()> {
         if self.dest_qp > 0xFF_FFFF {
             return Err(Error::FieldRange("dest_qp"));
@@ -306,6 +308,7 @@ pub struct RethRepr {
 
 impl RethRepr {
     /// Reads a RETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &Reth<T>) -> Self {
         RethRepr {
             va: h.va(),
@@ -314,6 +317,7 @@ impl RethRepr {
         }
     }
     /// Writes a RETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Reth<T>) {
         let b = h.bm();
         b[0..8].copy_from_slice(&self.va.to_be_bytes());
@@ -437,6 +441,7 @@ pub struct AethRepr {
 
 impl AethRepr {
     /// Reads an AETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &Aeth<T>) -> Self {
         AethRepr {
             syndrome: AckSyndrome::from_byte(h.syndrome()),
@@ -444,6 +449,7 @@ impl AethRepr {
         }
     }
     /// Writes an AETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Aeth<T>) -> Result<()> {
         if self.msn > 0xFF_FFFF {
             return Err(Error::FieldRange("msn"));
@@ -495,6 +501,7 @@ pub struct AtomicEthRepr {
 
 impl AtomicEthRepr {
     /// Reads an AtomicETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &AtomicEth<T>) -> Self {
         AtomicEthRepr {
             va: h.va(),
@@ -504,6 +511,7 @@ impl AtomicEthRepr {
         }
     }
     /// Writes an AtomicETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut AtomicEth<T>) {
         let b = h.bm();
         b[0..8].copy_from_slice(&self.va.to_be_bytes());
@@ -535,10 +543,12 @@ pub struct AtomicAckEthRepr {
 
 impl AtomicAckEthRepr {
     /// Reads an AtomicAckETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &AtomicAckEth<T>) -> Self {
         AtomicAckEthRepr { orig: h.orig() }
     }
     /// Writes an AtomicAckETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut AtomicAckEth<T>) {
         h.bm()[0..8].copy_from_slice(&self.orig.to_be_bytes());
     }
@@ -616,6 +626,7 @@ pub struct DethRepr {
 
 impl DethRepr {
     /// Reads a DETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &Deth<T>) -> Self {
         DethRepr {
             qkey: h.qkey(),
@@ -623,6 +634,7 @@ impl DethRepr {
         }
     }
     /// Writes a DETH (reserved byte zero).
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Deth<T>) -> Result<()> {
         if self.src_qp > 0xFF_FFFF {
             return Err(Error::FieldRange("src_qp"));
