@@ -519,18 +519,19 @@ impl Ctx {
             }
             let mut posted = false;
             for q in 0..n {
-                let mut batch = Vec::new();
-                while scnt[q] < limit[q] && scnt[q] - ccnt[q] < b.tx_depth {
-                    let k = scnt[q];
-                    let signaled = (k + 1) % cq_mod == 0 || k + 1 == limit[q];
-                    batch.push(self.send_wr(b.op, q as u64, k, size, &rem[q], signaled));
-                    scnt[q] += 1;
-                }
-                if !batch.is_empty() {
+                let room = (limit[q] - scnt[q]).min(b.tx_depth.saturating_sub(scnt[q] - ccnt[q]));
+                if room > 0 {
                     posted = true;
+                    let (first, last) = (scnt[q], limit[q]);
+                    // Built as they are posted: no batch vector filled and moved per WR.
+                    let wrs = (first..first + room).map(|k| {
+                        let signaled = (k + 1) % cq_mod == 0 || k + 1 == last;
+                        self.send_wr(b.op, q as u64, k, size, &rem[q], signaled)
+                    });
                     self.qps[q]
-                        .post_send_batch(batch)
+                        .post_send_batch(wrs)
                         .map_err(|e| fail(format!("Couldn't post send: qp {q}: {e}")))?;
+                    scnt[q] += room;
                 }
             }
             if (0..n).all(|q| ccnt[q] >= limit[q]) {
