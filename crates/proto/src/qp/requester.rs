@@ -316,7 +316,10 @@ impl Qp {
         // Oversized UD WQEs complete here without a packet. They used to end this call with
         // `None`, which stalled the WQEs behind them: the device re-polls only a QP that
         // emitted something, so nothing woke the QP again until the next post_send.
-        while self.requester_blocked(ctx.config) == Blocked::No && self.skip_oversized_ud(ctx) {}
+        if self.qp_type == QpType::Ud {
+            while self.requester_blocked(ctx.config) == Blocked::No && self.skip_oversized_ud(ctx) {
+            }
+        }
         if self.requester_blocked(ctx.config) != Blocked::No {
             return None;
         }

@@ -152,10 +152,11 @@ impl Responder {
                 AckSyndrome::Ack { .. },
             )
         );
-        if coalesced {
-            self.out.pop_back();
+        match self.out.back_mut() {
+            // Replaced where it stands (one ACK per packet of a small-WRITE stream).
+            Some(back) if coalesced => *back = Out::Ack { psn, syndrome },
+            _ => self.out.push_back(Out::Ack { psn, syndrome }),
         }
-        self.out.push_back(Out::Ack { psn, syndrome });
         self.ack_hold = match hold {
             // An ACK that must go now takes a held one with it.
             None => None,
