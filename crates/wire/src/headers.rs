@@ -18,20 +18,25 @@ fn check_len(have: usize, needed: usize) -> Result<()> {
     }
 }
 
+#[inline]
 fn get_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
+#[inline]
 fn get_u24(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([0, b[at], b[at + 1], b[at + 2]])
 }
+#[inline]
 fn get_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
+#[inline]
 fn get_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(x)
 }
+#[inline]
 fn put_u24(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 3].copy_from_slice(&v.to_be_bytes()[1..]);
 }
@@ -263,13 +268,24 @@ impl BthRepr {
         if self.resv6 > 0x3F || self.resv7 > 0x7F {
             return Err(Error::FieldRange("reserved"));
         }
-        bth.set_opcode(self.opcode.as_u8());
-        bth.set_flags(self.solicited, self.mig_req, self.pad_count, 0);
-        bth.set_pkey(self.pkey);
-        bth.set_congestion(self.fecn, self.becn, self.resv6);
-        bth.set_dest_qp(self.dest_qp);
-        bth.set_ack_req(self.ack_req, self.resv7);
-        bth.set_psn(self.psn);
+        // Three big-endian words, one store of 12 bytes (field by field it was a
+        // read-modify-write per field, per packet sent).
+        let flags = (u32::from(self.solicited) << 7)
+            | (u32::from(self.mig_req) << 6)
+            | (u32::from(self.pad_count) << 4);
+        let congestion =
+            (u32::from(self.fecn) << 7) | (u32::from(self.becn) << 6) | u32::from(self.resv6);
+        let ack = (u32::from(self.ack_req) << 7) | u32::from(self.resv7);
+        let words = [
+            u32::from(self.opcode.as_u8()) << 24 | flags << 16 | u32::from(self.pkey),
+            congestion << 24 | self.dest_qp,
+            ack << 24 | self.psn,
+        ];
+        let mut b = [0u8; BTH_LEN];
+        for (chunk, w) in b.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_be_bytes());
+        }
+        bth.bm()[..BTH_LEN].copy_from_slice(&b);
         Ok(())
     }
 }
