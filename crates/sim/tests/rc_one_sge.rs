@@ -132,3 +132,47 @@ fn one_sge_with_a_bad_lkey_or_range_completes_in_error() {
         assert!(b.mem.to_vec().iter().all(|x| *x == 0), "bad {bad}");
     }
 }
+
+#[test]
+fn a_batch_posts_in_order_and_stops_at_the_first_bad_wr() {
+    let mut sim = Sim::new(5, Link::default());
+    let opts = PairOpts::default();
+    let (a, b) = pair(&mut sim, &opts);
+    let data: Vec<u8> = (0..4 * MSG).map(|i| i as u8 ^ 0x5A).collect();
+    a.mem.write(0, &data);
+    let wr = |k: usize| write(&b, k, Payload::Sge(a.sge((k * MSG) as u64, MSG as u32)));
+    // The third WR is refused at post time (more SGEs than the QP takes): the two before it
+    // are posted, the one after it is not.
+    let too_many = Payload::Sgl(vec![a.sge(0, 1); opts.cap.max_send_sge as usize + 1]);
+    let batch = vec![wr(0), wr(1), write(&b, 2, too_many), wr(3)];
+    let now = sim.now;
+    let r = sim.dev(a.host).post_send_batch(now, a.qpn, batch);
+    assert!(
+        matches!(r, Err(uroce_proto::Error::InvalidArgument(_))),
+        "{r:?}"
+    );
+    sim.dev(a.host)
+        .post_send_batch(now, a.qpn, [wr(3)])
+        .unwrap();
+    let mut got = Vec::new();
+    let a2 = a.clone();
+    assert!(sim.run_until(Duration::from_secs(5), |s| {
+        got.extend(drain(s, &a2));
+        got.len() >= 3
+    }));
+    let ids: Vec<u64> = got.iter().map(|c| c.wr_id).collect();
+    assert_eq!(ids, [0, 1, 3]);
+    assert!(got.iter().all(|c| c.status == WcStatus::Success));
+    let m = b.mem.to_vec();
+    assert_eq!(&m[..2 * MSG], &data[..2 * MSG]);
+    assert!(
+        m[2 * MSG..3 * MSG].iter().all(|x| *x == 0),
+        "WR 2 was never posted"
+    );
+    assert_eq!(&m[3 * MSG..4 * MSG], &data[3 * MSG..]);
+    // An unknown QP refuses the whole batch.
+    assert!(matches!(
+        sim.dev(a.host).post_send_batch(now, 0xFF_FFFF, [wr(0)]),
+        Err(uroce_proto::Error::NotFound(_))
+    ));
+}
