@@ -283,6 +283,8 @@ pub struct Device {
     staged: Option<Staged>,
     counters: DeviceCounters,
     solver: uroce_wire::Ipv4IdSolver,
+    /// Pseudo-header constants for sealing small packets.
+    icrc: uroce_wire::IcrcCache,
     events: VecDeque<AsyncEvent>,
 }
 
@@ -334,6 +336,7 @@ impl Device {
             staged: None,
             counters: DeviceCounters::default(),
             solver: uroce_wire::Ipv4IdSolver::default(),
+            icrc: uroce_wire::IcrcCache::default(),
             events: VecDeque::new(),
         }
     }
@@ -664,30 +667,49 @@ impl Device {
 
     /// Posts a send WR (`ibv_post_send`).
     pub fn post_send(&mut self, now: Instant, qpn: u32, wr: SendWr) -> Result<(), Error> {
+        self.post_send_batch(now, qpn, std::iter::once(wr))
+    }
+
+    /// Posts send WRs to one QP in order (`ibv_post_send` with a list), looking the QP up
+    /// once. Stops at the first WR that fails and returns its error; the WRs before it stay
+    /// posted, as verbs reports `bad_wr`.
+    pub fn post_send_batch(
+        &mut self,
+        now: Instant,
+        qpn: u32,
+        wrs: impl IntoIterator<Item = SendWr>,
+    ) -> Result<(), Error> {
         let qp = self
             .qps
             .get_mut(&qpn)
             .ok_or(Error::NotFound("queue pair"))?;
-        if let Some(ud) = &wr.ud {
-            let ah = self
-                .ahs
-                .get(&ud.ah.0)
-                .ok_or(Error::NotFound("address handle"))?;
-            if ah.pd != qp.pd {
-                return Err(Error::InvalidArgument(
-                    "address handle in another protection domain",
-                ));
+        let mut result = Ok(());
+        for wr in wrs {
+            if let Some(ud) = &wr.ud {
+                let Some(ah) = self.ahs.get(&ud.ah.0) else {
+                    result = Err(Error::NotFound("address handle"));
+                    break;
+                };
+                if ah.pd != qp.pd {
+                    result = Err(Error::InvalidArgument(
+                        "address handle in another protection domain",
+                    ));
+                    break;
+                }
+            }
+            let mut ctx = ctx!(self, now);
+            let r = qp.post_send(wr, &mut ctx);
+            if ctx.overrun {
+                let mut ctx = ctx!(self, now);
+                qp.enter_error(&mut ctx);
+            }
+            if r.is_err() {
+                result = r;
+                break;
             }
         }
-        let mut ctx = ctx!(self, now);
-        qp.post_send(wr, &mut ctx)?;
-        let overrun = ctx.overrun;
-        if overrun {
-            let mut ctx = ctx!(self, now);
-            qp.enter_error(&mut ctx);
-        }
         Self::wake(&mut self.ready, qp);
-        Ok(())
+        result
     }
 
     /// Posts a receive WR (`ibv_post_recv`).
@@ -800,7 +822,7 @@ impl Device {
         self.qps.values().filter_map(Qp::next_timeout).min()
     }
 
-    fn seal(&self, dst: SocketAddr, packet: &mut [u8], ipv4_id: u16) {
+    fn seal(&mut self, dst: SocketAddr, packet: &mut [u8], ipv4_id: u16) {
         let ip = match (self.config.local_ip, dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
             (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
@@ -813,7 +835,7 @@ impl Device {
             src_port: self.config.udp_port,
             dst_port: dst.port(),
         }
-        .seal(packet);
+        .seal_with(packet, &mut self.icrc);
     }
 
     /// Writes the next datagram (or GSO batch) into `buf`. `buf` should hold at least one

@@ -529,12 +529,8 @@ impl QueuePair {
 
     /// Posts several send WRs, then sends once (batched submission).
     pub fn post_send_batch(&self, wrs: impl IntoIterator<Item = SendWr>) -> Result<()> {
-        self.shared.with(|g, now| -> Result<()> {
-            for wr in wrs {
-                g.eng.post_send(now, self.qpn, wr)?;
-            }
-            Ok(())
-        })
+        self.shared
+            .with(|g, now| -> Result<()> { Ok(g.eng.post_send_batch(now, self.qpn, wrs)?) })
     }
 
     /// Posts a receive WR.

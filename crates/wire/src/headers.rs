@@ -18,20 +18,25 @@ fn check_len(have: usize, needed: usize) -> Result<()> {
     }
 }
 
+#[inline]
 fn get_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
+#[inline]
 fn get_u24(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([0, b[at], b[at + 1], b[at + 2]])
 }
+#[inline]
 fn get_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
+#[inline]
 fn get_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(x)
 }
+#[inline]
 fn put_u24(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 3].copy_from_slice(&v.to_be_bytes()[1..]);
 }
@@ -226,6 +231,7 @@ impl BthRepr {
     }
 
     /// Validates and reads a BTH: the opcode must be known and TVer 0.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(bth: &Bth<T>) -> Result<Self> {
         let opcode = crate::Opcode::try_from(bth.opcode())?;
         if bth.tver() != 0 {
@@ -248,6 +254,7 @@ impl BthRepr {
     }
 
     /// Writes the BTH. Fails if a field is wider than its wire width.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, bth: &mut Bth<T>) -> Result<()> {
         if self.dest_qp > 0xFF_FFFF {
             return Err(Error::FieldRange("dest_qp"));
@@ -261,13 +268,24 @@ impl BthRepr {
         if self.resv6 > 0x3F || self.resv7 > 0x7F {
             return Err(Error::FieldRange("reserved"));
         }
-        bth.set_opcode(self.opcode.as_u8());
-        bth.set_flags(self.solicited, self.mig_req, self.pad_count, 0);
-        bth.set_pkey(self.pkey);
-        bth.set_congestion(self.fecn, self.becn, self.resv6);
-        bth.set_dest_qp(self.dest_qp);
-        bth.set_ack_req(self.ack_req, self.resv7);
-        bth.set_psn(self.psn);
+        // Three big-endian words, one store of 12 bytes (field by field it was a
+        // read-modify-write per field, per packet sent).
+        let flags = (u32::from(self.solicited) << 7)
+            | (u32::from(self.mig_req) << 6)
+            | (u32::from(self.pad_count) << 4);
+        let congestion =
+            (u32::from(self.fecn) << 7) | (u32::from(self.becn) << 6) | u32::from(self.resv6);
+        let ack = (u32::from(self.ack_req) << 7) | u32::from(self.resv7);
+        let words = [
+            u32::from(self.opcode.as_u8()) << 24 | flags << 16 | u32::from(self.pkey),
+            congestion << 24 | self.dest_qp,
+            ack << 24 | self.psn,
+        ];
+        let mut b = [0u8; BTH_LEN];
+        for (chunk, w) in b.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_be_bytes());
+        }
+        bth.bm()[..BTH_LEN].copy_from_slice(&b);
         Ok(())
     }
 }
@@ -306,6 +324,7 @@ pub struct RethRepr {
 
 impl RethRepr {
     /// Reads a RETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &Reth<T>) -> Self {
         RethRepr {
             va: h.va(),
@@ -314,6 +333,7 @@ impl RethRepr {
         }
     }
     /// Writes a RETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Reth<T>) {
         let b = h.bm();
         b[0..8].copy_from_slice(&self.va.to_be_bytes());
@@ -437,6 +457,7 @@ pub struct AethRepr {
 
 impl AethRepr {
     /// Reads an AETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &Aeth<T>) -> Self {
         AethRepr {
             syndrome: AckSyndrome::from_byte(h.syndrome()),
@@ -444,6 +465,7 @@ impl AethRepr {
         }
     }
     /// Writes an AETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Aeth<T>) -> Result<()> {
         if self.msn > 0xFF_FFFF {
             return Err(Error::FieldRange("msn"));
@@ -495,6 +517,7 @@ pub struct AtomicEthRepr {
 
 impl AtomicEthRepr {
     /// Reads an AtomicETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &AtomicEth<T>) -> Self {
         AtomicEthRepr {
             va: h.va(),
@@ -504,6 +527,7 @@ impl AtomicEthRepr {
         }
     }
     /// Writes an AtomicETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut AtomicEth<T>) {
         let b = h.bm();
         b[0..8].copy_from_slice(&self.va.to_be_bytes());
@@ -535,10 +559,12 @@ pub struct AtomicAckEthRepr {
 
 impl AtomicAckEthRepr {
     /// Reads an AtomicAckETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &AtomicAckEth<T>) -> Self {
         AtomicAckEthRepr { orig: h.orig() }
     }
     /// Writes an AtomicAckETH.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut AtomicAckEth<T>) {
         h.bm()[0..8].copy_from_slice(&self.orig.to_be_bytes());
     }
@@ -616,6 +642,7 @@ pub struct DethRepr {
 
 impl DethRepr {
     /// Reads a DETH.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(h: &Deth<T>) -> Self {
         DethRepr {
             qkey: h.qkey(),
@@ -623,6 +650,7 @@ impl DethRepr {
         }
     }
     /// Writes a DETH (reserved byte zero).
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut Deth<T>) -> Result<()> {
         if self.src_qp > 0xFF_FFFF {
             return Err(Error::FieldRange("src_qp"));

@@ -110,14 +110,17 @@ pub struct IcrcMismatch {
     pub computed: u32,
 }
 
+/// Longest pseudo header: 8 bytes for the LRH, IPv6 (40), UDP (8), BTH (12).
+const PSEUDO_MAX: usize = 68;
+
+/// Transport bytes after the BTH up to which [`IcrcContext::compute`] copies them behind the
+/// pseudo header for a single CRC pass; longer packets are hashed in place (the copy would
+/// cost more than the second pass saves).
+const SMALL_REST: usize = 192;
+
 /// Fills the masked pseudo header for `ctx` and a transport packet of `udp_payload_len` bytes
-/// whose first 12 bytes are `bth`; returns the used length.
-fn pseudo_header(
-    ctx: &IcrcContext,
-    udp_payload_len: usize,
-    bth: &[u8],
-    out: &mut [u8; 68],
-) -> usize {
+/// whose first 12 bytes are `bth` into the start of `out`; returns the used length.
+fn pseudo_header(ctx: &IcrcContext, udp_payload_len: usize, bth: &[u8], out: &mut [u8]) -> usize {
     let udp_len = (8 + udp_payload_len) as u16;
     out[..8].fill(0xFF);
     let mut n = 8;
@@ -201,11 +204,24 @@ impl IcrcContext {
         if packet.len() < BTH_LEN + ICRC_LEN {
             return None;
         }
-        let mut pseudo = [0u8; 68];
+        let rest = &packet[BTH_LEN..packet.len() - ICRC_LEN];
+        if rest.len() <= SMALL_REST {
+            // A small packet (a 64-byte WRITE, an ACK): one contiguous pass. Each crc32fast
+            // call ends in a Barrett reduction and folds its input one 16-byte block at a time
+            // below 128 bytes; one call over pseudo header and rest pays one reduction and
+            // reaches the 4-way fold at 128 bytes (a 64-byte WRITE's pseudo packet is 128).
+            let mut buf = [0u8; PSEUDO_MAX + SMALL_REST];
+            let n = pseudo_header(self, packet.len(), &packet[..BTH_LEN], &mut buf);
+            buf[n..n + rest.len()].copy_from_slice(rest);
+            let mut h = Hasher::new();
+            h.update(&buf[..n + rest.len()]);
+            return Some(h.finalize());
+        }
+        let mut pseudo = [0u8; PSEUDO_MAX];
         let n = pseudo_header(self, packet.len(), &packet[..BTH_LEN], &mut pseudo);
         let mut h = Hasher::new();
         h.update(&pseudo[..n]);
-        h.update(&packet[BTH_LEN..packet.len() - ICRC_LEN]);
+        h.update(rest);
         Some(h.finalize())
     }
 
@@ -213,6 +229,33 @@ impl IcrcContext {
     /// a BTH plus ICRC is left untouched.
     pub fn seal(&self, packet: &mut [u8]) {
         if let Some(crc) = self.compute(packet) {
+            let n = packet.len();
+            packet[n - ICRC_LEN..].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    /// Like [`Self::compute`], with the pseudo header's share taken from `cache`: a small
+    /// packet then costs one CRC pass over its own bytes, in place (no pseudo header built,
+    /// nothing copied). The result is the same.
+    pub fn compute_with(&self, packet: &[u8], cache: &mut IcrcCache) -> Option<u32> {
+        if packet.len() < BTH_LEN + ICRC_LEN {
+            return None;
+        }
+        let n = packet.len() - ICRC_LEN;
+        // Byte 4 of the BTH (FECN, BECN, resv6) counts as 0xFF; the cached constant assumes
+        // the 0 that uroce and rxe send without congestion marks.
+        if n > CACHED_MAX || packet[4] != 0 {
+            return self.compute(packet);
+        }
+        let k = cache.constant(self, packet.len());
+        let mut h = cache.proto.clone();
+        h.update(&packet[..n]);
+        Some(h.finalize() ^ k)
+    }
+
+    /// Like [`Self::seal`], using `cache` as [`Self::compute_with`] does.
+    pub fn seal_with(&self, packet: &mut [u8], cache: &mut IcrcCache) {
+        if let Some(crc) = self.compute_with(packet, cache) {
             let n = packet.len();
             packet[n - ICRC_LEN..].copy_from_slice(&crc.to_le_bytes());
         }
@@ -231,10 +274,12 @@ impl IcrcContext {
         mode: Ipv4IdMode,
         solver: &mut Ipv4IdSolver,
     ) -> Result<IcrcCheck, IcrcMismatch> {
-        let computed = self.compute(packet).ok_or(IcrcMismatch {
-            carried: 0,
-            computed: 0,
-        })?;
+        let computed = self
+            .compute_with(packet, &mut solver.cache)
+            .ok_or(IcrcMismatch {
+                carried: 0,
+                computed: 0,
+            })?;
         let t = &packet[packet.len() - ICRC_LEN..];
         let carried = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
         if computed == carried {
@@ -280,16 +325,19 @@ type Basis = [u64; 32];
 struct Table {
     /// `effect[j]`: how flipping ID bit `j` changes the CRC.
     effect: [u32; 16],
+    /// `low[v]`: the change for an ID difference `v` below 256 (a GSO batch's segment
+    /// IDs): one load per packet instead of a loop over its set bits.
+    low: [u32; 256],
     basis: Basis,
 }
 
 impl Table {
     /// How an ID difference of `delta` changes the CRC (CRC-32 is linear in it).
     fn effect(&self, delta: u16) -> u32 {
-        let mut d = 0;
-        let mut bits = delta;
+        let mut d = self.low[usize::from(delta & 0xFF)];
+        let mut bits = delta >> 8;
         while bits != 0 {
-            d ^= self.effect[bits.trailing_zeros() as usize];
+            d ^= self.effect[8 + bits.trailing_zeros() as usize];
             bits &= bits - 1;
         }
         d
@@ -305,6 +353,8 @@ pub struct Ipv4IdSolver {
     next: usize,
     /// The ID difference to try first: one more than the last packet's.
     hint: u16,
+    /// Pseudo-header constants of the contexts and lengths verified lately.
+    cache: IcrcCache,
 }
 
 impl Ipv4IdSolver {
@@ -324,6 +374,88 @@ impl Ipv4IdSolver {
         };
         &self.entries[i].1
     }
+}
+
+/// Transport bytes (headers and payload, ICRC excluded) up to which [`IcrcCache`] serves a
+/// packet: a small WRITE, SEND or READ response, any ACK.
+const CACHED_MAX: usize = 256;
+
+/// Entries of an [`IcrcCache`]: room for a GSO batch's 64 IPv4 IDs at a few lengths.
+const CACHE_SLOTS: usize = 256;
+
+/// What a sender or receiver of small packets keeps between packets so that their ICRC costs
+/// one CRC pass over the packet as it lies in the buffer ([`IcrcContext::compute_with`]).
+///
+/// CRC-32 is affine: for a transport packet `M` of `n` bytes whose BTH byte 4 is 0,
+/// `ICRC = crc(M) ^ K`, where `K` depends only on the context (addresses, ports, IPv4 ID) and
+/// `n`: the pseudo header's CRC moved past `n` bytes, plus the effect of counting byte 4 as
+/// 0xFF. `K` is computed once per context and length (four CRCs of at most 256 bytes) and kept
+/// in a small direct-mapped table; a sender's GSO batch uses one entry per segment ID.
+#[derive(Debug, Clone)]
+pub struct IcrcCache {
+    slots: Vec<Option<Slot>>,
+    /// A hasher made once: `Hasher::new` detects the CPU's features on every call.
+    proto: Hasher,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    ctx: IcrcContext,
+    len: usize,
+    k: u32,
+}
+
+impl Default for IcrcCache {
+    fn default() -> Self {
+        IcrcCache {
+            slots: Vec::new(),
+            proto: Hasher::new(),
+        }
+    }
+}
+
+impl IcrcCache {
+    /// `K` for `ctx` and a UDP payload of `len` bytes (at most `CACHED_MAX` + 4).
+    fn constant(&mut self, ctx: &IcrcContext, len: usize) -> u32 {
+        if self.slots.is_empty() {
+            self.slots = vec![None; CACHE_SLOTS];
+        }
+        let id = match ctx.ip {
+            IpFields::V4 { identification, .. } => usize::from(identification),
+            IpFields::V6 { .. } => 0,
+        };
+        // Consecutive IDs of one length, and one ID at consecutive lengths, take distinct
+        // slots.
+        let i = (id ^ len.wrapping_mul(67)) % CACHE_SLOTS;
+        match self.slots[i] {
+            Some(s) if s.len == len && s.ctx == *ctx => s.k,
+            _ => {
+                let k = constant(ctx, len);
+                self.slots[i] = Some(Slot { ctx: *ctx, len, k });
+                k
+            }
+        }
+    }
+}
+
+/// `K` of [`IcrcCache`]: `ICRC(M) ^ crc(M)` for any transport packet `M` of `len - 4` bytes
+/// with BTH byte 4 zero.
+fn constant(ctx: &IcrcContext, len: usize) -> u32 {
+    let n = len - ICRC_LEN;
+    let mut pseudo = [0u8; PSEUDO_MAX];
+    let prefix = pseudo_header(ctx, len, &[0; BTH_LEN], &mut pseudo) - BTH_LEN;
+    let p = crc32fast::hash(&pseudo[..prefix]);
+    let zeros = [0u8; CACHED_MAX];
+    let mut masked = [0u8; CACHED_MAX];
+    masked[4] = 0xFF;
+    let base = crc32fast::hash(&zeros[..n]);
+    let mut h = Hasher::new_with_initial(p);
+    h.update(&zeros[..n]);
+    // Continuing from `p` instead of the initial state changes the CRC by `p` moved past `n`
+    // bytes; byte 4 counted as 0xFF changes it by that byte's effect.
+    let moved = h.finalize() ^ base;
+    let mask = crc32fast::hash(&masked[..n]) ^ base;
+    moved ^ mask
 }
 
 /// CRC-32's reflected generator polynomial.
@@ -435,8 +567,14 @@ fn table(trailing: usize) -> Table {
             row ^= basis[bit];
         }
     }
+    let mut low = [0u32; 256];
+    for v in 1..256 {
+        // `v` with its lowest set bit cleared is already filled.
+        low[v] = low[v & (v - 1)] ^ diffs[v.trailing_zeros() as usize];
+    }
     Table {
         effect: diffs,
+        low,
         basis,
     }
 }
@@ -574,6 +712,110 @@ mod tests {
         );
     }
 
+    /// The pseudo packet built byte by byte from the annex's rules, hashed in one piece.
+    fn reference(ctx: &IcrcContext, p: &[u8]) -> u32 {
+        let udp_len = (8 + p.len()) as u16;
+        let mut v = vec![0xFF; 8];
+        match ctx.ip {
+            IpFields::V4 {
+                src,
+                dst,
+                identification,
+                flags_fragment,
+            } => {
+                v.extend([0x45, 0xFF]);
+                v.extend((udp_len + 20).to_be_bytes());
+                v.extend(identification.to_be_bytes());
+                v.extend(flags_fragment.to_be_bytes());
+                v.extend([0xFF, 17, 0xFF, 0xFF]);
+                v.extend(src.octets());
+                v.extend(dst.octets());
+            }
+            IpFields::V6 { src, dst } => {
+                v.extend([0x6F, 0xFF, 0xFF, 0xFF]);
+                v.extend(udp_len.to_be_bytes());
+                v.extend([17, 0xFF]);
+                v.extend(src.octets());
+                v.extend(dst.octets());
+            }
+        }
+        v.extend(ctx.src_port.to_be_bytes());
+        v.extend(ctx.dst_port.to_be_bytes());
+        v.extend(udp_len.to_be_bytes());
+        v.extend([0xFF, 0xFF]);
+        let start = v.len();
+        v.extend(&p[..p.len() - ICRC_LEN]);
+        v[start + 4] = 0xFF;
+        crc32fast::hash(&v)
+    }
+
+    #[test]
+    fn small_and_large_packets_hash_the_same_pseudo_packet() {
+        // Both sides of the one-pass threshold, for both families.
+        let v4 = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 7, 49152, 4791);
+        let v6 = IcrcContext::v6(
+            "fd66::1".parse().unwrap(),
+            "fd66::2".parse().unwrap(),
+            49153,
+            4791,
+        );
+        for ctx in [v4, v6] {
+            for rest in (0..SMALL_REST + 40).chain([1000, 4096 + 28]) {
+                let p = sample(BTH_LEN + rest + ICRC_LEN);
+                assert_eq!(ctx.compute(&p), Some(reference(&ctx, &p)), "rest {rest}");
+            }
+        }
+    }
+
+    #[test]
+    fn cached_icrc_equals_the_computed_one() {
+        let v4 = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, 49152, 4791);
+        let v6 = IcrcContext::v6(
+            "fd66::1".parse().unwrap(),
+            "fd66::2".parse().unwrap(),
+            49153,
+            4791,
+        );
+        let mut cache = IcrcCache::default();
+        // Twice over, so the second round is served from the slots the first one filled
+        // (and evicted: 64 IDs x many lengths overflow the table).
+        for round in 0..2 {
+            for ctx in [v4, v6, v4.with_ipv4_id(0x8001)] {
+                for id in [0u16, 1, 2, 63] {
+                    let ctx = ctx.with_ipv4_id(ctx_id(&ctx) ^ id);
+                    for len in (BTH_LEN + ICRC_LEN..CACHED_MAX + 40).step_by(7) {
+                        let mut p = sample(len);
+                        for byte4 in [0u8, 0x80, 0xFF] {
+                            p[4] = byte4;
+                            p[len / 2] ^= round as u8;
+                            assert_eq!(
+                                ctx.compute_with(&p, &mut cache),
+                                ctx.compute(&p),
+                                "round {round} id {id} len {len} byte4 {byte4:#x} {ctx:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(v4.compute_with(&[0; 15], &mut cache), None);
+        // Sealed with the cache, verified without it.
+        let mut p = sample(92 + ICRC_LEN);
+        p[4] = 0;
+        v4.with_ipv4_id(5).seal_with(&mut p, &mut cache);
+        assert_eq!(
+            v4.verify(&p, Ipv4IdMode::SolveBelow(64)),
+            Ok(IcrcCheck::SolvedIpv4Id(5))
+        );
+    }
+
+    fn ctx_id(ctx: &IcrcContext) -> u16 {
+        match ctx.ip {
+            IpFields::V4 { identification, .. } => identification,
+            IpFields::V6 { .. } => 0,
+        }
+    }
+
     #[test]
     fn seal_then_verify() {
         let ctx = IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 0, 49152, 4791);
@@ -582,6 +824,23 @@ mod tests {
         assert_eq!(ctx.verify(&p, Ipv4IdMode::Exact), Ok(IcrcCheck::Valid));
         p[20] ^= 1;
         assert!(ctx.verify(&p, Ipv4IdMode::Exact).is_err());
+    }
+
+    #[test]
+    fn effect_of_any_id_difference_is_the_xor_of_its_bits() {
+        for trailing in [22, 300] {
+            let t = table(trailing);
+            for delta in 0..=u16::MAX {
+                let want = (0..16)
+                    .filter(|j| delta >> j & 1 == 1)
+                    .fold(0, |d, j| d ^ t.effect[j]);
+                assert_eq!(
+                    t.effect(delta),
+                    want,
+                    "trailing {trailing} delta {delta:#x}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub use headers::{
     AckSyndrome, Aeth, AethRepr, AtomicAckEth, AtomicAckEthRepr, AtomicEth, AtomicEthRepr, Bth,
     BthRepr, Deth, DethRepr, Ieth, ImmDt, NakCode, Reth, RethRepr,
 };
-pub use icrc::{IcrcCheck, IcrcContext, IcrcMismatch, IpFields, Ipv4IdMode, Ipv4IdSolver};
+pub use icrc::{
+    IcrcCache, IcrcCheck, IcrcContext, IcrcMismatch, IpFields, Ipv4IdMode, Ipv4IdSolver,
+};
 pub use opcode::{HeaderSet, Opcode, OpcodeInfo, Operation, Position, Transport};
 pub use packet::{Packet, PacketRepr};
 pub use psn::Psn;

@@ -137,28 +137,34 @@ impl HeaderSet {
     }
 
     /// Whether the set contains `h`.
+    #[inline]
     pub const fn has(self, h: Header) -> bool {
         self.0 & h.bit() != 0
     }
 
     /// Offset of `h` from the start of the BTH, if the set contains it.
+    #[inline]
     pub const fn offset(self, h: Header) -> Option<usize> {
         if !self.has(h) {
             return None;
         }
+        // Looked up per header of every packet parsed or built: from a table made at compile
+        // time rather than summing the lengths before `h` each time.
+        Some(OFFSETS[(self.0 & 0x7F) as usize][h as usize] as usize)
+    }
+
+    /// `offset` computed: the BTH plus the lengths of the set's headers before `h` in wire
+    /// order (`h` need not be in the set).
+    const fn offset_slow(self, h: Header) -> usize {
         let mut off = crate::headers::BTH_LEN;
         let mut i = 0;
-        while i < Header::ALL.len() {
-            let other = Header::ALL[i];
-            if other as u8 == h as u8 {
-                return Some(off);
-            }
-            if self.has(other) {
-                off += other.len();
+        while i < h as usize {
+            if self.has(Header::ALL[i]) {
+                off += Header::ALL[i].len();
             }
             i += 1;
         }
-        None
+        off
     }
 
     /// Length of the BTH plus all extension headers in the set.
@@ -174,6 +180,22 @@ impl HeaderSet {
         len
     }
 }
+
+/// `OFFSETS[set][h]`: offset of header `h` behind the BTH when the headers `set` (the bits of
+/// a [`HeaderSet`]) are present; at most 12 + 8 + 16 + 28 + 4 + 8 + 4 = 80, so a byte holds it.
+const OFFSETS: [[u8; 7]; 128] = {
+    let mut t = [[0u8; 7]; 128];
+    let mut set = 0;
+    while set < 128 {
+        let mut h = 0;
+        while h < 7 {
+            t[set][h] = HeaderSet(set as u8).offset_slow(Header::ALL[h]) as u8;
+            h += 1;
+        }
+        set += 1;
+    }
+    t
+};
 
 impl fmt::Debug for HeaderSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -225,6 +247,7 @@ macro_rules! opcode_table {
 
         impl Opcode {
             /// The table entry for this opcode.
+            #[inline]
             pub const fn info(self) -> &'static OpcodeInfo {
                 match self {
                     $(Opcode::$variant => {
@@ -252,6 +275,7 @@ macro_rules! opcode_table {
 
         impl Opcode {
             /// Looks up a raw opcode byte.
+            #[inline]
             pub const fn from_u8(code: u8) -> Option<Opcode> {
                 match code {
                     $($code => Some(Opcode::$variant),)*
@@ -316,6 +340,7 @@ impl Opcode {
 
 impl TryFrom<u8> for Opcode {
     type Error = crate::Error;
+    #[inline]
     fn try_from(code: u8) -> crate::Result<Opcode> {
         Opcode::from_u8(code).ok_or(crate::Error::UnknownOpcode(code))
     }
@@ -357,6 +382,23 @@ mod tests {
                 _ => unreachable!("no other prefix in the table"),
             };
             assert_eq!(info.transport, want, "{}", info.name);
+        }
+    }
+
+    #[test]
+    fn offset_table_agrees_with_summing_every_set() {
+        for bits in 0..128u8 {
+            let set = HeaderSet(bits);
+            let mut off = crate::headers::BTH_LEN;
+            for h in Header::ALL {
+                if set.has(h) {
+                    assert_eq!(set.offset(h), Some(off), "{set:?} {h:?}");
+                    off += h.len();
+                } else {
+                    assert_eq!(set.offset(h), None);
+                }
+            }
+            assert_eq!(set.header_len(), off);
         }
     }
 

@@ -23,6 +23,7 @@ pub struct Packet<T> {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Validates the layout of `buffer` (the whole UDP payload, ICRC included).
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         let bth = Bth::new_checked(b)?;
@@ -47,6 +48,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The opcode's table entry.
+    #[inline]
     pub fn info(&self) -> &'static OpcodeInfo {
         self.info
     }
@@ -67,52 +69,63 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The BTH.
+    #[inline]
     pub fn bth(&self) -> Bth<&[u8]> {
         Bth::new_unchecked(&self.buffer.as_ref()[..BTH_LEN])
     }
 
+    #[inline]
     fn ext(&self, h: Header) -> Option<&[u8]> {
         let off = self.info.headers.offset(h)?;
         Some(&self.buffer.as_ref()[off..off + h.len()])
     }
 
     /// The DETH, if the opcode carries one.
+    #[inline]
     pub fn deth(&self) -> Option<Deth<&[u8]>> {
         self.ext(Header::Deth).map(Deth::new_unchecked)
     }
     /// The RETH, if the opcode carries one.
+    #[inline]
     pub fn reth(&self) -> Option<Reth<&[u8]>> {
         self.ext(Header::Reth).map(Reth::new_unchecked)
     }
     /// The AtomicETH, if the opcode carries one.
+    #[inline]
     pub fn atomic_eth(&self) -> Option<AtomicEth<&[u8]>> {
         self.ext(Header::AtomicEth).map(AtomicEth::new_unchecked)
     }
     /// The AETH, if the opcode carries one.
+    #[inline]
     pub fn aeth(&self) -> Option<Aeth<&[u8]>> {
         self.ext(Header::Aeth).map(Aeth::new_unchecked)
     }
     /// The AtomicAckETH, if the opcode carries one.
+    #[inline]
     pub fn atomic_ack_eth(&self) -> Option<AtomicAckEth<&[u8]>> {
         self.ext(Header::AtomicAckEth)
             .map(AtomicAckEth::new_unchecked)
     }
     /// The immediate data, if the opcode carries it.
+    #[inline]
     pub fn imm(&self) -> Option<u32> {
         self.ext(Header::ImmDt)
             .map(|b| ImmDt::new_unchecked(b).value())
     }
     /// The R_Key to invalidate, if the opcode carries an IETH.
+    #[inline]
     pub fn ieth(&self) -> Option<u32> {
         self.ext(Header::Ieth)
             .map(|b| Ieth::new_unchecked(b).rkey())
     }
 
+    #[inline]
     fn payload_end(&self) -> usize {
         self.buffer.as_ref().len() - ICRC_LEN - usize::from(self.bth().pad_count())
     }
 
     /// The payload, without pad.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.info.header_len..self.payload_end()]
     }
@@ -133,6 +146,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// The payload, mutable, for placing data after [`PacketRepr::emit`].
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let (start, end) = (self.info.header_len, self.payload_end());
         &mut self.buffer.as_mut()[start..end]
@@ -180,6 +194,7 @@ impl PacketRepr {
     }
 
     /// Reads every header of a checked packet.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Self> {
         Ok(PacketRepr {
             bth: BthRepr::parse(&p.bth())?,
@@ -195,6 +210,7 @@ impl PacketRepr {
     }
 
     /// Checks a buffer and reads its headers in one step.
+    #[inline]
     pub fn parse_bytes(buf: &[u8]) -> Result<(Self, Packet<&[u8]>)> {
         let p = Packet::new_checked(buf)?;
         Ok((PacketRepr::parse(&p)?, p))
@@ -219,6 +235,7 @@ impl PacketRepr {
     /// sets the BTH pad count from the payload length. The payload area is left as it is (the
     /// caller copies data there, e.g. straight from a memory region); the ICRC is written by
     /// [`crate::icrc::IcrcContext::seal`] once the payload is in place.
+    #[inline]
     pub fn emit<'a>(&self, buf: &'a mut [u8]) -> Result<Packet<&'a mut [u8]>> {
         let info = self.bth.opcode.info();
         let len = self.buffer_len();
@@ -286,7 +303,12 @@ impl PacketRepr {
         }
         let pad_start = info.header_len + self.payload_len;
         buf[pad_start..len - ICRC_LEN].fill(0);
-        Packet::new_checked(buf)
+        // What `new_checked` would check holds by construction: the opcode is from the
+        // table, `buf` holds its headers, the payload (allowed, checked above), the pad
+        // written from the payload length, and the ICRC. Re-parsing it cost a table lookup and
+        // a dozen branches per packet sent.
+        debug_assert!(Packet::new_checked(&*buf).is_ok());
+        Ok(Packet { buffer: buf, info })
     }
 
     /// Emits headers, copies `payload` in and seals the ICRC: the whole packet in one call.

@@ -101,7 +101,7 @@ impl Qp {
                 }
                 if let Some(spans) = &w.data {
                     // Atomics return the original value in host order, as verbs do.
-                    scatter(spans, 0, &orig.to_ne_bytes());
+                    scatter(spans.as_slice(), 0, &orig.to_ne_bytes());
                 }
                 w.read_done = 8;
                 self.complete_head(ctx);
@@ -152,7 +152,7 @@ impl Qp {
             return;
         }
         if let Some(spans) = &w.data {
-            scatter(spans, w.read_done as usize, data);
+            scatter(spans.as_slice(), w.read_done as usize, data);
         }
         w.read_done += want as u32;
         self.req.comp_psn = psn.add(1);

@@ -19,7 +19,7 @@ use uroce_wire::Psn;
 
 use crate::cq::{Completion, WcStatus};
 use crate::device::Ctx;
-use crate::mr::{Access, Span};
+use crate::mr::{Access, Spans};
 use crate::wr::{RecvWr, SendWr};
 use crate::{CqHandle, Error, PdHandle, SrqHandle};
 
@@ -195,7 +195,7 @@ pub(crate) struct Attrs {
 pub(crate) struct SendWqe {
     pub wr: SendWr,
     /// Resolved local data (SGL spans, or the inline bytes as one span).
-    pub data: Option<Vec<Span>>,
+    pub data: Option<Spans>,
     pub len: u32,
     /// Segmentation reached this WQE and gave it `first_psn`.
     pub started: bool,
@@ -558,11 +558,11 @@ impl Qp {
             return Err(Error::QueueFull("send"));
         }
         match &wr.payload {
-            crate::Payload::Sgl(s) if s.len() > self.cap.max_send_sge as usize => {
-                return Err(Error::InvalidArgument("too many SGEs"))
-            }
             crate::Payload::Inline(v) if v.len() > self.cap.max_inline_data as usize => {
                 return Err(Error::InvalidArgument("inline data too long"))
+            }
+            p if p.sges().len() > self.cap.max_send_sge as usize => {
+                return Err(Error::InvalidArgument("too many SGEs"))
             }
             _ => {}
         }

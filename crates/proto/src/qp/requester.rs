@@ -15,7 +15,7 @@ use uroce_wire::{AtomicEthRepr, BthRepr, DethRepr, Opcode, PacketRepr, Psn, Reth
 use super::{Qp, QpState, QpType, SendWqe};
 use crate::cq::{Completion, WcStatus};
 use crate::device::Ctx;
-use crate::mr::{Access, Span, VecMemory};
+use crate::mr::{Access, Span, Spans, VecMemory};
 use crate::wr::{Payload, SendOp};
 use crate::Instant;
 
@@ -214,6 +214,9 @@ impl Qp {
     /// protection), or wraps inline data.
     fn resolve(&mut self, i: usize, ctx: &mut Ctx<'_>) -> Result<(), WcStatus> {
         let pd = self.pd;
+        if self.gathers_directly(i) {
+            return Ok(());
+        }
         let w = &mut self.sq[i];
         if w.data.is_some() {
             return Ok(());
@@ -223,23 +226,35 @@ impl Qp {
         } else {
             Access::NONE
         };
+        let check = |s: &crate::wr::Sge| {
+            ctx.mrs
+                .check(pd, s.lkey, s.addr, s.length as usize, need)
+                .map_err(|_| WcStatus::LocProtErr)
+        };
         let spans = match &w.wr.payload {
             // Inline bytes were copied at post time: they need no key check.
-            Payload::Inline(v) => vec![Span::whole(VecMemory::from_vec(v.clone()))],
-            Payload::Sgl(sgl) => {
-                let mut v = Vec::with_capacity(sgl.len());
-                for s in sgl {
-                    v.push(
-                        ctx.mrs
-                            .check(pd, s.lkey, s.addr, s.length as usize, need)
-                            .map_err(|_| WcStatus::LocProtErr)?,
-                    );
-                }
-                v
-            }
+            Payload::Inline(v) => Spans::One(Span::whole(VecMemory::from_vec(v.clone()))),
+            p => match p.sges() {
+                [one] => Spans::One(check(one)?),
+                sgl => Spans::Many(sgl.iter().map(check).collect::<Result<_, _>>()?),
+            },
         };
         w.data = Some(spans);
         Ok(())
+    }
+
+    /// Whether the WQE at `i` is checked and gathered in the one call that sends it, borrowing
+    /// its region ([`crate::mr::MrTable::check_ref`]) instead of holding checked spans: a
+    /// one-packet SEND or WRITE from one SGE on a connected QP (nothing of it is needed after
+    /// its packet is built; a retransmission checks again, as `resolve` would).
+    fn gathers_directly(&self, i: usize) -> bool {
+        self.qp_type != QpType::Ud
+            && self.sq.get(i).is_some_and(|w| {
+                w.data.is_none()
+                    && !w.wr.op.is_read_or_atomic()
+                    && w.len <= self.attrs.mtu.bytes()
+                    && w.wr.payload.sges().len() == 1
+            })
     }
 
     /// Completes the WQE at the head with `status` (always generated for errors) and moves the QP
@@ -301,7 +316,10 @@ impl Qp {
         // Oversized UD WQEs complete here without a packet. They used to end this call with
         // `None`, which stalled the WQEs behind them: the device re-polls only a QP that
         // emitted something, so nothing woke the QP again until the next post_send.
-        while self.requester_blocked(ctx.config) == Blocked::No && self.skip_oversized_ud(ctx) {}
+        if self.qp_type == QpType::Ud {
+            while self.requester_blocked(ctx.config) == Blocked::No && self.skip_oversized_ud(ctx) {
+            }
+        }
         if self.requester_blocked(ctx.config) != Blocked::No {
             return None;
         }
@@ -434,8 +452,25 @@ impl Qp {
             return None;
         };
         if plen > 0 {
-            if let Some(spans) = &w.data {
-                gather(spans, off as usize, pkt.payload_mut());
+            match (&w.data, w.wr.payload.sges()) {
+                (Some(spans), _) => gather(spans.as_slice(), off as usize, pkt.payload_mut()),
+                // `gathers_directly`: one SGE, checked now.
+                (None, [s]) => {
+                    match ctx.mrs.check_ref(
+                        self.pd,
+                        s.lkey,
+                        s.addr,
+                        s.length as usize,
+                        Access::NONE,
+                    ) {
+                        Ok(span) => span.read(off as usize, pkt.payload_mut()),
+                        Err(_) => {
+                            self.fail_head(WcStatus::LocProtErr, ctx);
+                            return None;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         // Commit.

@@ -152,10 +152,11 @@ impl Responder {
                 AckSyndrome::Ack { .. },
             )
         );
-        if coalesced {
-            self.out.pop_back();
+        match self.out.back_mut() {
+            // Replaced where it stands (one ACK per packet of a small-WRITE stream).
+            Some(back) if coalesced => *back = Out::Ack { psn, syndrome },
+            _ => self.out.push_back(Out::Ack { psn, syndrome }),
         }
-        self.out.push_back(Out::Ack { psn, syndrome });
         self.ack_hold = match hold {
             // An ACK that must go now takes a held one with it.
             None => None,
@@ -639,6 +640,37 @@ impl Qp {
         {
             return Ok(false);
         }
+        if info.position.starts() && info.position.ends() {
+            // ONLY: checked and placed in this call, so the region is borrowed rather than
+            // held (no reference count moved per message of a small-WRITE stream). The same
+            // checks in the same order as FIRST + LAST below.
+            let Some(reth) = repr.reth else {
+                return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
+            };
+            let span = ctx
+                .mrs
+                .check_ref(
+                    self.pd,
+                    reth.rkey,
+                    reth.va,
+                    reth.dma_len as usize,
+                    Access::REMOTE_WRITE,
+                )
+                .map_err(key_fail)?;
+            self.resp.write = None;
+            let data = pkt.payload();
+            // IBTA C9-91: the payload is the whole RETH length.
+            if data.len() as u64 != u64::from(reth.dma_len) {
+                self.resp.in_msg = Some(Operation::RdmaWrite);
+                return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
+            }
+            span.write(0, data);
+            self.resp.in_msg = None;
+            if needs_recv {
+                self.complete_write_imm(reth.dma_len, repr, ctx);
+            }
+            return Ok(true);
+        }
         if info.position.starts() {
             let Some(reth) = repr.reth else {
                 return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
@@ -677,21 +709,26 @@ impl Qp {
             let dma_len = w.dma_len;
             self.resp.write = None;
             if needs_recv {
-                if let Some(wqe) = self.take_recv_wqe(ctx) {
-                    let mut c = Completion::new(
-                        wqe.wr.wr_id,
-                        WcStatus::Success,
-                        WcOpcode::RecvRdmaWithImm,
-                        self.qpn,
-                    );
-                    c.byte_len = dma_len;
-                    c.imm = repr.imm;
-                    c.solicited = repr.bth.solicited;
-                    ctx.complete(self.recv_cq, c);
-                }
+                self.complete_write_imm(dma_len, repr, ctx);
             }
         }
         Ok(true)
+    }
+
+    /// Completes a WRITE with immediate that ended: it consumes a receive WQE.
+    fn complete_write_imm(&mut self, dma_len: u32, repr: &PacketRepr, ctx: &mut Ctx<'_>) {
+        if let Some(wqe) = self.take_recv_wqe(ctx) {
+            let mut c = Completion::new(
+                wqe.wr.wr_id,
+                WcStatus::Success,
+                WcOpcode::RecvRdmaWithImm,
+                self.qpn,
+            );
+            c.byte_len = dma_len;
+            c.imm = repr.imm;
+            c.solicited = repr.bth.solicited;
+            ctx.complete(self.recv_cq, c);
+        }
     }
 
     fn uc_request(&mut self, repr: &PacketRepr, pkt: &Packet<&[u8]>, ctx: &mut Ctx<'_>) {
