@@ -68,7 +68,7 @@ impl Qp {
                         let status = match code {
                             NakCode::PsnSequenceError => {
                                 if self.req.rewound_to != Some(psn) {
-                                    self.req.window.on_loss(ctx.config.max_unacked_psns);
+                                    self.req.window.on_loss(self.max_unacked(ctx.config));
                                     self.rewind(psn);
                                     self.arm_ack_timer(ctx);
                                 }
@@ -137,7 +137,7 @@ impl Qp {
             // Responses were lost: go back to the first missing one (once per gap).
             self.counters.out_of_sequence += 1;
             if self.req.rewound_to != Some(expected) {
-                self.req.window.on_loss(ctx.config.max_unacked_psns);
+                self.req.window.on_loss(self.max_unacked(ctx.config));
                 self.rewind(expected);
                 self.arm_ack_timer(ctx);
             }
@@ -185,7 +185,7 @@ impl Qp {
                 if a.diff(w.first_psn) >= 0 && self.req.rewound_to != Some(self.req.comp_psn) {
                     self.counters.out_of_sequence += 1;
                     let at = self.req.comp_psn;
-                    self.req.window.on_loss(ctx.config.max_unacked_psns);
+                    self.req.window.on_loss(self.max_unacked(ctx.config));
                     self.rewind(at);
                     self.arm_ack_timer(ctx);
                 }
@@ -238,7 +238,7 @@ impl Qp {
         if acked > 0 {
             self.req
                 .window
-                .on_acked(acked as u32, ctx.config.max_unacked_psns);
+                .on_acked(acked as u32, self.max_unacked(ctx.config));
             self.req.window_psn = self.req.comp_psn;
         }
         self.req.retries_left = self.attrs.retry_cnt;
@@ -277,7 +277,7 @@ impl Qp {
             self.req.retries_left -= 1;
             let at = self.req.comp_psn;
             self.req.rewound_to = None;
-            self.req.window.on_loss(ctx.config.max_unacked_psns);
+            self.req.window.on_loss(self.max_unacked(ctx.config));
             self.rewind(at);
             self.arm_ack_timer(ctx);
         }

@@ -275,6 +275,9 @@ pub struct Qp {
     pub(crate) req: requester::Requester,
     pub(crate) resp: responder::Responder,
     pub(crate) counters: QpCounters,
+    /// Counted in the device's number of QPs with PSNs outstanding (kept outside `req`,
+    /// which a reset replaces).
+    pub(crate) counted_busy: bool,
 }
 
 impl Qp {
@@ -307,6 +310,7 @@ impl Qp {
             req: requester::Requester::default(),
             resp: responder::Responder::default(),
             counters: QpCounters::default(),
+            counted_busy: false,
         }
     }
 

@@ -49,6 +49,9 @@ pub(crate) struct Requester {
     /// The PSN the last rewind went back to, until progress: stops repeated rewinds for the
     /// same gap.
     pub rewound_to: Option<Psn>,
+    /// This QP's share of the device's unacknowledged-PSN budget (0: all of it), set by the
+    /// device before each call ([`crate::Device`]'s `share_for`).
+    pub share: u32,
 }
 
 impl Requester {
@@ -164,6 +167,25 @@ enum Blocked {
 }
 
 impl Qp {
+    /// Most PSNs this QP may leave unacknowledged now: its share of the device's budget.
+    pub(crate) fn max_unacked(&self, config: &crate::Config) -> u32 {
+        match self.req.share {
+            0 => config.max_unacked_psns,
+            s => s.min(config.max_unacked_psns),
+        }
+    }
+
+    /// PSNs sent and not yet acknowledged (0 unless an RC QP that can still be acknowledged).
+    pub fn unacked_psns(&self) -> u32 {
+        if self.qp_type == QpType::Rc
+            && matches!(self.state, QpState::Rts | QpState::Sqd | QpState::Sqe)
+        {
+            self.req.next_psn.diff(self.req.comp_psn).max(0) as u32
+        } else {
+            0
+        }
+    }
+
     fn requester_blocked(&self, config: &crate::Config) -> Blocked {
         if !matches!(self.state, QpState::Rts | QpState::Sqd) || self.req.rnr_until.is_some() {
             return Blocked::Idle;
@@ -176,7 +198,7 @@ impl Qp {
             return Blocked::Idle;
         }
         if self.qp_type == QpType::Rc {
-            let window = self.req.window.limit(config.max_unacked_psns);
+            let window = self.req.window.limit(self.max_unacked(config));
             if self.req.next_psn.diff(self.req.comp_psn) >= window as i32 {
                 return Blocked::Idle;
             }
@@ -404,7 +426,7 @@ impl Qp {
                 bth.opcode = opcode_for(self.qp_type, &op, first, last);
                 // Ask for an ACK at least twice per window, so a small window never waits for
                 // an ACK that nothing requested.
-                let window = self.req.window.limit(ctx.config.max_unacked_psns);
+                let window = self.req.window.limit(self.max_unacked(ctx.config));
                 let interval = ctx.config.ack_req_interval.min((window / 2).max(1));
                 bth.ack_req =
                     self.qp_type == QpType::Rc && (last || self.req.since_ack_req + 1 >= interval);
