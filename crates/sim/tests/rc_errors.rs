@@ -589,3 +589,32 @@ fn cq_overrun_is_reported_by_poll() {
     // The responder's CQ was not involved.
     assert_eq!(sim.dev(b.host).poll_cq(b.cq), Ok(None));
 }
+
+#[test]
+fn a_bad_lkey_behind_a_write_in_flight_fails_only_its_own_wr() {
+    // WR 1 is on the wire when WR 2's bad lkey is found: WR 1 keeps its own outcome (the
+    // responder acknowledges it), WR 2 reports the local protection error, WR 3 is flushed;
+    // in posting order (rxe: the WQE is marked in error and completed when reached).
+    let mut sim = Sim::new(3, Link::default());
+    let (a, b) = pair(&mut sim, &PairOpts::default());
+    let wr1 = write(&a, 1, b.base, b.keys.rkey, 0, 8192);
+    let mut wr2 = write(&a, 2, b.base + 8192, b.keys.rkey, 0, 64);
+    if let Payload::Sgl(sges) = &mut wr2.payload {
+        sges[0].lkey ^= 0x55;
+    }
+    let wr3 = write(&a, 3, b.base, b.keys.rkey, 0, 64);
+    for wr in [wr1, wr2, wr3] {
+        sim.post_send(a.host, a.qpn, wr).unwrap();
+    }
+    let c = wait_completions(&mut sim, &a, 3, LIMIT);
+    assert_eq!(
+        c.iter().map(|c| (c.wr_id, c.status)).collect::<Vec<_>>(),
+        [
+            (1, WcStatus::Success),
+            (2, WcStatus::LocProtErr),
+            (3, WcStatus::WrFlushErr)
+        ]
+    );
+    assert_eq!(sim.dev(a.host).qp_state(a.qpn), Some(QpState::Err));
+    assert_eq!(sim.dev(b.host).qp_state(b.qpn), Some(QpState::Rts));
+}

@@ -227,6 +227,7 @@ impl Qp {
         }
         self.pop_done_front();
         self.progress(ctx);
+        self.fail_if_head_failed(ctx);
         if self.state == QpState::Sqd && self.sq.iter().all(|w| !w.started) {
             tracing::debug!(qpn = self.qpn, "send queue drained");
         }

@@ -211,6 +211,9 @@ pub(crate) struct SendWqe {
     pub read_done: u32,
     /// Completion already generated (or WQE finished without one).
     pub done: bool,
+    /// A local error found while building this WQE's packets, reported when the WQEs before it
+    /// have completed ([`Qp::fail_local`]).
+    pub failed: Option<WcStatus>,
 }
 
 impl SendWqe {
@@ -610,6 +613,7 @@ impl Qp {
             all_sent: false,
             read_done: 0,
             done: false,
+            failed: None,
         });
         Ok(())
     }

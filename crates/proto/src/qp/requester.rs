@@ -193,6 +193,9 @@ impl Qp {
         let Some(w) = self.sq.get(self.req.cursor) else {
             return Blocked::Idle;
         };
+        if w.failed.is_some() {
+            return Blocked::Idle;
+        }
         let starting = !w.started;
         if starting && self.state == QpState::Sqd {
             return Blocked::Idle;
@@ -279,6 +282,30 @@ impl Qp {
             })
     }
 
+    /// A local error (keys, rights, address handle) found while building the packets of the
+    /// WQE at `i`. The WQEs before it are already on the wire and keep their own outcome: the
+    /// requester stops at `i`, and `i` completes with `status` (and the QP goes to ERR) once
+    /// they have completed, as rxe marks the WQE `wqe_state_error` and its completer reaches
+    /// it in order. Completing the head with the error instead would blame a WR that did
+    /// nothing wrong.
+    pub(crate) fn fail_local(&mut self, i: usize, status: WcStatus, ctx: &mut Ctx<'_>) {
+        match self.sq.iter().position(|w| !w.done) {
+            Some(head) if head < i => {
+                if let Some(w) = self.sq.get_mut(i) {
+                    w.failed = Some(status);
+                }
+            }
+            _ => self.fail_head(status, ctx),
+        }
+    }
+
+    /// Completes the first WQE not yet done if it failed locally ([`Qp::fail_local`]).
+    pub(crate) fn fail_if_head_failed(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(status) = self.sq.iter().find(|w| !w.done).and_then(|w| w.failed) {
+            self.fail_head(status, ctx);
+        }
+    }
+
     /// Completes the WQE at the head with `status` (always generated for errors) and moves the QP
     /// to ERR, flushing everything else.
     pub(crate) fn fail_head(&mut self, status: WcStatus, ctx: &mut Ctx<'_>) {
@@ -348,14 +375,14 @@ impl Qp {
         let i = self.req.cursor;
         let mtu = self.attrs.mtu.bytes();
         if let Err(status) = self.resolve(i, ctx) {
-            self.fail_head(status, ctx);
+            self.fail_local(i, status, ctx);
             return None;
         }
         // Destination and UD checks.
         let (dst, dest_qpn, deth) = match (self.qp_type, self.sq[i].wr.ud) {
             (QpType::Ud, Some(ud)) => {
                 let Some(ah) = ctx.ahs.get(&ud.ah.0) else {
-                    self.fail_head(WcStatus::LocQpOpErr, ctx);
+                    self.fail_local(i, WcStatus::LocQpOpErr, ctx);
                     return None;
                 };
                 // IBTA §10.2.4: a WR Q_Key with the high bit set means "use the QP's Q_Key".
@@ -374,7 +401,7 @@ impl Qp {
                 )
             }
             (QpType::Ud, None) => {
-                self.fail_head(WcStatus::LocQpOpErr, ctx);
+                self.fail_local(i, WcStatus::LocQpOpErr, ctx);
                 return None;
             }
             _ => match self.attrs.dest {
@@ -470,7 +497,7 @@ impl Qp {
         let Ok(mut pkt) = repr.emit(buf) else {
             // The table and the builder above agree on headers, so this is not expected; drop
             // the WQE with an error rather than send a malformed packet.
-            self.fail_head(WcStatus::LocQpOpErr, ctx);
+            self.fail_local(i, WcStatus::LocQpOpErr, ctx);
             return None;
         };
         if plen > 0 {
@@ -487,7 +514,7 @@ impl Qp {
                     ) {
                         Ok(span) => span.read(off as usize, pkt.payload_mut()),
                         Err(_) => {
-                            self.fail_head(WcStatus::LocProtErr, ctx);
+                            self.fail_local(i, WcStatus::LocProtErr, ctx);
                             return None;
                         }
                     }
