@@ -44,4 +44,4 @@ trap 'scripts/netns.sh down "$netns"' EXIT
 # The plots are linked from the markdown relative to its directory.
 link=$(realpath -m --relative-to="$(dirname "$doc")" "$plots")
 "$bin/uroce-perf" suite "${quick[@]}" --uroce "$bin/uroce" --netns "$netns" \
-    --server-ip "10.66.$subnet.1" --out "$out" --plots "$plots" --doc "$doc" --plots-link "$link"
+    --server-ip "10.66.$subnet.1" --client-ip "10.66.$subnet.2" --out "$out" --plots "$plots" --doc "$doc" --plots-link "$link"

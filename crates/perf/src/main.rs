@@ -69,6 +69,10 @@ enum Cmd {
         /// Address of the server side, in NETNS-a.
         #[arg(long)]
         server_ip: String,
+        /// Address of the client side, in NETNS-b (the driver-layer ping binds it, as a device
+        /// does; without it, the unspecified address).
+        #[arg(long)]
+        client_ip: Option<String>,
         /// Short runs and few sizes (a smoke test, not a measurement).
         #[arg(long)]
         quick: bool,
@@ -299,6 +303,7 @@ fn main() -> ExitCode {
             uroce,
             netns,
             server_ip,
+            client_ip,
             quick,
             powercap,
             outputs,
@@ -309,6 +314,7 @@ fn main() -> ExitCode {
                 me,
                 netns,
                 server_ip,
+                client_ip,
                 quick,
                 out: outputs.out.clone(),
                 powercap,

@@ -54,6 +54,9 @@ pub struct UdpBw {
 /// The raw UDP busy-poll ping-pong.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UdpRtt {
+    /// Empty for plain UDP sockets; `raw-ackN` for uroce's driver without the engine (N bytes
+    /// of a second GSO segment).
+    pub mode: String,
     /// Payload bytes.
     pub size: u64,
     /// Median half round trip, µs.
@@ -149,6 +152,8 @@ pub struct Results {
     pub udp: Vec<UdpBw>,
     /// Raw UDP ping-pong.
     pub rtt: UdpRtt,
+    /// The same through uroce's driver without the engine (the layers of the latency).
+    pub raw_rtt: Vec<UdpRtt>,
     /// Kernel TCP.
     pub tcp: Tcp,
     /// `uroce bench` runs.
@@ -182,6 +187,26 @@ fn cdf_of(v: &Value) -> Vec<(f64, f64)> {
         .unwrap_or_default()
 }
 
+fn rtt_json(r: &UdpRtt) -> Value {
+    json!({
+        "mode": r.mode, "size": r.size, "half_median_us": r.half_median_us,
+        "half_p99_us": r.half_p99_us, "cdf": cdf_json(&r.cdf),
+        "valid": r.valid, "note": r.note,
+    })
+}
+
+fn rtt_of(r: &Value) -> UdpRtt {
+    UdpRtt {
+        mode: s(r, "mode"),
+        size: u(r, "size"),
+        half_median_us: f(r, "half_median_us"),
+        half_p99_us: f(r, "half_p99_us"),
+        cdf: cdf_of(&r["cdf"]),
+        valid: b(r, "valid"),
+        note: s(r, "note"),
+    }
+}
+
 impl Results {
     /// As JSON.
     pub fn to_json(&self) -> Value {
@@ -197,11 +222,8 @@ impl Results {
                 "mode": x.mode, "gbit_s": x.gbit_s, "cpu_s_per_gb": x.cpu_s_per_gb,
                 "loss": x.loss, "mdgram_s": x.mdgram_s, "valid": x.valid, "note": x.note,
             })).collect::<Vec<_>>(),
-            "rtt": {
-                "size": self.rtt.size, "half_median_us": self.rtt.half_median_us,
-                "half_p99_us": self.rtt.half_p99_us, "cdf": cdf_json(&self.rtt.cdf),
-                "valid": self.rtt.valid, "note": self.rtt.note,
-            },
+            "rtt": rtt_json(&self.rtt),
+            "raw_rtt": self.raw_rtt.iter().map(rtt_json).collect::<Vec<_>>(),
             "tcp": {
                 "gbit_s": self.tcp.gbit_s, "cpu_s_per_gb": self.tcp.cpu_s_per_gb,
                 "retransmits": self.tcp.retransmits, "valid": self.tcp.valid,
@@ -253,17 +275,13 @@ impl Results {
                     note: s(x, "note"),
                 })
                 .collect(),
-            rtt: {
-                let r = &v["rtt"];
-                UdpRtt {
-                    size: u(r, "size"),
-                    half_median_us: f(r, "half_median_us"),
-                    half_p99_us: f(r, "half_p99_us"),
-                    cdf: cdf_of(&r["cdf"]),
-                    valid: b(r, "valid"),
-                    note: s(r, "note"),
-                }
-            },
+            rtt: rtt_of(&v["rtt"]),
+            raw_rtt: v["raw_rtt"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(rtt_of)
+                .collect(),
             tcp: {
                 let t = &v["tcp"];
                 Tcp {

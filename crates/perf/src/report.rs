@@ -221,6 +221,26 @@ fn gbit_ratio(name: &'static str, value: f64, base: f64, target: &'static str, m
     }
 }
 
+/// The layers under the latency: uroce's driver without the engine, with and without the
+/// held ACK's second segment.
+fn layers(r: &Results) -> Option<String> {
+    let l: Vec<String> = r
+        .raw_rtt
+        .iter()
+        .filter(|x| x.valid)
+        .map(|x| format!("{} {:.2} µs", rtt_label(&x.mode), x.half_median_us))
+        .collect();
+    (!l.is_empty()).then(|| format!("uroce's driver without the engine: {}", l.join(", ")))
+}
+
+/// How a driver-layer ping-pong is named in tables.
+fn rtt_label(mode: &str) -> String {
+    match mode.strip_prefix("raw-ack") {
+        Some("0") | None => "one datagram".into(),
+        Some(a) => format!("with a {a}-byte ACK segment"),
+    }
+}
+
 /// The ceilings of a run: the io_uring UDP GSO/GRO probe (the issue's), else none.
 fn ceiling(r: &Results) -> Option<&crate::model::UdpBw> {
     r.udp("uring-gso-gro")
@@ -410,7 +430,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ratio: format!("{:.2}", l.lat_median_us / u.half_median_us),
             target: "≤ 1.3",
             pass: l.lat_median_us / u.half_median_us <= 1.3,
-            note: "half round trips, polled progress, busy-poll UDP".into(),
+            note: with_note(
+                "half round trips, polled progress, busy-poll UDP",
+                layers(r),
+            ),
             reach: None,
         },
         _ => missing(n[7], "≤ 1.3", "polled uring latency run or UDP ping-pong"),
@@ -628,6 +651,18 @@ pub fn baselines_csv(r: &Results) -> String {
         r.rtt.note.clone(),
         String::new(),
     ]);
+    for x in &r.raw_rtt {
+        o += &csv_line(&[
+            format!("uring-driver-rtt-{}", x.mode),
+            String::new(),
+            String::new(),
+            format!("{:.3}", x.half_median_us),
+            format!("{:.3}", x.half_p99_us),
+            x.valid.to_string(),
+            x.note.clone(),
+            String::new(),
+        ]);
+    }
     o += &csv_line(&[
         "tcp-iperf3".into(),
         format!("{:.4}", r.tcp.gbit_s),
@@ -1006,6 +1041,25 @@ pub fn markdown(r: &Results, link: &str) -> String {
         },
         r.rtt.note
     );
+    for x in &r.raw_rtt {
+        let _ = writeln!(
+            o,
+            "| uroce's io_uring driver, no engine, busy-poll ping-pong, {} (half RTT) | | | {} | \
+             {} | {} |",
+            rtt_label(&x.mode),
+            if x.valid {
+                format!("{:.2} µs", x.half_median_us)
+            } else {
+                "INVALID".into()
+            },
+            if x.valid {
+                format!("{:.2} µs", x.half_p99_us)
+            } else {
+                String::new()
+            },
+            x.note
+        );
+    }
     let _ = writeln!(
         o,
         "| kernel TCP, iperf3, one stream | {} | {} | | | {} |",
@@ -1257,7 +1311,7 @@ mod tests {
             half_p99_us: 20.0,
             cdf: vec![(0.0, 8.0), (0.5, 10.0), (1.0, 30.0)],
             valid: true,
-            note: String::new(),
+            ..UdpRtt::default()
         };
         for (t, g) in [("write", 64.0), ("read", 60.0), ("send", 40.0)] {
             r.runs
@@ -1389,6 +1443,20 @@ mod tests {
         });
         r.tcp.gbit_s = 17.7;
         r.rtt.half_median_us = 2.73;
+        r.raw_rtt = vec![
+            UdpRtt {
+                mode: "raw-ack0".into(),
+                half_median_us: 3.21,
+                valid: true,
+                ..UdpRtt::default()
+            },
+            UdpRtt {
+                mode: "raw-ack20".into(),
+                half_median_us: 3.53,
+                valid: true,
+                ..UdpRtt::default()
+            },
+        ];
         r.micro = Some(crate::micro::Micro {
             icrc_gb_s: 9.8,
             mr_read_gb_s: 5.8,
@@ -1447,8 +1515,19 @@ mod tests {
         // (1.442 + 0.604) / (0.309 + 0.604) = 2.24 for this one.
         assert_eq!(get(6).result(), "FAIL");
         assert!(get(6).note.contains("at most 2.24"), "{}", get(6).note);
-        // Latency and message rate have no such bound: plain FAILs.
+        // Latency and message rate have no such bound: plain FAILs; the latency names its
+        // layers.
         assert_eq!(get(7).result(), "FAIL");
+        assert!(
+            get(7)
+                .note
+                .contains("one datagram 3.21 µs, with a 20-byte ACK segment 3.53 µs"),
+            "{}",
+            get(7).note
+        );
+        let json = r.to_json();
+        assert_eq!(Results::from_json(&json).raw_rtt, r.raw_rtt);
+        assert!(baselines_csv(&r).contains("uring-driver-rtt-raw-ack20,"));
         assert_eq!(get(9).result(), "FAIL");
         assert!(
             get(9).baseline.contains("8.30 M datagrams/s"),

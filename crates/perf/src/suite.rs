@@ -28,6 +28,8 @@ pub struct Options {
     pub netns: String,
     /// Address of the server side (in `NAME-a`).
     pub server_ip: String,
+    /// Address of the client side (in `NAME-b`), if known.
+    pub client_ip: Option<String>,
     /// Short runs, few sizes.
     pub quick: bool,
     /// Where raw outputs go (`raw/` inside).
@@ -447,19 +449,50 @@ impl Suite {
         r
     }
 
-    fn udp_rtt(&mut self) -> UdpRtt {
-        let addr = sockaddr(&self.o.server_ip, "47912");
+    /// The busy-poll ping-pong: plain UDP sockets (`ack` None: `udp-echo`/`udp-ping`), or
+    /// uroce's io_uring driver without the engine (`raw-echo`/`raw-ping`, an 8-byte WRITE's
+    /// 40-byte packet, with `ack` bytes more as a second GSO segment when nonzero: the held
+    /// ACK of a polled latency run).
+    fn udp_rtt(&mut self, ack: Option<usize>) -> UdpRtt {
+        let port = match ack {
+            None => "47912",
+            Some(0) => "47916",
+            Some(_) => "47917",
+        };
+        let addr = sockaddr(&self.o.server_ip, port);
         let count = if self.o.quick { "2000" } else { "50000" };
         let mut r = UdpRtt {
             size: LAT_SIZE,
+            mode: match ack {
+                None => String::new(),
+                Some(a) => format!("raw-ack{a}"),
+            },
             ..UdpRtt::default()
         };
-        let echo = match spawn_on(
-            &self.a,
-            Some(PIN.0),
-            &self.o.me,
-            &strings(&["udp-echo", "--bind", &addr]),
-        ) {
+        let (echo_args, mut ping_args) = match ack {
+            None => (
+                strings(&["udp-echo", "--bind", &addr]),
+                strings(&["udp-ping", "--to", &addr, "--size", "8", "--count", count]),
+            ),
+            Some(a) => (
+                strings(&["raw-echo", "--bind", &addr, "--backend", "uring"]),
+                strings(&[
+                    "raw-ping",
+                    "--to",
+                    &addr,
+                    "--backend",
+                    "uring",
+                    "--ack",
+                    &a.to_string(),
+                    "--count",
+                    count,
+                ]),
+            ),
+        };
+        if let (Some(_), Some(ip)) = (ack, &self.o.client_ip) {
+            ping_args.extend(strings(&["--bind", &sockaddr(ip, "0")]));
+        }
+        let echo = match spawn_on(&self.a, Some(PIN.0), &self.o.me, &echo_args) {
             Ok(p) => p,
             Err(e) => {
                 r.note = format!("spawn: {e}");
@@ -471,20 +504,15 @@ impl Suite {
             let _ = echo.finish(Duration::ZERO);
             return r;
         }
-        let ping = spawn_on(
-            &self.b,
-            Some(PIN.1),
-            &self.o.me,
-            &strings(&["udp-ping", "--to", &addr, "--size", "8", "--count", count]),
-        )
-        .map(|p| p.finish(Duration::from_secs(120)));
+        let ping = spawn_on(&self.b, Some(PIN.1), &self.o.me, &ping_args)
+            .map(|p| p.finish(Duration::from_secs(120)));
         let echo = echo.finish(Duration::from_secs(5));
         let ping = ping.unwrap_or(Done {
             ok: false,
             stdout: String::new(),
             stderr: "spawn failed".into(),
         });
-        self.save("udp-rtt", &echo, &ping);
+        self.save(&format!("udp-rtt{}", r.mode), &echo, &ping);
         if let Some(v) = ping.json().last() {
             r.half_median_us = v["half_median_us"].as_f64().unwrap_or(0.0);
             r.half_p99_us = v["half_p99_us"].as_f64().unwrap_or(0.0);
@@ -497,9 +525,17 @@ impl Suite {
                 })
                 .unwrap_or_default();
             r.valid = ping.ok && r.half_median_us > 0.0;
+            let how = match ack {
+                None => "both sides spinning on non-blocking recv".to_string(),
+                Some(0) => "uroce's io_uring driver without the engine (a polled device's \
+                            socket and receive path), one 40-byte datagram each way"
+                    .to_string(),
+                Some(a) => {
+                    format!("as the driver row, plus a {a}-byte second GSO segment (the held ACK)")
+                }
+            };
             r.note = format!(
-                "{count} round trips, both sides spinning on non-blocking recv, pinned to CPUs \
-                 {} and {}; {} resent",
+                "{count} round trips, {how}, pinned to CPUs {} and {}; {} resent",
                 PIN.0, PIN.1, v["lost"]
             );
         } else {
@@ -805,7 +841,8 @@ pub fn run(o: Options) -> Results {
     // wins)". Reported next to the ceiling, used by no target.
     res.udp.push(s.udp_bw("uring-gso-gro-zc"));
     res.udp.push(s.udp_bw("uring-small"));
-    res.rtt = s.udp_rtt();
+    res.rtt = s.udp_rtt(None);
+    res.raw_rtt = vec![s.udp_rtt(Some(0)), s.udp_rtt(Some(20))];
     res.tcp = s.tcp();
     let sizes: Vec<u64> = if s.o.quick {
         vec![64, 65536, HEADLINE_SIZE]

@@ -193,6 +193,8 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "udp-uring-gso-gro-zc",
             "udp-uring-small",
             "udp-busy-poll-rtt",
+            "uring-driver-rtt-raw-ack0",
+            "uring-driver-rtt-raw-ack20",
             "tcp-iperf3"
         ]
     );
