@@ -88,10 +88,10 @@ unsafe fn send_wr(qp: &UQp, wr: &ibv_send_wr) -> Result<SendWr, c_int> {
         }
         _ => return Err(libc::EINVAL),
     };
-    // SAFETY: the WR's SGE list (contract).
-    let sgl = unsafe { sges(wr.sg_list, wr.num_sge) }?;
     let f = wr.send_flags;
     let payload = if f & ibv_send_flags::IBV_SEND_INLINE != 0 && !op.is_read_or_atomic() {
+        // SAFETY: the WR's SGE list (contract).
+        let sgl = unsafe { sges(wr.sg_list, wr.num_sge) }?;
         // Inline: the bytes are copied now and need no registration (verbs semantics).
         let total: u64 = sgl.iter().map(|s| u64::from(s.length)).sum();
         if total > u64::from(qp.init.cap.max_inline_data) {
@@ -108,8 +108,18 @@ unsafe fn send_wr(qp: &UQp, wr: &ibv_send_wr) -> Result<SendWr, c_int> {
             });
         }
         Payload::Inline(data)
+    } else if wr.num_sge == 1 && !wr.sg_list.is_null() {
+        // The common one-SGE WR, without allocating a list.
+        // SAFETY: the WR's SGE list holds `num_sge` = 1 entry (contract).
+        let e = unsafe { &*wr.sg_list };
+        Payload::Sge(Sge {
+            addr: e.addr,
+            length: e.length,
+            lkey: e.lkey,
+        })
     } else {
-        Payload::Sgl(sgl)
+        // SAFETY: the WR's SGE list (contract).
+        Payload::Sgl(unsafe { sges(wr.sg_list, wr.num_sge) }?)
     };
     let mut w = SendWr::new(wr.wr_id, op, payload);
     w.flags = SendFlags {
