@@ -279,7 +279,7 @@ fn write(r: &model::Results, o: &Outputs) -> ExitCode {
                     t.baseline,
                     t.ratio,
                     t.target,
-                    if t.pass { "PASS" } else { "FAIL" }
+                    t.result()
                 );
             }
             eprintln!(

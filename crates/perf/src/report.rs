@@ -1091,7 +1091,10 @@ pub fn markdown(r: &Results, link: &str) -> String {
     for x in r.runs.iter().filter(|x| x.group != "size") {
         let what = match x.group.as_str() {
             "lat" => format!("WRITE lat {} B, {} progress", x.size, x.progress),
-            "msgrate" => format!("WRITE {} B message rate, deep queue", x.size),
+            "msgrate" => format!(
+                "WRITE {} B message rate, deep queue, {} progress",
+                x.size, x.progress
+            ),
             _ if x.threads > 1 => format!(
                 "WRITE {} × {} QPs, {} engine threads",
                 size_label(x.size as f64),
