@@ -212,15 +212,21 @@ impl Span {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The same range, borrowed: where its reads and writes are defined.
+    pub fn span_ref(&self) -> SpanRef<'_> {
+        SpanRef {
+            memory: &*self.memory,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
     /// Reads `dst.len()` bytes starting `at` bytes into the span (`at + dst.len() <= len()`).
     pub fn read(&self, at: usize, dst: &mut [u8]) {
-        debug_assert!(at + dst.len() <= self.len);
-        self.memory.read(self.offset + at, dst);
+        self.span_ref().read(at, dst);
     }
     /// Writes `src` starting `at` bytes into the span (`at + src.len() <= len()`).
     pub fn write(&self, at: usize, src: &[u8]) {
-        debug_assert!(at + src.len() <= self.len);
-        self.memory.write(self.offset + at, src);
+        self.span_ref().write(at, src);
     }
     /// Atomic compare-and-swap on the span's first 8 bytes.
     pub fn compare_swap(&self, compare: u64, swap: u64) -> u64 {
