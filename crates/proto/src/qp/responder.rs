@@ -640,50 +640,36 @@ impl Qp {
         {
             return Ok(false);
         }
-        if info.position.starts() && info.position.ends() {
-            // ONLY: checked and placed in this call, so the region is borrowed rather than
-            // held (no reference count moved per message of a small-WRITE stream). The same
-            // checks in the same order as FIRST + LAST below.
-            let Some(reth) = repr.reth else {
-                return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
-            };
-            let span = ctx
-                .mrs
-                .check_ref(
-                    self.pd,
-                    reth.rkey,
-                    reth.va,
-                    reth.dma_len as usize,
-                    Access::REMOTE_WRITE,
-                )
-                .map_err(key_fail)?;
-            self.resp.write = None;
-            let data = pkt.payload();
-            // IBTA C9-91: the payload is the whole RETH length.
-            if data.len() as u64 != u64::from(reth.dma_len) {
-                self.resp.in_msg = Some(Operation::RdmaWrite);
-                return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
-            }
-            span.write(0, data);
-            self.resp.in_msg = None;
-            if needs_recv {
-                self.complete_write_imm(reth.dma_len, repr, ctx);
-            }
-            return Ok(true);
-        }
         if info.position.starts() {
             let Some(reth) = repr.reth else {
                 return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
             };
+            let (key, va, len) = (reth.rkey, reth.va, reth.dma_len as usize);
+            if info.position.ends() {
+                // ONLY: checked and placed in this call, so the region is borrowed rather
+                // than held (no reference count moved per message of a small-WRITE stream).
+                // The same checks in the same order as FIRST + LAST below.
+                let span = ctx
+                    .mrs
+                    .check_ref(self.pd, key, va, len, Access::REMOTE_WRITE)
+                    .map_err(key_fail)?;
+                self.resp.write = None;
+                let data = pkt.payload();
+                // IBTA C9-91: the payload is the whole RETH length.
+                if data.len() != len {
+                    self.resp.in_msg = Some(Operation::RdmaWrite);
+                    return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
+                }
+                span.write(0, data);
+                self.resp.in_msg = None;
+                if needs_recv {
+                    self.complete_write_imm(reth.dma_len, repr, ctx);
+                }
+                return Ok(true);
+            }
             let span = ctx
                 .mrs
-                .check(
-                    self.pd,
-                    reth.rkey,
-                    reth.va,
-                    reth.dma_len as usize,
-                    Access::REMOTE_WRITE,
-                )
+                .check(self.pd, key, va, len, Access::REMOTE_WRITE)
                 .map_err(key_fail)?;
             self.resp.write = Some(CurWrite {
                 span,
