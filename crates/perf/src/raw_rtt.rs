@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use uroce::driver::raw::RawDriver;
 use uroce::BackendKind;
 
-use crate::udp::{ProbeError, CDF_QUANTILES};
+use crate::udp::{rtt_result, ProbeError};
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ProbeError {
     move |source| ProbeError::Io { what, source }
@@ -165,13 +165,8 @@ pub fn ping(o: PingOptions) -> Result<Value, ProbeError> {
     // The echo stops on an empty datagram.
     d.send_gso(o.to, 0, None, |_| {}).map_err(io("send"))?;
     d.flush().map_err(io("send"))?;
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let cdf: Vec<Value> = CDF_QUANTILES
-        .iter()
-        .map(|q| json!([q, us(*q) / 2.0]))
-        .collect();
     let s = d.stats();
-    Ok(json!({
+    let fields = json!({
         "role": "raw-ping",
         "backend": d.features().backend.name(),
         "size": size,
@@ -181,11 +176,6 @@ pub fn ping(o: PingOptions) -> Result<Value, ProbeError> {
         "tx_sends": s.tx_sends,
         "tx_gso_sends": s.tx_gso_sends,
         "rx_receives": s.rx_receives,
-        "rtt_min_us": hist.min() as f64 / 1000.0,
-        "rtt_median_us": us(0.5),
-        "rtt_p99_us": us(0.99),
-        "half_median_us": us(0.5) / 2.0,
-        "half_p99_us": us(0.99) / 2.0,
-        "half_cdf_us": cdf,
-    }))
+    });
+    Ok(rtt_result(fields, &hist))
 }

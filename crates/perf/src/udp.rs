@@ -237,6 +237,27 @@ pub const CDF_QUANTILES: [f64; 24] = [
     0.8, 0.85, 0.9, 0.95, 0.99, 0.999, 1.0,
 ];
 
+/// A ping-pong's result: the object `fields` plus the round-trip statistics of `hist`
+/// (nanoseconds per round trip), in microseconds, with `half_*` as half round trips.
+pub fn rtt_result(mut fields: Value, hist: &Histogram<u64>) -> Value {
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let cdf: Vec<Value> = CDF_QUANTILES
+        .iter()
+        .map(|q| json!([q, us(*q) / 2.0]))
+        .collect();
+    for (k, v) in [
+        ("rtt_min_us", json!(hist.min() as f64 / 1000.0)),
+        ("rtt_median_us", json!(us(0.5))),
+        ("rtt_p99_us", json!(us(0.99))),
+        ("half_median_us", json!(us(0.5) / 2.0)),
+        ("half_p99_us", json!(us(0.99) / 2.0)),
+        ("half_cdf_us", Value::Array(cdf)),
+    ] {
+        fields[k] = v;
+    }
+    fields
+}
+
 /// `count` round trips of `size`-byte datagrams to the echo at `to` (after `warmup` more),
 /// spinning on non-blocking `recv`. Times in microseconds; `half_*` are half round trips, the
 /// unit `uroce bench write lat` reports.
@@ -292,21 +313,11 @@ pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<
         done += 1;
     }
     let _ = s.send(&[]);
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let cdf: Vec<Value> = CDF_QUANTILES
-        .iter()
-        .map(|q| json!([q, us(*q) / 2.0]))
-        .collect();
-    Ok(json!({
+    let fields = json!({
         "role": "udp-ping",
         "size": size,
         "round_trips": count,
         "lost": lost,
-        "rtt_min_us": hist.min() as f64 / 1000.0,
-        "rtt_median_us": us(0.5),
-        "rtt_p99_us": us(0.99),
-        "half_median_us": us(0.5) / 2.0,
-        "half_p99_us": us(0.99) / 2.0,
-        "half_cdf_us": cdf,
-    }))
+    });
+    Ok(rtt_result(fields, &hist))
 }
