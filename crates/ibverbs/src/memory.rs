@@ -76,6 +76,13 @@ impl RegionMemory for RawMemory {
         self.word(offset)
             .map_or(0, |w| w.fetch_add(add, Ordering::SeqCst))
     }
+
+    fn raw_parts(&self) -> Option<uroce_proto::RawParts> {
+        Some(uroce_proto::RawParts {
+            addr: self.addr,
+            len: self.len,
+        })
+    }
 }
 
 impl RawMemory {

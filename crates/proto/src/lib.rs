@@ -41,7 +41,7 @@ pub use cq::{Completion, CompletionQueue, WcOpcode, WcStatus};
 pub use device::{AsyncEvent, Config, Device, DeviceAttr, DeviceCounters, Transmit, Usage};
 pub use error::{Error, Resource};
 pub use memory::AtomicMemory;
-pub use mr::{Access, MrKeys, RegionMemory, VecMemory};
+pub use mr::{Access, MrKeys, RawParts, RegionMemory, VecMemory};
 pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType};
 pub use time::Instant;
 pub use wr::{Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, UdDest};

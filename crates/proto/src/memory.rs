@@ -116,11 +116,30 @@ impl RegionMemory for AtomicMemory {
     fn fetch_add(&self, offset: usize, add: u64) -> u64 {
         self.words[offset / 8].fetch_add(add, Relaxed)
     }
+
+    /// The words are contiguous; a kernel copy into or out of them is another writer or reader
+    /// of the same bytes, as a NIC's DMA is (see the module docs).
+    fn raw_parts(&self) -> Option<crate::RawParts> {
+        Some(crate::RawParts {
+            addr: self.words.as_ptr() as usize,
+            len: self.len,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_parts_cover_the_bytes_read_and_written() {
+        let m = AtomicMemory::zeroed(20);
+        m.write(0, &[7; 20]);
+        let raw = m.raw_parts().expect("atomic memory is addressable");
+        assert_eq!(raw.len, 20);
+        assert_eq!(raw.addr % 8, 0, "word aligned");
+        assert_ne!(raw.addr, 0);
+    }
 
     #[test]
     fn unaligned_reads_and_writes_round_trip() {

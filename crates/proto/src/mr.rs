@@ -70,6 +70,25 @@ pub trait RegionMemory: Send + Sync {
     fn compare_swap(&self, offset: usize, compare: u64, swap: u64) -> u64;
     /// Atomically add `add` to the u64 at `offset`; return the old value.
     fn fetch_add(&self, offset: usize, add: u64) -> u64;
+    /// Where the bytes lie in this process, for a driver that has the kernel copy straight
+    /// between a socket and the region (no user-space copy on send or receive). `None` (the
+    /// default) for memory that is not plain addressable bytes, such as [`VecMemory`] behind
+    /// its mutex. The engine never dereferences it; a driver that does must keep the region
+    /// (its `Arc`) alive until the kernel is done with the range.
+    fn raw_parts(&self) -> Option<RawParts> {
+        None
+    }
+}
+
+/// A region's bytes as an address and a length in this process (see
+/// [`RegionMemory::raw_parts`]). An address, not a pointer, so that it is `Send` and needs no
+/// `unsafe` to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawParts {
+    /// Address of byte 0.
+    pub addr: usize,
+    /// Length in bytes.
+    pub len: usize,
 }
 
 /// Heap memory behind a mutex: safe, simple, for tests and the simulator.
