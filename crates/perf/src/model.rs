@@ -130,7 +130,8 @@ pub struct Run {
     pub retransmits: u64,
     /// ACK timer expiries, both sides.
     pub timeouts: u64,
-    /// Packets dropped or lost: ICRC drops, out-of-sequence arrivals, CQ overruns, duplicates.
+    /// Packets dropped or lost: ICRC drops, out-of-sequence arrivals, CQ overruns, duplicates,
+    /// datagrams the driver lost at its socket (a full send buffer, a truncated receive).
     pub drops: u64,
     /// Socket errors, error exits, failed data checks.
     pub errors: u64,
@@ -420,7 +421,8 @@ pub fn run_from_bench(
             run.drops += u(h, "icrc_drops")
                 + u(h, "out_of_sequence")
                 + u(h, "cq_overruns")
-                + u(h, "duplicates");
+                + u(h, "duplicates")
+                + u(h, "socket_drops");
             run.errors += u(h, "io_errors");
             if !b(h, "clean") {
                 reasons.push(format!("{side}: link not clean ({h})"));

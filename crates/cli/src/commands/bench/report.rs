@@ -40,6 +40,9 @@ pub struct Health {
     pub cq_overruns: u64,
     /// Socket errors.
     pub io_errors: u64,
+    /// Datagrams the driver lost at the socket: sends refused with a full buffer (a dropped
+    /// ACK shows only as the peer's ACK timeout otherwise) and receives truncated.
+    pub socket_drops: u64,
 }
 
 impl Health {
@@ -60,6 +63,8 @@ impl Health {
         h.icrc_drops = d.icrc_drops;
         h.cq_overruns = d.cq_overruns;
         h.io_errors = dev.io_errors();
+        let s = dev.driver_stats();
+        h.socket_drops = s.tx_dropped + s.rx_truncated;
         h
     }
 
@@ -75,10 +80,13 @@ impl Health {
             icrc_drops: self.icrc_drops.saturating_sub(before.icrc_drops),
             cq_overruns: self.cq_overruns.saturating_sub(before.cq_overruns),
             io_errors: self.io_errors.saturating_sub(before.io_errors),
+            socket_drops: self.socket_drops.saturating_sub(before.socket_drops),
         }
     }
 
-    /// Nothing was lost, resent, damaged or dropped (RNR NAKs alone are flow control).
+    /// Nothing was lost, resent, damaged or dropped (RNR NAKs alone are flow control). Socket
+    /// drops alone do not count: a lost request shows as a retransmission, and a lost ACK that
+    /// a later one covered cost nothing.
     pub fn clean(&self) -> bool {
         self.retransmits == 0
             && self.timeouts == 0
@@ -101,6 +109,7 @@ impl Health {
             "icrc_drops": self.icrc_drops,
             "cq_overruns": self.cq_overruns,
             "io_errors": self.io_errors,
+            "socket_drops": self.socket_drops,
             "clean": self.clean(),
         })
     }
