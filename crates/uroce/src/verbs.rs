@@ -217,11 +217,18 @@ impl CompletionQueue {
             Ok(())
         };
         if self.shared.polled {
-            self.shared.with(|g, _| take(g, &mut out))?;
+            // One lock for the whole poll: take, send what waits (a post from another thread
+            // already sent its own), receive, and return what this poll's receive completed
+            // now, not one poll (a receive syscall) later.
+            let now = self.shared.now();
+            let mut g = self.shared.lock();
+            take(&mut g, &mut out)?;
+            if g.eng.has_transmit() {
+                g.transmit(now);
+            }
+            g.pump(now);
             if out.is_empty() {
-                // What this poll's receive completed is returned now, not one poll (a receive
-                // syscall) later.
-                take(&mut self.shared.lock(), &mut out)?;
+                take(&mut g, &mut out)?;
             }
         } else {
             // The progress thread does the I/O; polling only takes the lock briefly, so a
