@@ -138,6 +138,9 @@ pub struct Run {
     /// The kernel's UDP receive drops in both namespaces during the run (`RcvbufErrors` of
     /// /proc/net/snmp: a full socket receive buffer), the usual cause of retransmits here.
     pub kernel_udp_drops: u64,
+    /// Packets whose payload the kernel placed straight into the region (zero-copy receive),
+    /// both sides.
+    pub placed: u64,
     /// No data lost, no error: the run counts as a result.
     pub valid: bool,
     /// Why it is INVALID.
@@ -239,7 +242,7 @@ impl Results {
                 "lat_median_us": r.lat_median_us, "lat_p99_us": r.lat_p99_us,
                 "cdf": cdf_json(&r.cdf), "retransmits": r.retransmits,
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
-                "kernel_udp_drops": r.kernel_udp_drops,
+                "kernel_udp_drops": r.kernel_udp_drops, "placed": r.placed,
                 "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
@@ -322,6 +325,7 @@ impl Results {
                     drops: u(r, "drops"),
                     errors: u(r, "errors"),
                     kernel_udp_drops: u(r, "kernel_udp_drops"),
+                    placed: u(r, "placed"),
                     valid: b(r, "valid"),
                     reason: s(r, "reason"),
                 })
@@ -424,6 +428,7 @@ pub fn run_from_bench(
                 + u(h, "duplicates")
                 + u(h, "socket_drops");
             run.errors += u(h, "io_errors");
+            run.placed += u(h, "placed");
             if !b(h, "clean") {
                 reasons.push(format!("{side}: link not clean ({h})"));
             }
