@@ -40,6 +40,11 @@ pub struct Health {
     pub cq_overruns: u64,
     /// Socket errors.
     pub io_errors: u64,
+    /// Packets whose payload the kernel placed straight into the region (zero-copy receive,
+    /// `DeviceCounters::rx_placed`): not a health problem, reported alongside.
+    pub placed: u64,
+    /// Placed packets that were not the predicted ones and were copied after all.
+    pub place_misses: u64,
 }
 
 impl Health {
@@ -60,6 +65,8 @@ impl Health {
         h.icrc_drops = d.icrc_drops;
         h.cq_overruns = d.cq_overruns;
         h.io_errors = dev.io_errors();
+        h.placed = d.rx_placed;
+        h.place_misses = d.rx_place_misses;
         h
     }
 
@@ -75,6 +82,8 @@ impl Health {
             icrc_drops: self.icrc_drops.saturating_sub(before.icrc_drops),
             cq_overruns: self.cq_overruns.saturating_sub(before.cq_overruns),
             io_errors: self.io_errors.saturating_sub(before.io_errors),
+            placed: self.placed.saturating_sub(before.placed),
+            place_misses: self.place_misses.saturating_sub(before.place_misses),
         }
     }
 
@@ -101,6 +110,8 @@ impl Health {
             "icrc_drops": self.icrc_drops,
             "cq_overruns": self.cq_overruns,
             "io_errors": self.io_errors,
+            "placed": self.placed,
+            "place_misses": self.place_misses,
             "clean": self.clean(),
         })
     }
@@ -359,6 +370,13 @@ impl<'a> Reporter<'a> {
                 ""
             }
         )?;
+        if r.health.placed > 0 || r.health.place_misses > 0 {
+            writeln!(
+                self.out,
+                " zero-copy receive: {} packets placed by the kernel, {} copied after a miss",
+                r.health.placed, r.health.place_misses
+            )?;
+        }
         self.out.flush()
     }
 
