@@ -298,6 +298,8 @@ pub struct Device {
     /// Pseudo-header constants for sealing small packets.
     icrc: uroce_wire::IcrcCache,
     events: VecDeque<AsyncEvent>,
+    /// Where a placed payload is read (from its region) for the ICRC, a segment at a time.
+    place_buf: Vec<u8>,
 }
 
 fn limit(resource: Resource, max: impl TryInto<u64>) -> Error {
@@ -352,6 +354,7 @@ impl Device {
             solver: uroce_wire::Ipv4IdSolver::default(),
             icrc: uroce_wire::IcrcCache::default(),
             events: VecDeque::new(),
+            place_buf: vec![0; 4096],
         }
     }
 
@@ -810,10 +813,13 @@ impl Device {
                     continue;
                 }
                 self.counters.rx_place_misses += 1;
-                let h = plan.header_len;
-                place::read_pieces(pieces, plan.payload_len, |at, bytes| {
-                    chunk[h + at..h + at + bytes.len()].copy_from_slice(bytes);
-                });
+                let mut at = plan.header_len;
+                for p in pieces {
+                    if let Some(dst) = chunk.get_mut(at..at + p.len) {
+                        p.memory.read(p.offset, dst);
+                    }
+                    at += p.len;
+                }
             }
             self.receive(now, from, to, chunk, None);
         }
@@ -857,9 +863,14 @@ impl Device {
         };
         let check = match placed {
             None => icrc.verify_with(data, self.config.ipv4_id_mode, &mut self.solver),
-            Some(p) => {
-                place::verify_placed(&icrc, data, p, self.config.ipv4_id_mode, &mut self.solver)
-            }
+            Some(p) => place::verify_placed(
+                &icrc,
+                data,
+                p,
+                self.config.ipv4_id_mode,
+                &mut self.solver,
+                &mut self.place_buf,
+            ),
         };
         match check {
             Ok(IcrcCheck::Valid) => {}

@@ -243,9 +243,17 @@ pub(crate) fn matches(pieces: &[Piece], spans: &[Span], mut offset: usize, len: 
 }
 
 /// Calls `f(at, bytes)` with the first `len` bytes the pieces hold, in order, a chunk at a
-/// time (read from the regions into a stack buffer).
-pub(crate) fn read_pieces(pieces: &[Piece], len: usize, mut f: impl FnMut(usize, &[u8])) {
-    let mut buf = [0u8; 1024];
+/// time (read from the regions into `buf`: a region's bytes are reached only through
+/// [`RegionMemory::read`], which tolerates a concurrent writer).
+pub(crate) fn read_pieces(
+    pieces: &[Piece],
+    len: usize,
+    buf: &mut [u8],
+    mut f: impl FnMut(usize, &[u8]),
+) {
+    if buf.is_empty() {
+        return;
+    }
     let mut at = 0;
     for p in pieces {
         let mut off = 0;
@@ -267,6 +275,7 @@ pub(crate) fn verify_placed(
     pieces: &[Piece],
     mode: Ipv4IdMode,
     solver: &mut Ipv4IdSolver,
+    buf: &mut [u8],
 ) -> Result<IcrcCheck, IcrcMismatch> {
     let placed: usize = pieces.iter().map(|p| p.len).sum();
     let bad = IcrcMismatch {
@@ -283,7 +292,7 @@ pub(crate) fn verify_placed(
         return Err(bad);
     }
     hasher.update(&packet[BTH_LEN..h]);
-    read_pieces(pieces, placed, |_, b| hasher.update(b));
+    read_pieces(pieces, placed, buf, |_, b| hasher.update(b));
     let t = &packet[packet.len() - ICRC_LEN..];
     let carried = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
     icrc.check_computed(packet.len(), hasher.finalize(), carried, mode, solver)
@@ -325,7 +334,8 @@ impl Ctx<'_> {
             Some(p) => {
                 self.counters.rx_place_misses += 1;
                 let mut v = vec![0; data.len()];
-                read_pieces(p, data.len(), |at, b| {
+                let mut buf = [0u8; 256];
+                read_pieces(p, data.len(), &mut buf, |at, b| {
                     v[at..at + b.len()].copy_from_slice(b)
                 });
                 scatter(spans, offset, &v);

@@ -120,10 +120,11 @@ impl PlacingRx {
         if planned {
             let p = &self.plan;
             let (h, pl) = (p.header_len, p.payload_len);
+            // Header of segment 0, then per segment its payload pieces and one iovec from
+            // its ICRC through the next segment's header (adjacent in the buffer, which
+            // mirrors the datagram), the last one through the end of the datagram.
+            self.iov.push(iovec(buf, h));
             for i in 0..p.segments {
-                let base = i * seg;
-                // Segment `i < segments <= len / seg` is a full one: `base + seg <= len`.
-                self.iov.push(iovec(buf.wrapping_add(base), h));
                 for piece in p.segment_pieces(i) {
                     match piece.memory.raw_parts() {
                         Some(raw)
@@ -138,12 +139,15 @@ impl PlacingRx {
                         _ => ok = false,
                     }
                 }
-                self.iov
-                    .push(iovec(buf.wrapping_add(base + h + pl), seg - h - pl));
-            }
-            let rest = p.segments * seg;
-            if rest < len {
-                self.iov.push(iovec(buf.wrapping_add(rest), len - rest));
+                // Segment `i < segments <= len / seg` is a full one: `from + seg - h - pl`
+                // lies within `len`.
+                let from = i * seg + h + pl;
+                let to = if i + 1 < p.segments {
+                    from + seg - pl
+                } else {
+                    len
+                };
+                self.iov.push(iovec(buf.wrapping_add(from), to - from));
             }
         }
         if !planned || !ok {
