@@ -790,16 +790,39 @@ impl Device {
     /// gets every check of [`Self::handle_datagram`] (the ICRC over the payload where it
     /// lies); one that is not the packet the plan predicted has its payload copied back out
     /// of the region first.
+    ///
+    /// `segment_size` is the datagram's real GRO segment size (its length for one packet).
+    /// A datagram received on a plan made without peeking ([`Self::plan_next`]) may not be
+    /// shaped as planned: then every planned piece is copied back into `data` first and the
+    /// datagram is handled as a plain one.
     pub fn handle_placed(
         &mut self,
         now: Instant,
         from: SocketAddr,
         to: IpAddr,
         data: &mut [u8],
+        segment_size: usize,
         plan: &Placement,
     ) {
         let seg = plan.segment_size.max(1);
+        if segment_size != seg && data.len() > plan.header_len {
+            // Not the planned shape: put the datagram back together.
+            for i in 0..plan.segments {
+                self.counters.rx_place_misses += u64::from(i * seg < data.len());
+                place::unplace(plan, i, data);
+            }
+            for chunk in data.chunks(segment_size.max(1)) {
+                self.receive(now, from, to, chunk, None);
+            }
+            return;
+        }
         for (i, chunk) in data.chunks_mut(seg).enumerate() {
+            if i < plan.segments && chunk.len() != seg {
+                // A shorter last segment where a full one was planned: part of it lies in
+                // the region.
+                self.counters.rx_place_misses += 1;
+                place::unplace_chunk(plan, i, chunk);
+            }
             if i < plan.segments && chunk.len() == seg {
                 let pieces = plan.segment_pieces(i);
                 let b = &chunk[..uroce_wire::headers::BTH_LEN];
@@ -813,16 +836,23 @@ impl Device {
                     continue;
                 }
                 self.counters.rx_place_misses += 1;
-                let mut at = plan.header_len;
-                for p in pieces {
-                    if let Some(dst) = chunk.get_mut(at..at + p.len) {
-                        p.memory.read(p.offset, dst);
-                    }
-                    at += p.len;
-                }
+                place::unplace_chunk(plan, i, chunk);
             }
             self.receive(now, from, to, chunk, None);
         }
+    }
+
+    /// Plans the next datagram for QP `qpn` without peeking at it: as if it were up to
+    /// `max_len` bytes of full-size packets from the QP's next expected PSN on (what a
+    /// stream of MIDDLE packets looks like). The same invariant holds as for
+    /// [`Self::plan_placement`]: whatever datagram then arrives, its bytes land only in the
+    /// unwritten part of the message's checked destination, and [`Self::handle_placed`]
+    /// copies back what was not the predicted packet.
+    pub fn plan_next(&self, qpn: u32, max_len: usize, plan: &mut Placement) -> bool {
+        plan.clear();
+        self.qps
+            .get(&qpn)
+            .is_some_and(|qp| place::plan_next(qp, max_len, plan))
     }
 
     /// Whether an RC QP has an inbound message in progress whose payload could be placed

@@ -77,6 +77,11 @@ impl Placement {
         self.pieces.clear();
     }
 
+    /// The QP the plan is for.
+    pub fn qpn(&self) -> u32 {
+        self.qpn
+    }
+
     /// The pieces of segment `i`.
     pub fn segment_pieces(&self, i: usize) -> &[Piece] {
         let start = self.pieces.partition_point(|p| p.segment < i);
@@ -214,6 +219,50 @@ pub(crate) fn plan(
     plan.payload_len = mtu;
     plan.segment_size = segment_size;
     plan.segments > 0
+}
+
+/// Plans as [`plan`] for the packet `qp` expects next, as if `max_len` bytes of full-size
+/// packets followed.
+pub(crate) fn plan_next(qp: &Qp, max_len: usize, out: &mut Placement) -> bool {
+    let mtu = qp.attrs.mtu.bytes();
+    let (op, psn) = match qp.resp.in_msg {
+        Some(Operation::RdmaWrite) => (Opcode::RcWriteMiddle, qp.resp.epsn),
+        Some(Operation::Send) => (Opcode::RcSendMiddle, qp.resp.epsn),
+        _ => {
+            let Some(w) = qp.sq.iter().find(|w| !w.done) else {
+                return false;
+            };
+            (
+                Opcode::RcReadResponseMiddle,
+                w.first_psn.add(w.read_done / mtu),
+            )
+        }
+    };
+    let seg = BTH_LEN + mtu as usize + ICRC_LEN;
+    plan(qp, op, psn, seg, max_len / seg * seg, out)
+}
+
+/// Copies the planned pieces of segment `i` back into `data` (the whole datagram), as far as
+/// the datagram reaches.
+pub(crate) fn unplace(plan: &Placement, i: usize, data: &mut [u8]) {
+    let start = i * plan.segment_size;
+    if let Some(chunk) = data.get_mut(start..) {
+        let end = chunk.len().min(plan.segment_size);
+        unplace_chunk(plan, i, &mut chunk[..end]);
+    }
+}
+
+/// Copies the planned pieces of segment `i` back into `chunk` (that segment's bytes), as far
+/// as the chunk reaches.
+pub(crate) fn unplace_chunk(plan: &Placement, i: usize, chunk: &mut [u8]) {
+    let mut at = plan.header_len;
+    for p in plan.segment_pieces(i) {
+        let n = p.len.min(chunk.len().saturating_sub(at));
+        if n > 0 {
+            p.memory.read(p.offset, &mut chunk[at..at + n]);
+        }
+        at += p.len;
+    }
 }
 
 /// Whether `pieces` are exactly where `scatter(spans, offset, ..)` would put `len` bytes.

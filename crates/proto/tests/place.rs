@@ -110,36 +110,89 @@ type Mangle<'a> = &'a mut dyn FnMut(&mut Vec<u8>, usize);
 struct Tally {
     planned_datagrams: usize,
     planned_segments: usize,
+    /// Deliver to B with `plan_next` (no peek) instead of `plan_placement`.
+    unpeeked: bool,
 }
 
-/// Hands `data` to `dst` as the uring driver does: plan, "kernel" scatter, handle.
-fn deliver(dst: &mut Side, from: IpAddr, data: &[u8], seg: usize, now: Instant, t: &mut Tally) {
-    let from = SocketAddr::new(from, 4791);
-    let mut plan = Placement::default();
-    if dst
-        .dev
-        .plan_placement(from, data, seg, data.len(), &mut plan)
-    {
-        t.planned_datagrams += 1;
-        t.planned_segments += plan.segments;
-        assert_eq!(plan.segment_size, seg);
-        let mut scratch = data.to_vec();
-        for i in 0..plan.segments {
-            let mut at = i * seg + plan.header_len;
-            for p in plan.segment_pieces(i) {
+/// One iovec of the driver's scatter list: the receive buffer from this offset, or a piece.
+enum Iov {
+    Buf(usize, usize),
+    Piece(usize, usize),
+}
+
+/// The driver's iovec list for `plan` over a datagram of at most `len` bytes
+/// (`driver/place.rs`): segment 0's header, then per segment its pieces and one buffer
+/// range from its ICRC through the next header (the last through `len`).
+fn iovecs(plan: &Placement, len: usize) -> Vec<Iov> {
+    let (h, pl, seg) = (plan.header_len, plan.payload_len, plan.segment_size);
+    let mut v = vec![Iov::Buf(0, h)];
+    for i in 0..plan.segments {
+        for (k, p) in plan.pieces.iter().enumerate() {
+            if p.segment == i {
+                v.push(Iov::Piece(k, p.len));
+            }
+        }
+        let from = i * seg + h + pl;
+        let to = if i + 1 < plan.segments {
+            from + seg - pl
+        } else {
+            len
+        };
+        v.push(Iov::Buf(from, to - from));
+    }
+    v
+}
+
+/// What the kernel's `recvmsg` does with `iov`: the datagram's bytes in order, into the
+/// buffer (at the iovec's offset) or the region; the buffer's other bytes are junk.
+fn kernel_scatter(plan: &Placement, iov: &[Iov], data: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0xEE; data.len()];
+    let mut at = 0;
+    for v in iov {
+        if at >= data.len() {
+            break;
+        }
+        match *v {
+            Iov::Buf(off, n) => {
+                let n = n.min(data.len() - at);
+                buf[off..off + n].copy_from_slice(&data[at..at + n]);
+                at += n;
+            }
+            Iov::Piece(k, n) => {
+                let p = &plan.pieces[k];
                 let raw = p
                     .memory
                     .raw_parts()
                     .expect("only addressable regions are planned");
                 assert!(p.offset + p.len <= raw.len);
-                p.memory.write(p.offset, &data[at..at + p.len]);
-                scratch[at..at + p.len].fill(0xEE);
-                at += p.len;
+                let n = n.min(data.len() - at);
+                p.memory.write(p.offset, &data[at..at + n]);
+                at += n;
             }
-            assert_eq!(at, i * seg + plan.header_len + plan.payload_len);
         }
+    }
+    assert_eq!(at, data.len(), "the iovecs must hold the whole datagram");
+    buf
+}
+
+/// Hands `data` to `dst` as the uring driver does: plan (from a peek, or with `t.unpeeked`
+/// from the QP's expected PSN whatever `data` is), "kernel" scatter, handle.
+fn deliver(dst: &mut Side, from: IpAddr, data: &[u8], seg: usize, now: Instant, t: &mut Tally) {
+    let from = SocketAddr::new(from, 4791);
+    let mut plan = Placement::default();
+    let planned = if t.unpeeked {
+        dst.dev.plan_next(dst.qpn, 65536, &mut plan)
+    } else {
         dst.dev
-            .handle_placed(now, from, dst.ip, &mut scratch, &plan);
+            .plan_placement(from, data, seg, data.len(), &mut plan)
+    };
+    if planned {
+        t.planned_datagrams += 1;
+        t.planned_segments += plan.segments;
+        let iov = iovecs(&plan, if t.unpeeked { 65536 } else { data.len() });
+        let mut scratch = kernel_scatter(&plan, &iov, data);
+        dst.dev
+            .handle_placed(now, from, dst.ip, &mut scratch, seg, &plan);
     } else {
         for pkt in data.chunks(seg.max(1)) {
             dst.dev.handle_datagram(now, from, dst.ip, pkt);
@@ -206,6 +259,16 @@ fn reg(s: &mut Side, mem: Arc<dyn RegionMemory>, access: Access) -> uroce_proto:
 /// A WRITE of `len` bytes from A to `off` bytes into a zeroed region of B `region` bytes long;
 /// returns B's region contents and the tally.
 fn write_case(len: usize, off: usize, region: usize, mangle: Mangle<'_>) -> (Vec<u8>, Tally, Side) {
+    write_case_with(len, off, region, mangle, false)
+}
+
+fn write_case_with(
+    len: usize,
+    off: usize,
+    region: usize,
+    mangle: Mangle<'_>,
+    unpeeked: bool,
+) -> (Vec<u8>, Tally, Side) {
     let (mut a, mut b) = pair();
     let src = AtomicMemory::zeroed(len);
     src.write(0, &pattern(len, 7));
@@ -229,7 +292,10 @@ fn write_case(len: usize, off: usize, region: usize, mangle: Mangle<'_>) -> (Vec
         }),
     );
     a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
-    let mut t = Tally::default();
+    let mut t = Tally {
+        unpeeked,
+        ..Tally::default()
+    };
     run(&mut a, &mut b, mangle, &mut t);
     let c = drain(&mut a);
     assert_eq!(c.len(), 1, "{c:?}");
@@ -484,4 +550,30 @@ fn read_responses_are_placed_into_the_read_sgl() {
     // READ response MIDDLE packets are placed (FIRST and LAST carry an AETH).
     assert!(k.rx_placed >= 30, "{k:?}");
     assert_eq!(k.rx_place_misses, 0);
+}
+
+#[test]
+fn unpeeked_plans_take_any_datagram_and_the_data_ends_correct() {
+    // Every datagram to B (which only receives requests here) is received on a plan from
+    // B's expected PSN, without a peek: FIRST (with a RETH, another size), the shorter LAST
+    // and a reordered datagram land partly in the region and are put back together.
+    let len = 40 * MTU + 77;
+    let mut swapped = 0;
+    let mut mangle = |d: &mut Vec<u8>, seg: usize| {
+        if swapped == 0 && seg == SEG && d.len() >= 3 * SEG && d[0] == 0x07 {
+            let s1 = d[SEG..2 * SEG].to_vec();
+            d.copy_within(2 * SEG..3 * SEG, SEG);
+            d[2 * SEG..3 * SEG].copy_from_slice(&s1);
+            swapped += 1;
+        }
+    };
+    let (got, t, b) = write_case_with(len, 512, len + 1024, &mut mangle, true);
+    assert_eq!(swapped, 1);
+    assert_eq!(&got[512..512 + len], &pattern(len, 7)[..]);
+    assert!(got[..512].iter().chain(&got[512 + len..]).all(|&x| x == 0));
+    let c = b.dev.counters();
+    assert!(t.planned_datagrams > 0);
+    assert!(c.rx_placed > 20, "{c:?}");
+    assert!(c.rx_place_misses >= 2, "{c:?}");
+    assert_eq!(c.icrc_drops, 0);
 }

@@ -81,6 +81,9 @@ fn write_read_and_send_payloads_are_placed_by_the_kernel() {
         "bytes after the WRITE touched"
     );
     let (w_placed, w_miss, w_bytes) = placed(&b);
+    let d = b.dev.driver_stats();
+    // After the first placed datagram of a message the next ones are planned without a peek.
+    assert!(d.rx_place_unpeeked > d.rx_place_peeks, "{d:?}");
     // 3 × ~790 packets of 4 KiB: most are MIDDLE packets at the head of or inside a GRO
     // datagram whose first packet is not a FIRST.
     assert!(

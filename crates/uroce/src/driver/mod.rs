@@ -80,10 +80,12 @@ pub struct DriverStats {
     /// Zero-copy receive: datagrams peeked (`MSG_PEEK`) to plan where their payload goes
     /// (io_uring back end, thread progress, while an inbound message is in progress).
     pub rx_place_peeks: u64,
-    /// Among them, datagrams received with payload placed straight into regions.
+    /// Datagrams received with payload placed straight into regions.
     pub rx_place_receives: u64,
-    /// Payload bytes the kernel wrote straight into regions (whether or not the engine then
-    /// accepted the packet: `DeviceCounters::rx_placed` counts those).
+    /// Among them, datagrams planned without a peek (the previous one went as predicted).
+    pub rx_place_unpeeked: u64,
+    /// Payload bytes planned into regions, at most each datagram's length (the packets the
+    /// engine then accepted without a copy: `DeviceCounters::rx_placed`).
     pub rx_placed_bytes: u64,
     /// `sendmsg` operations (a GSO batch counts once).
     pub tx_sends: u64,

@@ -964,7 +964,7 @@ impl UringBackend {
 }
 
 /// A `sockaddr_in` or `sockaddr_in6` as received.
-fn parse_name(name: &[u8]) -> Option<SocketAddr> {
+pub(crate) fn parse_name(name: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
     let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
     match libc::c_int::from(family) {
@@ -989,7 +989,7 @@ fn parse_name(name: &[u8]) -> Option<SocketAddr> {
 
 /// The local address (`IP_PKTINFO`/`IPV6_PKTINFO`) and the GRO segment size (`UDP_GRO`) from
 /// received control data.
-fn parse_cmsgs(ctrl: &[u8]) -> (Option<IpAddr>, Option<usize>) {
+pub(crate) fn parse_cmsgs(ctrl: &[u8]) -> (Option<IpAddr>, Option<usize>) {
     let (mut to, mut gro) = (None, None);
     let mut off = 0;
     while off + CMSG_HDR <= ctrl.len() {
