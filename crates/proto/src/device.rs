@@ -855,8 +855,9 @@ impl Device {
             .is_some_and(|qp| place::plan_next(qp, max_len, plan))
     }
 
-    /// Whether an RC QP has an inbound message in progress whose payload could be placed
-    /// (a driver receives with [`Self::plan_placement`] while this holds).
+    /// Whether an RC QP has an inbound message in progress whose payload could be placed,
+    /// with at least [`place::PLACE_MIN_REMAINING`] bytes still to come (a driver receives
+    /// with [`Self::plan_placement`] while this holds).
     pub fn placement_wanted(&self) -> bool {
         self.qps.values().any(place::inbound)
     }

@@ -94,19 +94,24 @@ fn write_read_and_send_payloads_are_placed_by_the_kernel() {
     assert_eq!(w_miss, 0);
     assert!(w_bytes >= w_placed * 1024);
 
-    // READ it back from B into A: A places the responses.
-    a.qp.post_send(SendWr::new(
-        10,
-        SendOp::RdmaRead {
-            remote_addr: b.mr.addr() + 100,
-            rkey: b.mr.rkey(),
-        },
-        Payload::Sgl(vec![a.mr.sge(8 << 20, LEN as u32)]),
-    ))
-    .unwrap();
-    common::one_ok(&a, WcOpcode::RdmaRead, &[], T);
-    a.mr.read(8 << 20, &mut got);
-    assert!(got == data, "READ data differs");
+    // READ it back from B into A, twice: A places the responses. The first READ's responses
+    // may all be taken by the multishot receive before A's progress thread has switched to
+    // placing (it can hold 4 MiB); placing mode then lasts into the second.
+    for round in 0..2u64 {
+        a.qp.post_send(SendWr::new(
+            10 + round,
+            SendOp::RdmaRead {
+                remote_addr: b.mr.addr() + 100,
+                rkey: b.mr.rkey(),
+            },
+            Payload::Sgl(vec![a.mr.sge(8 << 20, LEN as u32)]),
+        ))
+        .unwrap();
+        common::one_ok(&a, WcOpcode::RdmaRead, &[], T);
+        a.mr.read(8 << 20, &mut got);
+        assert!(got == data, "READ data differs");
+        a.mr.write(8 << 20, &vec![0; LEN]);
+    }
     let (r_placed, r_miss, _) = placed(&a);
     assert!(
         r_placed > 300,
