@@ -1208,6 +1208,10 @@ impl Backend for UringBackend {
                         .user_data(UD_CANCEL),
                 )?;
                 self.cancelling = true;
+                // Placing from now on, even if the message that asked for it ends within the
+                // buffers the multishot receive still holds: the next one is placed.
+                self.placing = true;
+                self.unplanned = 0;
                 self.submit()?;
                 self.reap();
             }
