@@ -5,11 +5,12 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use uroce_wire::{IcrcCheck, IcrcContext, IpFields, Ipv4IdMode, PacketRepr, Transport};
+use uroce_wire::{IcrcCheck, IcrcContext, IpFields, Ipv4IdMode, PacketRepr, Psn, Transport};
 
 use crate::cq::{Completion, CompletionQueue};
 use crate::idmap::IdMap;
 use crate::mr::{Access, MrKeys, MrTable, RegionMemory};
+use crate::place::{self, Placement};
 use crate::qp::{Qp, QpAttr, QpInit, QpState, QpType};
 use crate::srq::Srq;
 use crate::wr::{RecvWr, SendWr};
@@ -128,6 +129,12 @@ pub struct DeviceCounters {
     pub wrong_source: u64,
     /// Completions lost to a full CQ.
     pub cq_overruns: u64,
+    /// Packets accepted whose payload the kernel had placed where it belonged (zero-copy
+    /// receive, [`Device::handle_placed`]): no copy in user space.
+    pub rx_placed: u64,
+    /// Placed packets that were not what the plan predicted (another message, a duplicate,
+    /// a different opcode): their payload was copied out of the region and handled as usual.
+    pub rx_place_misses: u64,
 }
 
 /// The device's limits, as `ibv_query_device` reports them (`struct ibv_device_attr`). Each is
@@ -214,6 +221,9 @@ pub(crate) struct Ctx<'a> {
     pub overrun: bool,
     /// Asynchronous events raised, for [`Device::poll_async_event`].
     pub events: &'a mut VecDeque<AsyncEvent>,
+    /// Where the kernel placed the payload of the packet being handled (its bytes in the
+    /// packet are then not the payload): consumed by [`Ctx::put`].
+    pub placed: Option<&'a [crate::place::Piece]>,
 }
 
 impl Ctx<'_> {
@@ -288,6 +298,8 @@ pub struct Device {
     /// Pseudo-header constants for sealing small packets.
     icrc: uroce_wire::IcrcCache,
     events: VecDeque<AsyncEvent>,
+    /// Where a placed payload is read (from its region) for the ICRC, a segment at a time.
+    place_buf: Vec<u8>,
 }
 
 fn limit(resource: Resource, max: impl TryInto<u64>) -> Error {
@@ -309,6 +321,7 @@ macro_rules! ctx {
             counters: &mut $self.counters,
             overrun: false,
             events: &mut $self.events,
+            placed: None,
         }
     };
 }
@@ -341,6 +354,7 @@ impl Device {
             solver: uroce_wire::Ipv4IdSolver::default(),
             icrc: uroce_wire::IcrcCache::default(),
             events: VecDeque::new(),
+            place_buf: vec![0; 4096],
         }
     }
 
@@ -736,6 +750,126 @@ impl Device {
 
     /// Feeds one received UDP payload from `from` to local address `to`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: IpAddr, data: &[u8]) {
+        self.receive(now, from, to, data, None);
+    }
+
+    /// Plans zero-copy receive of a datagram of `len` bytes from `from` in `segment_size`-byte
+    /// GRO segments (`len` for a single packet), whose first packet begins with `head`
+    /// (peeked): fills `plan` with where each full-size segment's payload goes and returns
+    /// whether any was planned. Only the next expected PSN of an RC QP whose inbound SEND,
+    /// WRITE or READ response is in progress, in regions with [`RegionMemory::raw_parts`],
+    /// is planned ([`crate::place`] states the invariant). Receive the datagram as planned,
+    /// then hand it to [`Self::handle_placed`].
+    pub fn plan_placement(
+        &self,
+        from: SocketAddr,
+        head: &[u8],
+        segment_size: usize,
+        len: usize,
+        plan: &mut Placement,
+    ) -> bool {
+        plan.clear();
+        let Some(b) = head.get(..uroce_wire::headers::BTH_LEN) else {
+            return false;
+        };
+        let Ok(op) = uroce_wire::Opcode::try_from(b[0]) else {
+            return false;
+        };
+        let Some(qp) = self.qps.get(&dest_qp(b)) else {
+            return false;
+        };
+        if qp.attrs.dest.map(|d| d.ip()) != Some(from.ip()) {
+            return false;
+        }
+        let psn = Psn::new(u32::from_be_bytes([0, b[9], b[10], b[11]]));
+        place::plan(qp, op, psn, segment_size, len, plan)
+    }
+
+    /// Feeds a datagram received as `plan` says: `data` is the whole datagram, except that
+    /// the payload of each planned segment lies in the plan's pieces instead. Every segment
+    /// gets every check of [`Self::handle_datagram`] (the ICRC over the payload where it
+    /// lies); one that is not the packet the plan predicted has its payload copied back out
+    /// of the region first.
+    ///
+    /// `segment_size` is the datagram's real GRO segment size (its length for one packet).
+    /// A datagram received on a plan made without peeking ([`Self::plan_next`]) may not be
+    /// shaped as planned: then every planned piece is copied back into `data` first and the
+    /// datagram is handled as a plain one.
+    pub fn handle_placed(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: IpAddr,
+        data: &mut [u8],
+        segment_size: usize,
+        plan: &Placement,
+    ) {
+        let seg = plan.segment_size.max(1);
+        if segment_size != seg && data.len() > plan.header_len {
+            // Not the planned shape: put the datagram back together.
+            for i in 0..plan.segments {
+                self.counters.rx_place_misses += u64::from(i * seg < data.len());
+                place::unplace(plan, i, data);
+            }
+            for chunk in data.chunks(segment_size.max(1)) {
+                self.receive(now, from, to, chunk, None);
+            }
+            return;
+        }
+        for (i, chunk) in data.chunks_mut(seg).enumerate() {
+            if i < plan.segments && chunk.len() != seg {
+                // A shorter last segment where a full one was planned: part of it lies in
+                // the region.
+                self.counters.rx_place_misses += 1;
+                place::unplace_chunk(plan, i, chunk);
+            }
+            if i < plan.segments && chunk.len() == seg {
+                let pieces = plan.segment_pieces(i);
+                let b = &chunk[..uroce_wire::headers::BTH_LEN];
+                let psn = u32::from_be_bytes([0, b[9], b[10], b[11]]);
+                let predicted = dest_qp(b) == plan.qpn
+                    && uroce_wire::Opcode::try_from(b[0])
+                        .is_ok_and(|op| place::placeable(op).is_some())
+                    && Psn::new(psn) == Psn::new(plan.first_psn).add(i as u32);
+                if predicted {
+                    self.receive(now, from, to, chunk, Some(pieces));
+                    continue;
+                }
+                self.counters.rx_place_misses += 1;
+                place::unplace_chunk(plan, i, chunk);
+            }
+            self.receive(now, from, to, chunk, None);
+        }
+    }
+
+    /// Plans the next datagram for QP `qpn` without peeking at it: as if it were up to
+    /// `max_len` bytes of full-size packets from the QP's next expected PSN on (what a
+    /// stream of MIDDLE packets looks like). The same invariant holds as for
+    /// [`Self::plan_placement`]: whatever datagram then arrives, its bytes land only in the
+    /// unwritten part of the message's checked destination, and [`Self::handle_placed`]
+    /// copies back what was not the predicted packet.
+    pub fn plan_next(&self, qpn: u32, max_len: usize, plan: &mut Placement) -> bool {
+        plan.clear();
+        self.qps
+            .get(&qpn)
+            .is_some_and(|qp| place::plan_next(qp, max_len, plan))
+    }
+
+    /// Whether an RC QP has an inbound message in progress whose payload could be placed,
+    /// with at least [`place::PLACE_MIN_REMAINING`] bytes still to come (a driver receives
+    /// with [`Self::plan_placement`] while this holds).
+    pub fn placement_wanted(&self) -> bool {
+        self.qps.values().any(place::inbound)
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: IpAddr,
+        data: &[u8],
+        placed: Option<&[place::Piece]>,
+    ) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += data.len() as u64;
         let ctx_ip = match (from.ip(), to) {
@@ -758,7 +892,18 @@ impl Device {
             src_port: from.port(),
             dst_port: self.config.udp_port,
         };
-        match icrc.verify_with(data, self.config.ipv4_id_mode, &mut self.solver) {
+        let check = match placed {
+            None => icrc.verify_with(data, self.config.ipv4_id_mode, &mut self.solver),
+            Some(p) => place::verify_placed(
+                &icrc,
+                data,
+                p,
+                self.config.ipv4_id_mode,
+                &mut self.solver,
+                &mut self.place_buf,
+            ),
+        };
+        match check {
             Ok(IcrcCheck::Valid) => {}
             Ok(IcrcCheck::SolvedIpv4Id(_)) => self.counters.icrc_solved_id += 1,
             Ok(_) | Err(_) => {
@@ -794,6 +939,7 @@ impl Device {
         qp.counters.rx_packets += 1;
         qp.req.share = share_for(self.busy_rc, &self.config, qp);
         let mut ctx = ctx!(self, now);
+        ctx.placed = placed;
         qp.handle_packet(&repr, &pkt, from, &mut ctx);
         if ctx.overrun {
             let mut ctx = ctx!(self, now);

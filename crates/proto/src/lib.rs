@@ -32,6 +32,7 @@ pub mod error;
 pub mod idmap;
 pub mod memory;
 pub mod mr;
+pub mod place;
 pub mod qp;
 pub mod srq;
 pub mod time;
@@ -42,6 +43,7 @@ pub use device::{AsyncEvent, Config, Device, DeviceAttr, DeviceCounters, Transmi
 pub use error::{Error, Resource};
 pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RawParts, RegionMemory, VecMemory};
+pub use place::{Piece, Placement};
 pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType};
 pub use time::Instant;
 pub use wr::{Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, UdDest};

@@ -231,6 +231,14 @@ impl Span {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The region the span lies in (for placement plans, `crate::place`).
+    pub(crate) fn memory(&self) -> &Arc<dyn RegionMemory> {
+        &self.memory
+    }
+    /// Offset of the span's first byte within its region.
+    pub(crate) fn offset(&self) -> usize {
+        self.offset
+    }
     /// The same range, borrowed: where its reads and writes are defined.
     pub fn span_ref(&self) -> SpanRef<'_> {
         SpanRef {

@@ -187,15 +187,20 @@ impl Inner {
         // may wait behind more than one budget of packets, and firing first would count a
         // spurious timeout (one of retry_cnt) and retransmit the window go-back-N.
         for _ in 0..*rx_rounds {
-            let r = backend.recv_ready(&mut |from, to, bytes| {
-                if steer.as_ref().is_some_and(|s| !s.admit(bytes)) {
-                    return;
-                }
-                if let Some(c) = capture.as_mut() {
-                    c.record(now, from, SocketAddr::new(to, local.port()), None, bytes);
-                }
-                eng.handle_datagram(now, from, to, bytes);
-            });
+            // Steering and capture look at every datagram's bytes: the copying receive.
+            let r = if steer.is_none() && capture.is_none() {
+                backend.recv_ready_placing(eng, now)
+            } else {
+                backend.recv_ready(&mut |from, to, bytes| {
+                    if steer.as_ref().is_some_and(|s| !s.admit(bytes)) {
+                        return;
+                    }
+                    if let Some(c) = capture.as_mut() {
+                        c.record(now, from, SocketAddr::new(to, local.port()), None, bytes);
+                    }
+                    eng.handle_datagram(now, from, to, bytes);
+                })
+            };
             match r {
                 Ok(n) if n > 0 || backend.rx_pending() => {}
                 Ok(_) => break,

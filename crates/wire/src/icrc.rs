@@ -282,6 +282,38 @@ impl IcrcContext {
             })?;
         let t = &packet[packet.len() - ICRC_LEN..];
         let carried = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        self.check_computed(packet.len(), computed, carried, mode, solver)
+    }
+
+    /// Starts an ICRC over a packet of `packet_len` bytes (ICRC included) whose bytes do not
+    /// lie in one slice (a payload the kernel placed straight into a memory region): the
+    /// pseudo header and the masked `bth` are hashed; feed the bytes after the BTH up to the
+    /// ICRC with [`IcrcHasher::update`]. `None` if `bth` is shorter than a BTH or the packet
+    /// shorter than a BTH plus ICRC.
+    pub fn hasher(&self, packet_len: usize, bth: &[u8]) -> Option<IcrcHasher> {
+        if packet_len < BTH_LEN + ICRC_LEN || bth.len() < BTH_LEN {
+            return None;
+        }
+        let mut pseudo = [0u8; PSEUDO_MAX];
+        let n = pseudo_header(self, packet_len, &bth[..BTH_LEN], &mut pseudo);
+        let mut h = Hasher::new();
+        h.update(&pseudo[..n]);
+        Some(IcrcHasher(h))
+    }
+
+    /// Checks a `computed` ICRC (from [`Self::hasher`]) against the `carried` one of a packet
+    /// of `packet_len` bytes, solving for the IPv4 Identification as [`Self::verify_with`].
+    pub fn check_computed(
+        &self,
+        packet_len: usize,
+        computed: u32,
+        carried: u32,
+        mode: Ipv4IdMode,
+        solver: &mut Ipv4IdSolver,
+    ) -> Result<IcrcCheck, IcrcMismatch> {
+        if packet_len < BTH_LEN + ICRC_LEN {
+            return Err(IcrcMismatch { carried, computed });
+        }
         if computed == carried {
             solver.hint = 1;
             return Ok(IcrcCheck::Valid);
@@ -295,7 +327,7 @@ impl IcrcContext {
         match self.ip {
             IpFields::V4 { identification, .. } if bound > 0 => {
                 // Bytes of the pseudo packet after the two ID bytes (ICRC excluded).
-                let trailing = 20 - 6 + 8 + packet.len() - ICRC_LEN;
+                let trailing = 20 - 6 + 8 + packet_len - ICRC_LEN;
                 let diff = computed ^ carried;
                 let hint = solver.hint;
                 let table = solver.table(trailing);
@@ -313,6 +345,21 @@ impl IcrcContext {
             }
             _ => Err(mismatch),
         }
+    }
+}
+
+/// An ICRC being computed piece by piece ([`IcrcContext::hasher`]).
+#[derive(Debug, Clone)]
+pub struct IcrcHasher(Hasher);
+
+impl IcrcHasher {
+    /// Hashes the next bytes of the packet (after the BTH, before the ICRC), in order.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    /// The ICRC of everything hashed.
+    pub fn finalize(self) -> u32 {
+        self.0.finalize()
     }
 }
 
@@ -606,6 +653,42 @@ mod tests {
     // Offset of the IPv4 Identification within the pseudo packet: 8 bytes of 0xFF, then
     // version/IHL, TOS, total length.
     const V4_ID_OFFSET: usize = 8 + 4;
+
+    #[test]
+    fn piecewise_hasher_matches_compute_and_solves_ids() {
+        let ctx = IcrcContext::v4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            0,
+            4791,
+            4791,
+        );
+        let mut solver = Ipv4IdSolver::default();
+        for len in [16, 100, 4112] {
+            let mut p = sample(len);
+            ctx.with_ipv4_id(5).seal(&mut p);
+            let mut h = ctx.hasher(len, &p[..BTH_LEN]).expect("hasher");
+            let body = &p[BTH_LEN..len - ICRC_LEN];
+            let (a, b) = body.split_at(body.len() / 3);
+            h.update(a);
+            h.update(b);
+            let computed = h.finalize();
+            let carried = u32::from_le_bytes(p[len - 4..].try_into().expect("4"));
+            let check = ctx.check_computed(
+                len,
+                computed,
+                carried,
+                Ipv4IdMode::SolveBelow(64),
+                &mut solver,
+            );
+            assert_eq!(check, Ok(IcrcCheck::SolvedIpv4Id(5)), "len {len}");
+            assert_eq!(check, ctx.verify(&p, Ipv4IdMode::SolveBelow(64)));
+            let bad =
+                ctx.check_computed(len, computed ^ 1, carried, Ipv4IdMode::Exact, &mut solver);
+            assert!(bad.is_err());
+        }
+        assert!(ctx.hasher(15, &[0; 12]).is_none());
+    }
 
     /// The CRC-32 register after feeding `v` through `len` zero bytes: the linear map that
     /// carries a difference in early bytes to the end of the message (zlib's `crc32_combine`

@@ -27,7 +27,7 @@ pub use headers::{
     BthRepr, Deth, DethRepr, Ieth, ImmDt, NakCode, Reth, RethRepr,
 };
 pub use icrc::{
-    IcrcCache, IcrcCheck, IcrcContext, IcrcMismatch, IpFields, Ipv4IdMode, Ipv4IdSolver,
+    IcrcCache, IcrcCheck, IcrcContext, IcrcHasher, IcrcMismatch, IpFields, Ipv4IdMode, Ipv4IdSolver,
 };
 pub use opcode::{HeaderSet, Opcode, OpcodeInfo, Operation, Position, Transport};
 pub use packet::{Packet, PacketRepr};

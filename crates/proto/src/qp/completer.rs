@@ -152,7 +152,7 @@ impl Qp {
             return;
         }
         if let Some(spans) = &w.data {
-            scatter(spans.as_slice(), w.read_done as usize, data);
+            ctx.put(spans.as_slice(), w.read_done as usize, data);
         }
         w.read_done += want as u32;
         self.req.comp_psn = psn.add(1);

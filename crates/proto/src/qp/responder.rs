@@ -585,7 +585,7 @@ impl Qp {
         if cur.offset + data.len() as u64 > cur.capacity {
             return Err(Fail(NakCode::InvalidRequest, WcStatus::LocLenErr));
         }
-        scatter(&cur.spans, cur.offset as usize, data);
+        ctx.put(&cur.spans, cur.offset as usize, data);
         cur.offset += data.len() as u64;
         if info.position.ends() {
             self.resp.in_msg = None;
@@ -688,7 +688,7 @@ impl Qp {
         if end > u64::from(w.dma_len) || (info.position.ends() && end != u64::from(w.dma_len)) {
             return Err(Fail(NakCode::InvalidRequest, WcStatus::RemInvReqErr));
         }
-        w.span.write(w.offset as usize, data);
+        ctx.put(std::slice::from_ref(&w.span), w.offset as usize, data);
         w.offset = end as u32;
         if info.position.ends() {
             self.resp.in_msg = None;

@@ -2,6 +2,7 @@
 //! [`Backend`]; the device's progress loop is the same for all of them.
 
 pub mod faults;
+pub(crate) mod place;
 pub mod raw;
 pub(crate) mod syscall;
 pub(crate) mod uring;
@@ -76,6 +77,16 @@ pub struct DriverStats {
     pub rx_no_buffers: u64,
     /// Times the multishot receive was armed.
     pub rx_arms: u64,
+    /// Zero-copy receive: datagrams peeked (`MSG_PEEK`) to plan where their payload goes
+    /// (io_uring back end, thread progress, while an inbound message is in progress).
+    pub rx_place_peeks: u64,
+    /// Datagrams received with payload placed straight into regions.
+    pub rx_place_receives: u64,
+    /// Among them, datagrams planned without a peek (the previous one went as predicted).
+    pub rx_place_unpeeked: u64,
+    /// Payload bytes planned into regions, at most each datagram's length (the packets the
+    /// engine then accepted without a copy: `DeviceCounters::rx_placed`).
+    pub rx_placed_bytes: u64,
     /// `sendmsg` operations (a GSO batch counts once).
     pub tx_sends: u64,
     /// GSO batches among them.
@@ -130,6 +141,17 @@ pub(crate) trait Backend: Send {
     /// Hands every datagram already received (up to a bound) to `sink` without blocking;
     /// returns how many.
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize>;
+    /// Like [`Backend::recv_ready`], handing datagrams to `eng` directly, so that a back end
+    /// may have the kernel place payloads straight into regions as the engine plans
+    /// ([`uroce_proto::Device::plan_placement`]). Used when nothing else (capture, steering)
+    /// must see each datagram's bytes first.
+    fn recv_ready_placing(
+        &mut self,
+        eng: &mut uroce_proto::Device,
+        now: uroce_proto::Instant,
+    ) -> io::Result<usize> {
+        self.recv_ready(&mut |from, to, bytes| eng.handle_datagram(now, from, to, bytes))
+    }
     /// A descriptor that polls readable when [`Backend::recv_ready`] has work.
     fn wait_fd(&self) -> io::Result<OwnedFd>;
     /// Most packets the engine should put in one transmit batch.

@@ -62,6 +62,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use nix::sys::socket::{setsockopt, sockopt, SockaddrLike, SockaddrStorage};
 
+use super::place::{PlacingRx, Received};
 use super::syscall::{deliver, send_one, SyscallRx};
 use super::{Backend, BackendKind, DriverFeatures, DriverStats, Sink};
 
@@ -99,6 +100,11 @@ const TX_BUF_LEN: usize = 65536;
 const UD_RECV: u64 = 1 << 40;
 /// `user_data` of a cancellation.
 const UD_CANCEL: u64 = 2 << 40;
+/// `user_data` of the one-shot poll for a readable socket (placing receive mode).
+const UD_POLL: u64 = 3 << 40;
+/// Datagrams in a row with nothing to place after which the placing receive hands back to
+/// the multishot receive ([`UringBackend::recv_ready_placing`]).
+const PLACE_IDLE: usize = 64;
 
 /// `IORING_SEND_ZC_REPORT_USAGE` (`sqe->ioprio` of a zero-copy send) and
 /// `IORING_NOTIF_USAGE_ZC_COPIED` (its notification's result): the kernel says whether it
@@ -135,6 +141,9 @@ pub(crate) struct Options {
     /// and loopback the kernel copies the pages anyway when it delivers them to a local
     /// socket, and a slot stays busy until the notification).
     pub send_zc: bool,
+    /// Zero-copy receive while an inbound message is in progress (`driver/place.rs`); on
+    /// unless `UROCE_ZCRX=0`, which keeps the copying multishot receive (for A/B runs).
+    pub place: bool,
 }
 
 impl Default for Options {
@@ -142,6 +151,7 @@ impl Default for Options {
         Options {
             multishot: true,
             send_zc: false,
+            place: std::env::var_os("UROCE_ZCRX").is_none_or(|v| v != "0"),
         }
     }
 }
@@ -470,6 +480,21 @@ pub(crate) struct UringBackend {
     send_zc: bool,
     local_default: IpAddr,
     stats: DriverStats,
+    /// Zero-copy receive is allowed ([`Options::place`]).
+    place: bool,
+    /// Receiving with peek + scatter `recvmsg` ([`PlacingRx`]) instead of the multishot
+    /// receive, while the engine has inbound data to place or the socket stays readable.
+    placing: bool,
+    place_rx: PlacingRx,
+    /// The one-shot `POLL_ADD` on the socket is in flight: the ring's descriptor polls
+    /// readable when the socket does (the multishot receive is not armed meanwhile).
+    poll_armed: bool,
+    /// A cancellation of the multishot receive was submitted and its end not yet seen.
+    cancelling: bool,
+    /// `recv_ready` leaves the multishot receive unarmed (the placing receive takes over).
+    hold_arm: bool,
+    /// Datagrams in a row the placing receive took without a plan.
+    unplanned: usize,
 }
 
 // SAFETY: the raw pointers inside (`RxRing`, the `msghdr`s and iovecs of the send slots) point
@@ -559,6 +584,13 @@ impl UringBackend {
             gro,
             local_default,
             stats: DriverStats::default(),
+            place: opts.place,
+            placing: false,
+            place_rx: PlacingRx::new(),
+            poll_armed: false,
+            cancelling: false,
+            hold_arm: false,
+            unplanned: 0,
         };
         let rx = if opts.multishot {
             b.probe_multishot()
@@ -724,12 +756,17 @@ impl UringBackend {
             free,
             gso,
             stats,
+            poll_armed,
             ..
         } = self;
         for cqe in ring.completion() {
             let ud = cqe.user_data();
             if ud == UD_RECV {
                 pending_rx.push_back((cqe.result(), cqe.flags()));
+                continue;
+            }
+            if ud == UD_POLL {
+                *poll_armed = false;
                 continue;
             }
             let Ok(i) = usize::try_from(ud) else { continue };
@@ -927,7 +964,7 @@ impl UringBackend {
 }
 
 /// A `sockaddr_in` or `sockaddr_in6` as received.
-fn parse_name(name: &[u8]) -> Option<SocketAddr> {
+pub(crate) fn parse_name(name: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
     let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
     match libc::c_int::from(family) {
@@ -952,7 +989,7 @@ fn parse_name(name: &[u8]) -> Option<SocketAddr> {
 
 /// The local address (`IP_PKTINFO`/`IPV6_PKTINFO`) and the GRO segment size (`UDP_GRO`) from
 /// received control data.
-fn parse_cmsgs(ctrl: &[u8]) -> (Option<IpAddr>, Option<usize>) {
+pub(crate) fn parse_cmsgs(ctrl: &[u8]) -> (Option<IpAddr>, Option<usize>) {
     let (mut to, mut gro) = (None, None);
     let mut off = 0;
     while off + CMSG_HDR <= ctrl.len() {
@@ -1104,9 +1141,10 @@ impl Backend for UringBackend {
             }
             if !cqueue::more(flags) {
                 self.armed = false;
+                self.cancelling = false;
             }
         }
-        if !self.armed && !self.busy_poll {
+        if !self.armed && !self.busy_poll && !self.hold_arm {
             self.arm()?;
             self.submit()?;
         }
@@ -1130,7 +1168,110 @@ impl Backend for UringBackend {
     }
 
     fn rx_pending(&self) -> bool {
-        !self.pending_rx.is_empty()
+        // In placing mode with no poll armed, the socket may hold data that nothing signals
+        // (a receive budget ended before it was drained).
+        !self.pending_rx.is_empty() || (self.placing && !self.poll_armed && !self.armed)
+    }
+
+    /// Thread progress with [`Options::place`]: the multishot receive while no inbound
+    /// message is in progress; when one is (the engine says so after a receive), the
+    /// multishot receive is cancelled and, once its last buffers are handed over, each
+    /// datagram is peeked and received with its payload placed ([`PlacingRx`]). Placing
+    /// mode lasts until [`PLACE_IDLE`] datagrams in a row had nothing to place: leaving it
+    /// at the end of each message would hand the next message's first datagrams (the
+    /// multishot receive takes all the socket holds, up to 64 × 64 KiB, before the engine
+    /// sees the FIRST packet) to the copying path. While the socket is drained in placing
+    /// mode a one-shot `POLL_ADD` makes the ring's descriptor signal the next datagram.
+    fn recv_ready_placing(
+        &mut self,
+        eng: &mut uroce_proto::Device,
+        now: uroce_proto::Instant,
+    ) -> io::Result<usize> {
+        if !self.place || self.rx.is_none() || self.busy_poll {
+            return self
+                .recv_ready(&mut |from, to, bytes| eng.handle_datagram(now, from, to, bytes));
+        }
+        self.reap();
+        let mut n = 0;
+        if self.armed || !self.pending_rx.is_empty() {
+            // The multishot receive's buffers first: they hold the older datagrams.
+            self.hold_arm = true;
+            let r =
+                self.recv_ready(&mut |from, to, bytes| eng.handle_datagram(now, from, to, bytes));
+            self.hold_arm = false;
+            n = r?;
+            let want = eng.placement_wanted();
+            if want && self.armed && !self.cancelling {
+                self.push(
+                    opcode::AsyncCancel::new(UD_RECV)
+                        .build()
+                        .user_data(UD_CANCEL),
+                )?;
+                self.cancelling = true;
+                // Placing from now on, even if the message that asked for it ends within the
+                // buffers the multishot receive still holds: the next one is placed.
+                self.placing = true;
+                self.unplanned = 0;
+                self.submit()?;
+                self.reap();
+            }
+            if self.armed || !self.pending_rx.is_empty() {
+                return Ok(n);
+            }
+            if !want && !self.placing {
+                self.arm()?;
+                self.submit()?;
+                return Ok(n);
+            }
+        }
+        if !self.placing && !eng.placement_wanted() {
+            self.arm()?;
+            self.submit()?;
+            return Ok(n);
+        }
+        self.placing = true;
+        for _ in 0..RX_BUDGET {
+            match self.place_rx.recv_one(
+                &self.sock,
+                self.local_default,
+                eng,
+                now,
+                &mut self.stats,
+            )? {
+                Received::Datagram { packets, placed } => {
+                    n += packets;
+                    self.unplanned = if placed { 0 } else { self.unplanned + 1 };
+                    if self.unplanned >= PLACE_IDLE && !eng.placement_wanted() {
+                        self.placing = false;
+                        self.unplanned = 0;
+                        self.arm()?;
+                        self.submit()?;
+                        return Ok(n);
+                    }
+                }
+                Received::Empty => {
+                    if self.unplanned < PLACE_IDLE || eng.placement_wanted() {
+                        if !self.poll_armed {
+                            let poll = opcode::PollAdd::new(
+                                types::Fd(self.sock.as_raw_fd()),
+                                libc::POLLIN as u32,
+                            )
+                            .build()
+                            .user_data(UD_POLL);
+                            self.push(poll)?;
+                            self.poll_armed = true;
+                        }
+                    } else {
+                        self.placing = false;
+                        self.unplanned = 0;
+                        self.arm()?;
+                    }
+                    self.submit()?;
+                    return Ok(n);
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// A busy-polled device receives with non-blocking `recvmsg` syscalls (still splitting
@@ -1169,6 +1310,13 @@ impl Drop for UringBackend {
         }
         if self.armed {
             let cancel = opcode::AsyncCancel::new(UD_RECV)
+                .build()
+                .user_data(UD_CANCEL);
+            let _ = self.push(cancel);
+        }
+        if self.poll_armed {
+            // It points at no memory; cancelled only to leave the ring idle.
+            let cancel = opcode::AsyncCancel::new(UD_POLL)
                 .build()
                 .user_data(UD_CANCEL);
             let _ = self.push(cancel);

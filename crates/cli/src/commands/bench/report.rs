@@ -43,6 +43,11 @@ pub struct Health {
     /// Datagrams the driver lost at the socket: sends refused with a full buffer (a dropped
     /// ACK shows only as the peer's ACK timeout otherwise) and receives truncated.
     pub socket_drops: u64,
+    /// Packets whose payload the kernel placed straight into the region (zero-copy receive,
+    /// `DeviceCounters::rx_placed`): not a health problem, reported alongside.
+    pub placed: u64,
+    /// Placed packets that were not the predicted ones and were copied after all.
+    pub place_misses: u64,
 }
 
 impl Health {
@@ -65,6 +70,8 @@ impl Health {
         h.io_errors = dev.io_errors();
         let s = dev.driver_stats();
         h.socket_drops = s.tx_dropped + s.rx_truncated;
+        h.placed = d.rx_placed;
+        h.place_misses = d.rx_place_misses;
         h
     }
 
@@ -81,6 +88,8 @@ impl Health {
             cq_overruns: self.cq_overruns.saturating_sub(before.cq_overruns),
             io_errors: self.io_errors.saturating_sub(before.io_errors),
             socket_drops: self.socket_drops.saturating_sub(before.socket_drops),
+            placed: self.placed.saturating_sub(before.placed),
+            place_misses: self.place_misses.saturating_sub(before.place_misses),
         }
     }
 
@@ -110,6 +119,8 @@ impl Health {
             "cq_overruns": self.cq_overruns,
             "io_errors": self.io_errors,
             "socket_drops": self.socket_drops,
+            "placed": self.placed,
+            "place_misses": self.place_misses,
             "clean": self.clean(),
         })
     }
@@ -368,6 +379,13 @@ impl<'a> Reporter<'a> {
                 ""
             }
         )?;
+        if r.health.placed > 0 || r.health.place_misses > 0 {
+            writeln!(
+                self.out,
+                " zero-copy receive: {} packets placed by the kernel, {} copied after a miss",
+                r.health.placed, r.health.place_misses
+            )?;
+        }
         self.out.flush()
     }
 
