@@ -1450,10 +1450,16 @@ mod tests {
         assert_eq!(Results::from_json(&r.to_json()), r);
         // A WRITE whose receiver had the payload placed by the kernel reads the region for the
         // ICRC instead of writing it: 0.2 + 0.2 + 0.2.
-        let w = r.runs.iter_mut().find(|w| w.test == "write" && w.size == HEADLINE_SIZE);
+        let w = r
+            .runs
+            .iter_mut()
+            .find(|w| w.test == "write" && w.size == HEADLINE_SIZE);
         w.expect("sample has the headline WRITE").placed = 1000;
         let md = markdown(&r, "perf");
-        assert!(md.contains("**0.600 CPU-s/GB** (ICRC twice, the sender's"), "{md}");
+        assert!(
+            md.contains("**0.600 CPU-s/GB** (ICRC twice, the sender's"),
+            "{md}"
+        );
         assert!(md.contains("**0.770 CPU-s/GB**"), "{md}");
         assert_eq!(Results::from_json(&r.to_json()), r);
     }
