@@ -9,17 +9,18 @@
 //! lies, and does not copy a payload that already lies where the packet's checks send it.
 //!
 //! The invariant that makes this sound: a plan is made only for the next expected PSN of a
-//! QP whose inbound message (RC SEND, WRITE or READ response) is in progress with its
+//! QP whose inbound message (RC WRITE or READ response) is in progress with its
 //! destination already checked, and segment `i` of the datagram is planned to the bytes
 //! PSN `expected + i` would fill: the part of the message's destination that no accepted
 //! packet has written yet. Verbs leave that part undefined until the message completes, so a
 //! segment that turns out to be something else (another message, a duplicate, a bad ICRC)
 //! only scribbles where the right packet, or go-back-N's resend of it, writes later. Nothing
-//! outside the checked destination is ever planned. A WRITE is bounded by its RETH length and
-//! a READ response by the READ's length; a SEND's length is unknown until its LAST, so it is
-//! bounded by the receive WQE's buffer: a full-size LAST followed in the same GRO datagram by
-//! the next SEND's FIRST may leave that FIRST's bytes in the receive buffer past the first
-//! message's end (past `byte_len`, which rxe would leave untouched).
+//! outside the message is ever planned: a WRITE is bounded by its RETH length and a READ
+//! response by the READ's length. SENDs are not placed: a SEND's length is unknown until its
+//! LAST, so only the receive buffer would bound it, and a full-size LAST followed in the same
+//! GRO datagram by the next SEND's FIRST (same size, same QP: one GSO batch) would leave that
+//! FIRST's bytes in the receive buffer past the first message's `byte_len`. rxe, NICs and
+//! MPI-style users leave or expect those bytes untouched.
 
 use std::sync::Arc;
 
@@ -90,13 +91,13 @@ impl Placement {
     }
 }
 
-/// Opcodes whose payload may be placed: the middle and last packets of an RC message, whose
-/// header is the BTH alone, so the payload starts at the same offset in every segment. FIRST
-/// and ONLY carry a RETH (WRITE) or arrive before the destination is known; READ response
-/// FIRST/LAST carry an AETH and differ in size from MIDDLE, so GRO never merges them with it.
+/// Opcodes whose payload may be placed: the middle and last packets of an RC WRITE and the
+/// middle READ responses, whose header is the BTH alone, so the payload starts at the same
+/// offset in every segment. FIRST and ONLY carry a RETH; READ response FIRST/LAST carry an
+/// AETH and differ in size from MIDDLE, so GRO never merges them with it. SENDs are never
+/// placed (module docs).
 pub(crate) fn placeable(op: Opcode) -> Option<Operation> {
     match op {
-        Opcode::RcSendMiddle | Opcode::RcSendLast => Some(Operation::Send),
         Opcode::RcWriteMiddle | Opcode::RcWriteLast => Some(Operation::RdmaWrite),
         Opcode::RcReadResponseMiddle => Some(Operation::RdmaReadResponse),
         _ => None,
@@ -175,15 +176,6 @@ pub(crate) fn plan(
                 w.dma_len as usize,
             )
         }
-        Operation::Send => {
-            let Some(r) = qp.resp.recv.as_ref() else {
-                return false;
-            };
-            if qp.resp.in_msg != Some(operation) || psn != qp.resp.epsn {
-                return false;
-            }
-            (&r.spans, r.offset as usize, r.capacity as usize)
-        }
         _ => {
             // READ response: the oldest unfinished WQE is a READ under way and `psn` is the
             // response it waits for (the completer's checks).
@@ -227,7 +219,6 @@ pub(crate) fn plan_next(qp: &Qp, max_len: usize, out: &mut Placement) -> bool {
     let mtu = qp.attrs.mtu.bytes();
     let (op, psn) = match qp.resp.in_msg {
         Some(Operation::RdmaWrite) => (Opcode::RcWriteMiddle, qp.resp.epsn),
-        Some(Operation::Send) => (Opcode::RcSendMiddle, qp.resp.epsn),
         _ => {
             let Some(w) = qp.sq.iter().find(|w| !w.done) else {
                 return false;
@@ -365,11 +356,6 @@ pub(crate) fn inbound(qp: &Qp) -> bool {
         Some(Operation::RdmaWrite) => qp.resp.write.as_ref().is_some_and(|w| {
             (w.dma_len - w.offset) as usize >= PLACE_MIN_REMAINING
                 && addressable(std::slice::from_ref(&w.span))
-        }),
-        // A SEND's length is unknown until its LAST: its receive buffer bounds it.
-        Some(Operation::Send) => qp.resp.recv.as_ref().is_some_and(|r| {
-            r.capacity.saturating_sub(r.offset) >= PLACE_MIN_REMAINING as u64
-                && addressable(&r.spans)
         }),
         _ => false,
     };

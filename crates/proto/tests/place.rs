@@ -457,66 +457,63 @@ fn regions_without_raw_parts_are_not_placed() {
     assert_eq!(b.dev.counters().rx_placed, 0);
 }
 
+/// SENDs are never placed: a SEND's end is known only at its LAST, and a full-size LAST
+/// shares a GSO batch (so a GRO datagram) with the next SEND's FIRST, whose bytes a plan
+/// bounded by the receive buffer would have put past the first message's end.
 #[test]
-fn send_payload_is_placed_across_two_sges() {
-    let (mut a, mut b) = pair();
-    // SEND FIRST has MIDDLE's size, so it heads a GRO datagram with MIDDLEs behind it, all
-    // copied (its receive WQE is taken only when FIRST is handled): long enough for more
-    // datagrams.
-    let len = 150 * MTU + 17;
-    let src = AtomicMemory::zeroed(len);
-    src.write(0, &pattern(len, 9));
-    let sk = reg(&mut a, src, Access::LOCAL_WRITE);
-    // Two receive SGEs split at an offset that is not a multiple of the MTU, so one
-    // segment straddles them; 2 bytes of slack at either end must stay untouched.
-    let dst = AtomicMemory::zeroed(len + 8);
-    let dk = reg(&mut b, dst.clone(), Access::LOCAL_WRITE);
-    let split = 5000;
-    b.dev
-        .post_recv(
-            b.qpn,
-            RecvWr {
-                wr_id: 9,
-                sgl: vec![
-                    Sge {
-                        addr: 0x10_0000 + 2,
-                        length: split,
-                        lkey: dk.lkey,
-                    },
-                    Sge {
-                        addr: 0x10_0000 + 2 + u64::from(split),
-                        length: len as u32 - split,
-                        lkey: dk.lkey,
-                    },
-                ],
-            },
-        )
-        .expect("recv");
-    let wr = SendWr::new(
-        1,
-        SendOp::Send,
-        Payload::Sge(Sge {
-            addr: 0x10_0000,
-            length: len as u32,
-            lkey: sk.lkey,
-        }),
-    );
-    a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
-    let mut t = Tally::default();
-    run(&mut a, &mut b, &mut |_, _| {}, &mut t);
-    let got = dst.to_vec();
-    assert_eq!(&got[2..2 + len], &pattern(len, 9)[..]);
-    assert_eq!((&got[..2], &got[2 + len..]), (&[0u8; 2][..], &[0u8; 6][..]));
-    let rc = drain(&mut b);
-    assert_eq!(rc.len(), 1);
-    assert_eq!(
-        (rc[0].status, rc[0].byte_len),
-        (WcStatus::Success, len as u32)
-    );
-    let c = b.dev.counters();
-    assert!(c.rx_placed >= 80, "{c:?}");
-    assert_eq!(c.rx_placed, t.planned_segments as u64);
-    assert_eq!(c.rx_place_misses, 0);
+fn sends_are_not_placed_and_receive_buffers_past_the_message_stay_untouched() {
+    for unpeeked in [false, true] {
+        let (mut a, mut b) = pair();
+        let len = 100 * MTU;
+        let src = AtomicMemory::zeroed(2 * len);
+        src.write(0, &pattern(2 * len, 9));
+        let sk = reg(&mut a, src, Access::LOCAL_WRITE);
+        // Two receive buffers with room for 20 more packets each, filled with a marker.
+        let room = len + 20 * MTU;
+        let dst = AtomicMemory::zeroed(2 * room);
+        dst.write(0, &vec![0xA5; 2 * room]);
+        let dk = reg(&mut b, dst.clone(), Access::LOCAL_WRITE);
+        for i in 0..2u64 {
+            let sge = Sge {
+                addr: 0x10_0000 + i * room as u64,
+                length: room as u32,
+                lkey: dk.lkey,
+            };
+            let wr = RecvWr {
+                wr_id: i,
+                sgl: vec![sge],
+            };
+            b.dev.post_recv(b.qpn, wr).expect("recv");
+        }
+        for i in 0..2u64 {
+            let sge = Sge {
+                addr: 0x10_0000 + i * len as u64,
+                length: len as u32,
+                lkey: sk.lkey,
+            };
+            let wr = SendWr::new(i, SendOp::Send, Payload::Sge(sge));
+            a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
+        }
+        let mut t = Tally {
+            unpeeked,
+            ..Tally::default()
+        };
+        run(&mut a, &mut b, &mut |_, _| {}, &mut t);
+        let got = dst.to_vec();
+        let want = pattern(2 * len, 9);
+        for i in 0..2 {
+            let buf = &got[i * room..(i + 1) * room];
+            assert!(buf[..len] == want[i * len..(i + 1) * len], "message {i}");
+            assert!(buf[len..].iter().all(|&x| x == 0xA5), "past message {i}");
+        }
+        let rc = drain(&mut b);
+        assert_eq!(rc.len(), 2);
+        assert!(rc
+            .iter()
+            .all(|c| c.status == WcStatus::Success && c.byte_len == len as u32));
+        assert_eq!(t.planned_datagrams, 0);
+        assert_eq!(b.dev.counters().rx_placed, 0);
+    }
 }
 
 #[test]
