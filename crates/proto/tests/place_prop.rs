@@ -3,14 +3,17 @@
 //! regrouped as GRO would (random segment counts, a shorter last segment) and delivered
 //! through plans made with or without a peek, a "kernel" that scatters each datagram into the
 //! planned pieces (as `tests/place.rs` does), and random damage to the datagrams: lost, sent
-//! twice, a payload byte flipped (and the intact datagram after it); with `harsh` also header bytes flipped, segments swapped, datagrams truncated and other QPs' or messages' datagrams
-//! spliced in. Asserted: every message ends with the right data after go-back-N; no byte
+//! twice, a payload byte flipped (and the intact datagram after it); with `harsh` also header
+//! bytes flipped, segments swapped, datagrams truncated and other QPs' or messages' datagrams
+//! spliced in (never resealed: a resealed forgery is data as far as any check can tell, so
+//! the data could not be asserted; the fuzz target forges those). Asserted: every message ends with the right data after go-back-N; no byte
 //! around a destination (a marker pattern) or of a source ever changes, checked after every
 //! delivery; `rx_placed + rx_place_misses` never exceeds the planned segments; without
 //! `harsh` and with peeked plans no planned segment is ever a miss (a plan is made only for
 //! the expected PSN, so a resent or duplicated datagram is never planned).
 //!
-//! `UROCE_PLACE_CASES=N` runs another number of cases (default 48).
+//! `UROCE_PLACE_CASES=N` runs another number of cases per test (default 48 and 32), from the
+//! same fixed seed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
