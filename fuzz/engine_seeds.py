@@ -51,6 +51,18 @@ seeds["rc-reorder"] = bytes([0]) + post(B, RC, WRITE, 3000) + bytes([53 | B]) + 
 seeds["bad-rkey"] = bytes([2]) + post(B, RC, WRITE, 100, rmr=3 * 2) + flush()
 seeds["readonly-write"] = bytes([2]) + post(B, RC, WRITE, 100, rmr=1) + recv(A, RC, 100, mr=1) + post(B, RC, SEND, 50) + flush()
 seeds["error-flush"] = bytes([2]) + recv(A, RC, 100) + post(A, RC, SEND, 10) + bytes([120, 0]) + flush()
+# Zero-copy receive (first byte bits 5-6: 1 peek, 2 no peek, 3 both): GRO-coalesced MIDDLEs
+# planned into the WRITE's RETH range or the READ's SGE, clean, lossy, reordered, mutated.
+for mode in (1, 2, 3):
+    cfg = bytes([(mode << 5) | (3 << 2)])  # path MTU 256: many MIDDLEs in 4 KiB
+    seeds[f"place-write-{mode}"] = cfg + post(B, RC, WRITE, 4000, raddr=40) + flush()
+    seeds[f"place-read-{mode}"] = cfg + post(A, RC, READ, 4000, off=64, rmr=1) + flush() + flush()
+    seeds[f"place-lossy-{mode}"] = (cfg + post(B, RC, WRITE, 3500) + bytes([0 | B, 52 | B, 53 | B])
+                                    + mutate(B, 1, 200, 0x40) + flush() + wait(100000) + flush()
+                                    + wait(100000) + flush())
+    seeds[f"place-raw-{mode}"] = (cfg + post(B, RC, WRITE, 4000) + bytes([0 | B, 0 | B])
+                                  + bytes([40 | B, 1]) + struct.pack(">H", 272) + bytes([0x07] + [0x5A] * 271)
+                                  + flush() + wait(100000) + flush())
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "engine")
 os.makedirs(out, exist_ok=True)

@@ -14,6 +14,18 @@
 //! - post sends of every kind (SEND, WRITE, READ, atomics, with immediate) on either side, with
 //!   valid, wrong or out-of-range keys and addresses; post receives; drop queued packets; poll.
 //!
+//! Zero-copy receive: bits 5-6 of the first byte make the receiving device get datagrams
+//! the way the io_uring driver does when it places payloads (`driver/place.rs`): queued packets
+//! are coalesced as GRO would (same-size segments, a shorter last one), planned with
+//! `plan_placement` (a peek at the first header) or `plan_next` (no peek: whatever datagram
+//! comes, mutated, raw or of another QP, lands on the plan), scattered by a simulated kernel
+//! `recvmsg` (payload pieces into the regions, the rest into a buffer whose payload bytes are
+//! junk) and handed to `handle_placed`. Checked on every plan: each piece lies in a region with
+//! a write right, inside a destination a WRITE's RETH (of a packet delivered to the QP) or a
+//! READ's SGL (posted on the QP) named, one path MTU long, MTU-aligned and past the message's
+//! first packet; the delivery changes no region byte outside the pieces and the destinations
+//! packets could name; the placement counters grow by at most the planned segments.
+//!
 //! Checked after every action: nothing panics; one transmit drain is bounded (no livelock);
 //! every completion names a QP of its device and a WR that was posted there and not yet
 //! completed, with a plausible length; a CQ never holds more than its depth; the region that
@@ -25,10 +37,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use uroce_proto::{
-    Access, AhHandle, Completion, Config, CqHandle, Device, Instant, MrKeys, Mtu, Payload, QpAttr,
-    QpCap, QpInit, QpState, QpType, RecvWr, RegionMemory, SendFlags, SendOp, SendWr, Sge, UdDest,
-    VecMemory, WcOpcode, WcStatus,
+    Access, AhHandle, AtomicMemory, Completion, Config, CqHandle, Device, Instant, MrKeys, Mtu,
+    Payload, Placement, QpAttr, QpCap, QpInit, QpState, QpType, RecvWr, RegionMemory, SendFlags,
+    SendOp, SendWr, Sge, UdDest, WcOpcode, WcStatus,
 };
 use uroce_wire::{IcrcContext, IpFields, ROCE_UDP_PORT};
 
@@ -39,6 +53,29 @@ const DRAIN_MAX: usize = 20_000;
 const CQ_DEPTH: usize = 64;
 const MEM_LEN: usize = 4096;
 const QKEY: u32 = 0x1111_1111;
+/// Most packets GRO coalesces into one datagram here.
+const GRO_MAX: usize = 8;
+/// The driver's receive buffer: the most a `plan_next` plan expects.
+const PLACE_BUF: usize = 65536;
+
+/// Deliveries handled with a plan (`handle_placed`), and executions with at least one,
+/// printed at every power of two so that a run shows how often placement is reached.
+static PLACED_DELIVERIES: AtomicU64 = AtomicU64::new(0);
+static PLACED_EXECUTIONS: AtomicU64 = AtomicU64::new(0);
+static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How datagrams reach the receiver (bits 5-6 of the first input byte).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PlaceMode {
+    /// `handle_datagram`, one packet at a time (the syscall and multishot paths).
+    Off,
+    /// GRO-coalesced, planned from a peek at the first header.
+    Peek,
+    /// GRO-coalesced, planned without a peek.
+    Next,
+    /// Peek and no peek, alternately.
+    Both,
+}
 
 struct Input<'a>(&'a [u8]);
 
@@ -83,10 +120,56 @@ struct Side {
     qps: [u32; 3],
     /// Regions: all rights; remote read only (no write right at all); atomic 64 bytes.
     mrs: [MrKeys; 3],
-    mems: [Arc<VecMemory>; 3],
+    mems: [Arc<AtomicMemory>; 3],
     bases: [u64; 3],
     ah: AhHandle,
     posted: HashMap<u64, Posted>,
+    /// Destinations packets or WRs could make this side write: (region, offset, length) of
+    /// every RETH, AtomicETH and READ/receive SGE seen (a superset of the checked ones).
+    dests: Vec<(usize, u64, u64)>,
+    /// The subset a placed payload may go to: WRITE RETHs and READ SGLs of the RC QP, with
+    /// whether it is a WRITE's.
+    place_dests: Vec<(usize, u64, u64, bool)>,
+}
+
+impl Side {
+    /// The region and offset of virtual address `va`, if it lies in one.
+    fn region_of(&self, va: u64) -> Option<(usize, u64)> {
+        (0..3).find_map(|i| {
+            let off = va.checked_sub(self.bases[i])?;
+            (off < self.mems[i].len() as u64).then_some((i, off))
+        })
+    }
+
+    /// `placeable`: `Some(is_write)` for a destination of the RC QP's WRITEs or READs.
+    fn note_dest(&mut self, va: u64, len: u64, placeable: Option<bool>) {
+        if let Some((i, off)) = self.region_of(va) {
+            self.dests.push((i, off, len));
+            if let Some(write) = placeable {
+                self.place_dests.push((i, off, len, write));
+            }
+        }
+    }
+
+    /// Records the destination a packet arriving here names (RETH or AtomicETH).
+    fn note_packet(&mut self, p: &[u8]) {
+        if p.len() < 40 {
+            return;
+        }
+        let qpn = u32::from_be_bytes([0, p[5], p[6], p[7]]);
+        let va = u64::from_be_bytes(p[12..20].try_into().expect("8 bytes"));
+        let len = u64::from(u32::from_be_bytes(p[24..28].try_into().expect("4 bytes")));
+        match p[0] & 0x1F {
+            // WRITE FIRST, ONLY, ONLY with immediate (any transport: the opcode's low bits).
+            0x06 | 0x0A | 0x0B => {
+                let rc = qpn == self.qps[0] && p[0] < 0x20;
+                self.note_dest(va, len, rc.then_some(true))
+            }
+            // Atomics.
+            0x13 | 0x14 => self.note_dest(va, 8, None),
+            _ => {}
+        }
+    }
 }
 
 fn make_side(ip: Ipv4Addr, h: u64) -> Side {
@@ -102,8 +185,9 @@ fn make_side(ip: Ipv4Addr, h: u64) -> Side {
         Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ | Access::REMOTE_ATOMIC;
     let rights = [all, Access::REMOTE_READ, all];
     let lens = [MEM_LEN, MEM_LEN, 64];
-    let mems: [Arc<VecMemory>; 3] = std::array::from_fn(|i| {
-        let m = VecMemory::zeroed(lens[i]);
+    // Regions the kernel can address (`raw_parts`): only those are ever planned.
+    let mems: [Arc<AtomicMemory>; 3] = std::array::from_fn(|i| {
+        let m = AtomicMemory::zeroed(lens[i]);
         let fill: Vec<u8> = (0..lens[i]).map(|j| (j as u8) ^ (i as u8 * 0x55)).collect();
         m.write(0, &fill);
         m
@@ -141,6 +225,8 @@ fn make_side(ip: Ipv4Addr, h: u64) -> Side {
         bases,
         ah,
         posted: HashMap::new(),
+        dests: Vec::new(),
+        place_dests: Vec::new(),
     }
 }
 
@@ -204,6 +290,12 @@ struct World {
     wire: [VecDeque<Vec<u8>>; 2],
     next_wr: u64,
     buf: Vec<u8>,
+    place: PlaceMode,
+    plan: Placement,
+    /// Deliveries so far (alternates peek/no peek in `PlaceMode::Both`).
+    deliveries: u64,
+    /// Deliveries handled with a plan.
+    placed: u64,
 }
 
 impl World {
@@ -249,10 +341,90 @@ impl World {
             (self.b.ip, self.a.ip)
         };
         let from = SocketAddr::new(IpAddr::V4(from.unwrap_or(src)), ROCE_UDP_PORT);
+        let (now, place) = (self.now, self.place);
+        let rx = self.side(1 - dir);
+        rx.note_packet(bytes);
+        if place == PlaceMode::Off {
+            rx.dev.handle_datagram(now, from, IpAddr::V4(dst), bytes);
+        } else {
+            self.deliver_gro(dir, bytes.to_vec(), bytes.len(), from);
+        }
+    }
+
+    /// Delivers the oldest queued packet of direction `dir`, coalesced with the ones behind
+    /// it as GRO would: segments of one size, the last one possibly shorter.
+    fn deliver_oldest(&mut self, dir: usize) {
+        let Some(first) = self.wire[dir].pop_front() else {
+            return;
+        };
+        if self.place == PlaceMode::Off {
+            return self.deliver(dir, &first, None);
+        }
+        let seg = first.len();
+        let mut data = first;
+        let rx = if dir == 0 { &mut self.b } else { &mut self.a };
+        rx.note_packet(&data);
+        for _ in 1..GRO_MAX {
+            let Some(next) = self.wire[dir].front() else {
+                break;
+            };
+            if next.is_empty() || next.len() > seg || data.len() % seg != 0 {
+                break;
+            }
+            let next = self.wire[dir].pop_front().expect("front");
+            rx.note_packet(&next);
+            data.extend_from_slice(&next);
+        }
+        let src = if dir == 0 { self.a.ip } else { self.b.ip };
+        let from = SocketAddr::new(IpAddr::V4(src), ROCE_UDP_PORT);
+        self.deliver_gro(dir, data, seg, from);
+    }
+
+    /// Hands a datagram of `seg`-byte segments to the receiver of direction `dir` as the
+    /// uring driver does when it places (module docs), checking the plan and its effects.
+    fn deliver_gro(&mut self, dir: usize, data: Vec<u8>, seg: usize, from: SocketAddr) {
         let now = self.now;
-        self.side(1 - dir)
-            .dev
-            .handle_datagram(now, from, IpAddr::V4(dst), bytes);
+        self.deliveries += 1;
+        let unpeeked = match self.place {
+            PlaceMode::Next => true,
+            PlaceMode::Both => self.deliveries.is_multiple_of(2),
+            _ => false,
+        };
+        let mut plan = std::mem::take(&mut self.plan);
+        let rx = if dir == 0 { &mut self.b } else { &mut self.a };
+        let to = IpAddr::V4(rx.ip);
+        let planned = if unpeeked {
+            rx.dev.plan_next(rx.qps[0], PLACE_BUF, &mut plan)
+        } else {
+            rx.dev
+                .plan_placement(from, &data, seg, data.len(), &mut plan)
+        };
+        if !planned {
+            for chunk in data.chunks(seg.max(1)) {
+                rx.dev.handle_datagram(now, from, to, chunk);
+            }
+            self.plan = plan;
+            return;
+        }
+        check_plan(rx, &plan);
+        let before: Vec<Vec<u8>> = rx.mems.iter().map(|m| m.to_vec()).collect();
+        let counters = rx.dev.counters();
+        let cap = if unpeeked { PLACE_BUF } else { data.len() };
+        let mut scratch = kernel_scatter(&plan, cap, &data);
+        rx.dev
+            .handle_placed(now, from, to, &mut scratch, seg, &plan);
+        let after = rx.dev.counters();
+        let placed = after.rx_placed - counters.rx_placed;
+        let misses = after.rx_place_misses - counters.rx_place_misses;
+        assert!(
+            placed + misses <= plan.segments as u64,
+            "{placed} placed + {misses} misses for {} planned segments",
+            plan.segments
+        );
+        check_untouched(rx, &plan, &before);
+        self.placed += 1;
+        PLACED_DELIVERIES.fetch_add(1, Relaxed);
+        self.plan = plan;
     }
 
     fn seal(&self, dir: usize, bytes: &mut [u8]) {
@@ -371,7 +543,14 @@ impl World {
             });
         }
         let qpn = s.qps[qi];
+        let read_sge = match (&wr.op, &wr.payload) {
+            (SendOp::RdmaRead { .. }, Payload::Sgl(v)) => Some((v[0].addr, v[0].length)),
+            _ => None,
+        };
         if s.dev.post_send(now, qpn, wr).is_ok() {
+            if let Some((addr, n)) = read_sge {
+                s.note_dest(addr, u64::from(n), (qi == 0).then_some(false));
+            }
             s.posted.insert(
                 wr_id,
                 Posted {
@@ -399,6 +578,7 @@ impl World {
             s.mrs[mr].lkey
         };
         let qpn = s.qps[qi];
+        s.note_dest(s.bases[mr] + off, u64::from(len) + 40, None);
         let wr = RecvWr {
             wr_id,
             sgl: vec![Sge {
@@ -430,6 +610,117 @@ impl World {
             check_completion(s, &c);
         }
     }
+}
+
+/// Whether `piece` is `mem` (same allocation).
+fn same_region(piece: &Arc<dyn RegionMemory>, mem: &Arc<AtomicMemory>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(piece), Arc::as_ptr(mem))
+}
+
+/// Every piece lies in a writable region, inside a destination a WRITE's RETH or a READ's SGE
+/// named, one MTU long at an MTU multiple from its start, and for a WRITE past its first
+/// packet (the one with the RETH: accepted before any plan). A READ may be planned from its
+/// start: `plan_next` plans the FIRST response's slot, which a FIRST (its AETH makes it
+/// another shape) never matches.
+fn check_plan(rx: &Side, plan: &Placement) {
+    assert!(plan.segments > 0 && plan.segments <= PLACE_BUF / plan.segment_size.max(1));
+    assert_eq!(
+        plan.segment_size,
+        plan.header_len + plan.payload_len + 4,
+        "{plan:?}"
+    );
+    assert_eq!(plan.qpn(), rx.qps[0], "only RC QPs are planned");
+    let mtu = plan.payload_len as u64;
+    for (k, p) in plan.pieces.iter().enumerate() {
+        assert!(p.segment < plan.segments, "{plan:?}");
+        assert!(
+            k == 0 || plan.pieces[k - 1].segment < p.segment,
+            "one piece a segment"
+        );
+        let region = (0..3)
+            .find(|&i| same_region(&p.memory, &rx.mems[i]))
+            .expect("a piece in a region of the receiver");
+        assert_ne!(region, 1, "a piece in the region without write rights");
+        let raw = p
+            .memory
+            .raw_parts()
+            .expect("planned regions are addressable");
+        assert!(p.offset + p.len <= raw.len, "{p:?} past the region");
+        assert_eq!(p.len as u64, mtu, "single-SGE destinations: whole segments");
+        let (off, len) = (p.offset as u64, p.len as u64);
+        assert!(
+            rx.place_dests
+                .iter()
+                .any(|&(i, start, n, write)| i == region
+                    && off >= start + if write { mtu } else { 0 }
+                    && (off - start) % mtu == 0
+                    && off + len <= start + n),
+            "{p:?} (region {region}) is not inside a WRITE's or READ's destination past its \
+             first packet: {:?}",
+            rx.place_dests
+        );
+    }
+}
+
+/// A placed delivery changed no region byte outside the plan's pieces and the destinations
+/// packets or WRs could name.
+fn check_untouched(rx: &Side, plan: &Placement, before: &[Vec<u8>]) {
+    for (i, old) in before.iter().enumerate() {
+        let new = rx.mems[i].to_vec();
+        for (at, (a, b)) in old.iter().zip(&new).enumerate() {
+            if a == b {
+                continue;
+            }
+            let at = at as u64;
+            let in_piece = plan.pieces.iter().any(|p| {
+                same_region(&p.memory, &rx.mems[i])
+                    && at >= p.offset as u64
+                    && at < (p.offset + p.len) as u64
+            });
+            let in_dest = rx
+                .dests
+                .iter()
+                .any(|&(r, start, n)| r == i && at >= start && at < start.saturating_add(n));
+            assert!(
+                in_piece || in_dest,
+                "region {i} byte {at} changed outside every destination"
+            );
+        }
+    }
+}
+
+/// What the kernel's scatter `recvmsg` does on the driver's iovec list for `plan`
+/// (`driver/place.rs`: segment 0's header into the buffer, then per segment its pieces and
+/// one buffer range from its ICRC through the next header, the last one through `cap`):
+/// the datagram's bytes in order; the buffer's bytes that went to regions are junk.
+fn kernel_scatter(plan: &Placement, cap: usize, data: &[u8]) -> Vec<u8> {
+    let (h, pl, seg) = (plan.header_len, plan.payload_len, plan.segment_size);
+    let mut buf = vec![0xEE; data.len()];
+    let mut at = 0;
+    let to_buf = |buf: &mut Vec<u8>, at: &mut usize, off: usize, n: usize| {
+        let n = n.min(data.len() - *at);
+        buf[off..off + n].copy_from_slice(&data[*at..*at + n]);
+        *at += n;
+    };
+    to_buf(&mut buf, &mut at, 0, h);
+    for i in 0..plan.segments {
+        for p in plan.segment_pieces(i) {
+            let n = p.len.min(data.len() - at);
+            p.memory.write(p.offset, &data[at..at + n]);
+            at += n;
+        }
+        let from = i * seg + h + pl;
+        let to = if i + 1 < plan.segments {
+            from + seg - pl
+        } else {
+            cap
+        };
+        if at < data.len() {
+            to_buf(&mut buf, &mut at, from, to - from);
+        }
+    }
+    assert_eq!(at, data.len(), "the iovecs hold the whole datagram");
+    buf
 }
 
 fn check_completion(s: &mut Side, c: &Completion) {
@@ -482,6 +773,15 @@ fuzz_target!(|data: &[u8]| {
         wire: [VecDeque::new(), VecDeque::new()],
         next_wr: 1,
         buf: vec![0u8; 4 * 4200],
+        place: [
+            PlaceMode::Off,
+            PlaceMode::Peek,
+            PlaceMode::Next,
+            PlaceMode::Both,
+        ][usize::from(cfg >> 5 & 3)],
+        plan: Placement::default(),
+        deliveries: 0,
+        placed: 0,
     };
     let mut steps = 0;
     while !inp.0.is_empty() && steps < 4096 {
@@ -490,11 +790,7 @@ fuzz_target!(|data: &[u8]| {
         let dir = usize::from(op >> 7);
         match op & 0x7F {
             // Deliver the oldest packet unchanged.
-            0..=23 => {
-                if let Some(p) = w.wire[dir].pop_front() {
-                    w.deliver(dir, &p, None);
-                }
-            }
+            0..=23 => w.deliver_oldest(dir),
             // Deliver it mutated, resealed or not.
             24..=39 => {
                 if let Some(mut p) = w.wire[dir].pop_front() {
@@ -589,9 +885,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 for _ in 0..usize::from(inp.u8() % 64) {
-                    if let Some(p) = w.wire[dir].pop_front() {
-                        w.deliver(dir, &p, None);
-                    }
+                    w.deliver_oldest(dir);
                 }
             }
         }
@@ -605,4 +899,15 @@ fuzz_target!(|data: &[u8]| {
         "a region without write rights changed"
     );
     assert_eq!(w.a.dev.mr_count(), 3);
+    let runs = EXECUTIONS.fetch_add(1, Relaxed) + 1;
+    if w.placed > 0 {
+        let n = PLACED_EXECUTIONS.fetch_add(1, Relaxed) + 1;
+        if n.is_power_of_two() {
+            eprintln!(
+                "placement: {n} of {runs} executions reached handle_placed with a plan \
+                 ({} planned deliveries)",
+                PLACED_DELIVERIES.load(Relaxed)
+            );
+        }
+    }
 });

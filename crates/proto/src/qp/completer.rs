@@ -159,6 +159,12 @@ impl Qp {
         self.progress(ctx);
         if ends {
             self.complete_head(ctx);
+            // The READ may be one a rewind had queued for resending (a response ahead of a
+            // lost one, then the lost one after all): the next WQE must start past it, not
+            // reuse its PSNs, or the responder takes it for a duplicate READ and replays
+            // this READ's data into it (`tests/read_rewind.rs`). ACKs do this in
+            // `ack_before`.
+            self.skip_acknowledged();
         }
     }
 
