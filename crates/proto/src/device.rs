@@ -25,8 +25,9 @@ pub struct Config {
     /// change it).
     pub udp_port: u16,
     /// How to check the ICRC of received IPv4 packets, whose Identification a UDP socket
-    /// cannot see. The default, `SolveBelow(max_segments)`, accepts the IDs uroce peers send
-    /// (0 for a lone packet, `i` for GSO segment `i`) at a false-accept chance of 2^-26;
+    /// cannot see. The default, `SolveBelow(128)`, accepts the IDs uroce peers send (0 for a
+    /// lone packet, `i` for GSO segment `i`, at most 128 segments) at a false-accept chance of
+    /// 2^-25;
     /// `Solve` also accepts rxe's arbitrary IDs at 2^-16; `Exact` only ID 0. Every packet
     /// accepted with a non-zero ID is counted in [`DeviceCounters::icrc_solved_id`].
     pub ipv4_id_mode: Ipv4IdMode,
@@ -78,7 +79,8 @@ impl Config {
         Config {
             local_ip,
             udp_port: uroce_wire::ROCE_UDP_PORT,
-            ipv4_id_mode: Ipv4IdMode::SolveBelow(64),
+            // 128: the most GSO segments a uroce peer sends (`UDP_MAX_SEGMENTS` since 2024).
+            ipv4_id_mode: Ipv4IdMode::SolveBelow(128),
             first_qpn: 17,
             last_qpn: 0xFF_FFFF,
             max_qp: 4096,

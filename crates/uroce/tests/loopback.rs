@@ -431,7 +431,7 @@ fn check_capture(file: &std::path::Path) -> CaptureCheck {
         let solved = p
             .frame
             .ctx
-            .verify(p.frame.payload, uroce_wire::Ipv4IdMode::SolveBelow(64));
+            .verify(p.frame.payload, uroce_wire::Ipv4IdMode::SolveBelow(128));
         assert!(
             solved.is_ok(),
             "frame {}: ICRC bad even with the ID solved: {d}",

@@ -178,6 +178,7 @@ impl Qp {
     /// in it: then the response itself is the one expected.
     fn ack_before(&mut self, a: Psn, target: Option<Psn>, ctx: &mut Ctx<'_>) {
         let mut advanced = false;
+        let mut completed = false;
         while let Some(w) = self.sq.iter().find(|w| !w.done) {
             if !w.started || a.diff(w.first_psn) < 0 {
                 break;
@@ -205,8 +206,9 @@ impl Qp {
             // nothing to send and only used up retries.
             if a.diff(w.last_psn()) >= 0 {
                 self.req.comp_psn = w.last_psn().add(1);
-                self.complete_head(ctx);
+                self.complete_acked_head(ctx);
                 advanced = true;
+                completed = true;
             } else {
                 if a.diff(self.req.comp_psn) >= 0 {
                     self.req.comp_psn = a.add(1);
@@ -215,10 +217,29 @@ impl Qp {
                 break;
             }
         }
+        // What `complete_head` does after each WQE, once per ACK: one coalesced ACK covers
+        // tens of small WQEs, and the window, retry counts and ACK timer end the same after
+        // one pass over all the PSNs it acknowledged.
+        if completed {
+            self.fail_if_head_failed(ctx);
+            if self.state == QpState::Sqd && self.sq.iter().all(|w| !w.started) {
+                tracing::debug!(qpn = self.qpn, "send queue drained");
+            }
+        }
         if advanced {
             self.skip_acknowledged();
             self.progress(ctx);
         }
+    }
+
+    /// Completes the oldest WQE, which an ACK covered whole, without the bookkeeping that
+    /// [`Self::ack_before`] does once for all the WQEs it completes.
+    fn complete_acked_head(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(w) = self.sq.iter_mut().find(|w| !w.done) {
+            w.done = true;
+            Self::complete_send(self.qpn, self.sq_sig_all, self.send_cq, w, ctx);
+        }
+        self.pop_done_front();
     }
 
     /// Completes the oldest WQE successfully.

@@ -479,6 +479,8 @@ pub(crate) struct UringBackend {
     /// Sends are `SENDMSG_ZC` (see [`Options::send_zc`]).
     send_zc: bool,
     local_default: IpAddr,
+    /// Most segments one GSO send may carry ([`gso_max_segments`]).
+    max_segments: usize,
     stats: DriverStats,
     /// Zero-copy receive is allowed ([`Options::place`]).
     place: bool,
@@ -583,6 +585,7 @@ impl UringBackend {
             send_zc: opts.send_zc,
             gro,
             local_default,
+            max_segments: gso_max_segments(local_default),
             stats: DriverStats::default(),
             place: opts.place,
             placing: false,
@@ -1164,7 +1167,7 @@ impl Backend for UringBackend {
     }
 
     fn max_segments(&self) -> usize {
-        64
+        self.max_segments
     }
 
     fn rx_pending(&self) -> bool {
@@ -1333,6 +1336,40 @@ impl Drop for UringBackend {
             std::mem::forget(self.rx.take());
             std::mem::forget(std::mem::take(&mut self.slots));
         }
+    }
+}
+
+/// Segments per GSO send on kernels whose `UDP_MAX_SEGMENTS` is 64 (before 2024).
+const GSO_SEGMENTS_OLD: usize = 64;
+/// Segments per GSO send on kernels with the 2024 change "net: change maximum number of UDP
+/// segments to 128" (also in the stable trees). Twice the packets per `sendmsg` (and per GRO
+/// receive and coalesced ACK at the peer) is what a stream of 64-byte WRITEs is limited by.
+const GSO_SEGMENTS_NEW: usize = 128;
+
+/// How many segments one GSO send may carry here: one `sendmsg` of 65 one-byte segments from
+/// a throwaway socket on `local` to itself tells 128 (accepted) from 64 (`EINVAL`). Anything
+/// inconclusive (no address to send to, no route) keeps the old limit, which every kernel
+/// with `UDP_SEGMENT` accepts. The device's own socket is not used: the probe must not land
+/// in its receive queue.
+fn gso_max_segments(local: IpAddr) -> usize {
+    let probe = || -> io::Result<()> {
+        let s = UdpSocket::bind(SocketAddr::new(local, 0))?;
+        let to = SockaddrStorage::from(s.local_addr()?);
+        let seg: u16 = 1;
+        let data = [0u8; GSO_SEGMENTS_OLD + 1];
+        nix::sys::socket::sendmsg(
+            s.as_raw_fd(),
+            &[std::io::IoSlice::new(&data)],
+            &[nix::sys::socket::ControlMessage::UdpGsoSegments(&seg)],
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            Some(&to),
+        )?;
+        Ok(())
+    };
+    if !local.is_unspecified() && probe().is_ok() {
+        GSO_SEGMENTS_NEW
+    } else {
+        GSO_SEGMENTS_OLD
     }
 }
 
