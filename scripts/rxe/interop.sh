@@ -125,6 +125,18 @@ for dir in bench_to_rxe bench_from_rxe; do
     ((quick)) && break
 done
 
+# Messages large enough for zero-copy receive (>= 256 KiB of a message to come): rxe's WRITE
+# packets and READ responses (non-zero IPv4 IDs, solved for in the ICRC over the payload where
+# the kernel placed it) land straight in uroce's regions.
+if ((!quick)); then
+    bench_from_rxe write bw ib_write_bw -n 40 -s 1048576
+    placed_w=$(grep -o 'zero-copy receive: [0-9]*' "$art/$n.uroce" | grep -o '[0-9]*$' || true)
+    bench_to_rxe read bw ib_read_bw -n 40 -s 1048576
+    placed_r=$(grep -o 'zero-copy receive: [0-9]*' "$art/$n.uroce" | grep -o '[0-9]*$' || true)
+    record "zero-copy receive of rxe's packets: WRITE ${placed_w:-0}, READ responses ${placed_r:-0} placed" \
+        "$([[ ${placed_w:-0} -gt 0 && ${placed_r:-0} -gt 0 ]] && echo 1 || echo 0)"
+fi
+
 for v in 4 6; do
     for mtu in 1024 4096; do
         sizes="1 4000 1048576"
