@@ -31,7 +31,7 @@ use uroce_wire::{
 
 use crate::device::Ctx;
 use crate::mr::{RegionMemory, Span};
-use crate::qp::requester::scatter;
+use crate::qp::requester::{runs, scatter};
 use crate::qp::{Qp, QpState, QpType};
 
 /// `len` payload bytes of planned segment `segment`, at `offset` bytes into `memory`.
@@ -111,32 +111,13 @@ fn addressable(spans: &[Span]) -> bool {
 
 /// Appends the pieces of `len` bytes at `offset` into the buffer `spans` describe (as
 /// `scatter` would write them) for segment `segment`.
-fn push_pieces(
-    out: &mut Vec<Piece>,
-    segment: usize,
-    spans: &[Span],
-    mut offset: usize,
-    len: usize,
-) {
-    let mut done = 0;
-    for s in spans {
-        if done == len {
-            break;
-        }
-        if offset >= s.len() {
-            offset -= s.len();
-            continue;
-        }
-        let n = (s.len() - offset).min(len - done);
-        out.push(Piece {
-            segment,
-            memory: s.memory().clone(),
-            offset: s.offset() + offset,
-            len: n,
-        });
-        done += n;
-        offset = 0;
-    }
+fn push_pieces(out: &mut Vec<Piece>, segment: usize, spans: &[Span], offset: usize, len: usize) {
+    out.extend(runs(spans, offset, len).map(|(s, at, _, n)| Piece {
+        segment,
+        memory: s.memory().clone(),
+        offset: s.offset() + at,
+        len: n,
+    }));
 }
 
 /// Fills `plan` for `qp`, whose packet with PSN `psn` and opcode `op` heads a datagram of
@@ -257,27 +238,18 @@ pub(crate) fn unplace_chunk(plan: &Placement, i: usize, chunk: &mut [u8]) {
 }
 
 /// Whether `pieces` are exactly where `scatter(spans, offset, ..)` would put `len` bytes.
-pub(crate) fn matches(pieces: &[Piece], spans: &[Span], mut offset: usize, len: usize) -> bool {
+pub(crate) fn matches(pieces: &[Piece], spans: &[Span], offset: usize, len: usize) -> bool {
     let mut done = 0;
     let mut it = pieces.iter();
-    for s in spans {
-        if done == len {
-            break;
-        }
-        if offset >= s.len() {
-            offset -= s.len();
-            continue;
-        }
-        let n = (s.len() - offset).min(len - done);
+    for (s, at, _, n) in runs(spans, offset, len) {
         let Some(p) = it.next() else { return false };
         if p.len != n
-            || p.offset != s.offset() + offset
+            || p.offset != s.offset() + at
             || !std::ptr::addr_eq(Arc::as_ptr(&p.memory), Arc::as_ptr(s.memory()))
         {
             return false;
         }
         done += n;
-        offset = 0;
     }
     done == len && it.next().is_none()
 }

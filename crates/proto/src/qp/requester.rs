@@ -79,40 +79,43 @@ impl Requester {
     }
 }
 
-/// Gathers `dst.len()` bytes starting `offset` bytes into the message described by `spans`.
-pub(crate) fn gather(spans: &[Span], mut offset: usize, dst: &mut [u8]) {
+/// The runs of `len` bytes starting `offset` bytes into the buffer `spans` describe, in order:
+/// for each span touched, the span, the offset within it, the bytes before this run, and the
+/// run's length. Every walk over an SGL (gather, scatter, zero-copy receive plans) uses it.
+pub(crate) fn runs(
+    spans: &[Span],
+    mut offset: usize,
+    len: usize,
+) -> impl Iterator<Item = (&Span, usize, usize, usize)> {
     let mut done = 0;
-    for s in spans {
-        if done == dst.len() {
-            break;
+    spans.iter().filter_map(move |s| {
+        if done == len {
+            return None;
         }
         if offset >= s.len() {
             offset -= s.len();
-            continue;
+            return None;
         }
-        let n = (s.len() - offset).min(dst.len() - done);
-        s.read(offset, &mut dst[done..done + n]);
+        let n = (s.len() - offset).min(len - done);
+        let run = (s, offset, done, n);
         done += n;
         offset = 0;
+        Some(run)
+    })
+}
+
+/// Gathers `dst.len()` bytes starting `offset` bytes into the message described by `spans`.
+pub(crate) fn gather(spans: &[Span], offset: usize, dst: &mut [u8]) {
+    for (s, at, done, n) in runs(spans, offset, dst.len()) {
+        s.read(at, &mut dst[done..done + n]);
     }
 }
 
 /// Scatters `src` starting `offset` bytes into the buffer described by `spans`. The caller has
 /// checked that it fits.
-pub(crate) fn scatter(spans: &[Span], mut offset: usize, src: &[u8]) {
-    let mut done = 0;
-    for s in spans {
-        if done == src.len() {
-            break;
-        }
-        if offset >= s.len() {
-            offset -= s.len();
-            continue;
-        }
-        let n = (s.len() - offset).min(src.len() - done);
-        s.write(offset, &src[done..done + n]);
-        done += n;
-        offset = 0;
+pub(crate) fn scatter(spans: &[Span], offset: usize, src: &[u8]) {
+    for (s, at, done, n) in runs(spans, offset, src.len()) {
+        s.write(at, &src[done..done + n]);
     }
 }
 
