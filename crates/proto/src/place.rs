@@ -120,6 +120,37 @@ fn push_pieces(out: &mut Vec<Piece>, segment: usize, spans: &[Span], offset: usi
     }));
 }
 
+/// The checked destination of `qp`'s inbound message of kind `op`, if one is in progress: its
+/// spans, the bytes accepted so far, its end, and the PSN its next packet must carry. A WRITE
+/// is the range its FIRST's RETH named (bounded by the RETH length); a READ response stream is
+/// the oldest unfinished WQE if it is a READ under way (bounded by the READ's length; the
+/// completer's checks).
+fn destination(qp: &Qp, op: Operation) -> Option<(&[Span], usize, usize, Psn)> {
+    match op {
+        Operation::RdmaWrite => {
+            let w = qp.resp.write.as_ref()?;
+            (qp.resp.in_msg == Some(op)).then(|| {
+                (
+                    std::slice::from_ref(&w.span),
+                    w.offset as usize,
+                    w.dma_len as usize,
+                    qp.resp.epsn,
+                )
+            })
+        }
+        Operation::RdmaReadResponse => {
+            let w = qp.sq.iter().find(|w| !w.done)?;
+            if !matches!(w.wr.op, crate::SendOp::RdmaRead { .. }) || !w.started {
+                return None;
+            }
+            let spans = w.data.as_ref()?;
+            let next = w.first_psn.add(w.read_done / qp.attrs.mtu.bytes());
+            Some((spans.as_slice(), w.read_done as usize, w.len as usize, next))
+        }
+        _ => None,
+    }
+}
+
 /// Fills `plan` for `qp`, whose packet with PSN `psn` and opcode `op` heads a datagram of
 /// `len` bytes in `segment_size`-byte segments. Returns whether any segment was planned.
 pub(crate) fn plan(
@@ -142,40 +173,11 @@ pub(crate) fn plan(
         return false;
     }
     let full = len / segment_size;
-    // The destination, its bytes accepted so far and its end, all checked before.
-    let (spans, done, end): (&[Span], usize, usize) = match operation {
-        Operation::RdmaWrite => {
-            let Some(w) = qp.resp.write.as_ref() else {
-                return false;
-            };
-            if qp.resp.in_msg != Some(operation) || psn != qp.resp.epsn {
-                return false;
-            }
-            (
-                std::slice::from_ref(&w.span),
-                w.offset as usize,
-                w.dma_len as usize,
-            )
-        }
-        _ => {
-            // READ response: the oldest unfinished WQE is a READ under way and `psn` is the
-            // response it waits for (the completer's checks).
-            let Some(w) = qp.sq.iter().find(|w| !w.done) else {
-                return false;
-            };
-            if !matches!(w.wr.op, crate::SendOp::RdmaRead { .. }) || !w.started {
-                return false;
-            }
-            let Some(spans) = w.data.as_ref() else {
-                return false;
-            };
-            if psn != w.first_psn.add(w.read_done / mtu as u32) {
-                return false;
-            }
-            (spans.as_slice(), w.read_done as usize, w.len as usize)
-        }
+    // Only the packet the message expects next: its bytes are the first not yet accepted.
+    let Some((spans, done, end, next)) = destination(qp, operation) else {
+        return false;
     };
-    if !addressable(spans) {
+    if psn != next || !addressable(spans) {
         return false;
     }
     for i in 0..full {
@@ -197,21 +199,16 @@ pub(crate) fn plan(
 /// Plans as [`plan`] for the packet `qp` expects next, as if `max_len` bytes of full-size
 /// packets followed.
 pub(crate) fn plan_next(qp: &Qp, max_len: usize, out: &mut Placement) -> bool {
-    let mtu = qp.attrs.mtu.bytes();
-    let (op, psn) = match qp.resp.in_msg {
-        Some(Operation::RdmaWrite) => (Opcode::RcWriteMiddle, qp.resp.epsn),
-        _ => {
-            let Some(w) = qp.sq.iter().find(|w| !w.done) else {
-                return false;
-            };
-            (
-                Opcode::RcReadResponseMiddle,
-                w.first_psn.add(w.read_done / mtu),
-            )
-        }
+    let (op, opcode) = if qp.resp.in_msg == Some(Operation::RdmaWrite) {
+        (Operation::RdmaWrite, Opcode::RcWriteMiddle)
+    } else {
+        (Operation::RdmaReadResponse, Opcode::RcReadResponseMiddle)
     };
-    let seg = BTH_LEN + mtu as usize + ICRC_LEN;
-    plan(qp, op, psn, seg, max_len / seg * seg, out)
+    let Some((.., psn)) = destination(qp, op) else {
+        return false;
+    };
+    let seg = BTH_LEN + qp.attrs.mtu.bytes() as usize + ICRC_LEN;
+    plan(qp, opcode, psn, seg, max_len / seg * seg, out)
 }
 
 /// Copies the planned pieces of segment `i` back into `data` (the whole datagram), as far as
@@ -321,25 +318,13 @@ pub const PLACE_MIN_REMAINING: usize = 256 << 10;
 /// Whether `qp` has an inbound message in progress, at least [`PLACE_MIN_REMAINING`] bytes
 /// of which are still to come, whose next packets could be placed.
 pub(crate) fn inbound(qp: &Qp) -> bool {
-    if qp.qp_type != QpType::Rc {
-        return false;
-    }
-    let placing = match qp.resp.in_msg {
-        Some(Operation::RdmaWrite) => qp.resp.write.as_ref().is_some_and(|w| {
-            (w.dma_len - w.offset) as usize >= PLACE_MIN_REMAINING
-                && addressable(std::slice::from_ref(&w.span))
-        }),
-        _ => false,
-    };
-    if placing {
-        return true;
-    }
-    qp.sq.iter().find(|w| !w.done).is_some_and(|w| {
-        matches!(w.wr.op, crate::SendOp::RdmaRead { .. })
-            && w.started
-            && (w.len - w.read_done) as usize >= PLACE_MIN_REMAINING
-            && w.data.as_ref().is_some_and(|s| addressable(s.as_slice()))
-    })
+    qp.qp_type == QpType::Rc
+        && [Operation::RdmaWrite, Operation::RdmaReadResponse]
+            .into_iter()
+            .filter_map(|op| destination(qp, op))
+            .any(|(spans, done, end, _)| {
+                end.saturating_sub(done) >= PLACE_MIN_REMAINING && addressable(spans)
+            })
 }
 
 impl Ctx<'_> {
