@@ -1347,11 +1347,19 @@ const GSO_SEGMENTS_OLD: usize = 64;
 const GSO_SEGMENTS_NEW: usize = 128;
 
 /// How many segments one GSO send may carry here: one `sendmsg` of 65 one-byte segments from
-/// a throwaway socket on `local` to itself tells 128 (accepted) from 64 (`EINVAL`). Anything
-/// inconclusive (no address to send to, no route) keeps the old limit, which every kernel
-/// with `UDP_SEGMENT` accepts. The device's own socket is not used: the probe must not land
-/// in its receive queue.
+/// a throwaway socket on `local` to itself tells 128 (accepted) from 64 (`EINVAL`). The limit
+/// is the kernel's, so a conclusive answer is kept for the process (devices and tests open
+/// many back ends). Anything inconclusive (no address to send to, no route) keeps the old
+/// limit, which every kernel with `UDP_SEGMENT` accepts, and is asked again next time. The
+/// device's own socket is not used: the probe must not land in its receive queue.
 fn gso_max_segments(local: IpAddr) -> usize {
+    static KERNEL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&n) = KERNEL.get() {
+        return n;
+    }
+    if local.is_unspecified() {
+        return GSO_SEGMENTS_OLD;
+    }
     let probe = || -> io::Result<()> {
         let s = UdpSocket::bind(SocketAddr::new(local, 0))?;
         let to = SockaddrStorage::from(s.local_addr()?);
@@ -1366,10 +1374,12 @@ fn gso_max_segments(local: IpAddr) -> usize {
         )?;
         Ok(())
     };
-    if !local.is_unspecified() && probe().is_ok() {
-        GSO_SEGMENTS_NEW
-    } else {
-        GSO_SEGMENTS_OLD
+    match probe() {
+        Ok(()) => *KERNEL.get_or_init(|| GSO_SEGMENTS_NEW),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            *KERNEL.get_or_init(|| GSO_SEGMENTS_OLD)
+        }
+        Err(_) => GSO_SEGMENTS_OLD,
     }
 }
 
@@ -1571,6 +1581,30 @@ mod tests {
             "the multishot receive stays off"
         );
         assert!(!rx.armed);
+    }
+
+    /// The probed GSO segment limit is exact, and the same when another device asks.
+    #[test]
+    fn gso_limit_is_the_kernels_and_kept() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let n = gso_max_segments(local);
+        assert!(n == GSO_SEGMENTS_OLD || n == GSO_SEGMENTS_NEW, "{n}");
+        // Asked again (another device), the answer is the same, and it is exact: the kernel
+        // takes `n` one-byte segments in one send and refuses `n + 1`.
+        assert_eq!(gso_max_segments(local), n);
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = SockaddrStorage::from(s.local_addr().unwrap());
+        let send = |count: usize| {
+            nix::sys::socket::sendmsg(
+                s.as_raw_fd(),
+                &[std::io::IoSlice::new(&vec![0u8; count])],
+                &[nix::sys::socket::ControlMessage::UdpGsoSegments(&1u16)],
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                Some(&to),
+            )
+        };
+        assert_eq!(send(n), Ok(n));
+        assert_eq!(send(n + 1), Err(nix::errno::Errno::EINVAL));
     }
 
     /// A busy-polled sender's socket takes the GSO size of its steady batches (sent with
