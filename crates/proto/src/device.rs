@@ -61,7 +61,8 @@ pub struct Config {
     pub max_unacked_psns: u32,
     /// A requester sets AckReq at least every this many packets (IBTA leaves it open; rxe 64).
     pub ack_req_interval: u32,
-    /// Most packets in one GSO batch.
+    /// Most packets in one GSO batch. 64 is what every kernel with `UDP_SEGMENT` takes; the
+    /// uroce device sets its back end's limit (128 on kernels since 2024, probed).
     pub max_segments: usize,
     /// How long a responder may hold a positive ACK to SEND/WRITE (zero: send it at once).
     /// A held ACK leaves right after the QP's next request packet, in the same transmit
