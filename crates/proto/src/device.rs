@@ -12,6 +12,7 @@ use crate::idmap::IdMap;
 use crate::mr::{Access, MrKeys, MrTable, RegionMemory};
 use crate::place::{self, Placement};
 use crate::qp::{Qp, QpAttr, QpInit, QpState, QpType};
+use crate::share::WindowShare;
 use crate::srq::Srq;
 use crate::wr::{RecvWr, SendWr};
 use crate::{AhHandle, CqHandle, Error, Instant, PdHandle, Resource, SrqHandle};
@@ -293,8 +294,8 @@ pub struct Device {
     qps: IdMap<Qp>,
     next_qpn: u32,
     ready: VecDeque<u32>,
-    /// RC QPs with PSNs outstanding: they share `max_unacked_psns` ([`share_for`]).
-    busy_rc: u32,
+    /// RC QPs with PSNs outstanding: they share `max_unacked_psns`.
+    share: WindowShare,
     staged: Option<Staged>,
     counters: DeviceCounters,
     solver: uroce_wire::Ipv4IdSolver,
@@ -351,7 +352,7 @@ impl Device {
             qps: IdMap::default(),
             next_qpn,
             ready: VecDeque::new(),
-            busy_rc: 0,
+            share: WindowShare::default(),
             staged: None,
             counters: DeviceCounters::default(),
             solver: uroce_wire::Ipv4IdSolver::default(),
@@ -658,7 +659,7 @@ impl Device {
         let port = self.config.udp_port;
         let mut ctx = ctx!(self, Instant::ZERO);
         let r = qp.modify(attr, port, &mut ctx);
-        account(&mut self.busy_rc, qp);
+        self.share.leave(qp);
         r?;
         Self::wake(&mut self.ready, qp);
         Ok(())
@@ -667,7 +668,7 @@ impl Device {
     /// Destroys a QP; its outstanding WRs are dropped without completions, as `ibv_destroy_qp`.
     pub fn destroy_qp(&mut self, qpn: u32) -> Result<(), Error> {
         let qp = self.qps.remove(&qpn).ok_or(Error::NotFound("queue pair"))?;
-        self.busy_rc -= u32::from(qp.counted_busy);
+        self.share.remove(&qp);
         Ok(())
     }
 
@@ -723,7 +724,7 @@ impl Device {
             if ctx.overrun {
                 let mut ctx = ctx!(self, now);
                 qp.enter_error(&mut ctx);
-                account(&mut self.busy_rc, qp);
+                self.share.leave(qp);
             }
             if r.is_err() {
                 result = r;
@@ -940,7 +941,7 @@ impl Device {
             return;
         }
         qp.counters.rx_packets += 1;
-        qp.req.share = share_for(self.busy_rc, &self.config, qp);
+        self.share.enter(&self.config, qp);
         let mut ctx = ctx!(self, now);
         ctx.placed = placed;
         qp.handle_packet(&repr, &pkt, from, &mut ctx);
@@ -948,7 +949,7 @@ impl Device {
             let mut ctx = ctx!(self, now);
             qp.enter_error(&mut ctx);
         }
-        account(&mut self.busy_rc, qp);
+        self.share.leave(qp);
         Self::wake(&mut self.ready, qp);
     }
 
@@ -962,14 +963,14 @@ impl Device {
             .collect();
         for qpn in due {
             if let Some(qp) = self.qps.get_mut(&qpn) {
-                qp.req.share = share_for(self.busy_rc, &self.config, qp);
+                self.share.enter(&self.config, qp);
                 let mut ctx = ctx!(self, now);
                 qp.handle_timeout(&mut ctx);
                 if ctx.overrun {
                     let mut ctx = ctx!(self, now);
                     qp.enter_error(&mut ctx);
                 }
-                account(&mut self.busy_rc, qp);
+                self.share.leave(qp);
                 Self::wake(&mut self.ready, qp);
             }
         }
@@ -1019,7 +1020,7 @@ impl Device {
                 continue;
             };
             qp.req.in_ready = false;
-            qp.req.share = share_for(self.busy_rc, &self.config, qp);
+            self.share.enter(&self.config, qp);
             let mut ctx = ctx!(self, now);
             // The batch: `n` packets, all `seg` bytes but a shorter last one, `off` bytes in
             // all (no list of sizes: nothing is allocated per batch).
@@ -1064,7 +1065,7 @@ impl Device {
                 let mut ctx = ctx!(self, now);
                 qp.enter_error(&mut ctx);
             }
-            account(&mut self.busy_rc, qp);
+            self.share.leave(qp);
             // Re-queue only a QP that made progress, so a blocked QP cannot spin this loop.
             let more = n > 0 && (qp.has_output(&self.config) || self.staged.is_some());
             if more {
@@ -1102,35 +1103,6 @@ impl Device {
     /// The QP state, if the QP exists.
     pub fn qp_state(&self, qpn: u32) -> Option<QpState> {
         self.qps.get(&qpn).map(Qp::state)
-    }
-}
-
-/// The least share of `max_unacked_psns` an RC QP gets however many share it: rxe's whole
-/// window (`RXE_MAX_UNACKED_PSNS`, rxe_req.c).
-const MIN_SHARE: u32 = 128;
-
-/// `qp`'s share of the device's unacknowledged PSNs: `max_unacked_psns` split evenly between
-/// the RC QPs with PSNs outstanding (counting `qp`), at least [`MIN_SHARE`]. The budget is per
-/// device, not per QP, because every QP's packets wait in the one receive queue of the peer's
-/// socket: with N QPs each allowed the whole window, a peer that falls behind queues N windows
-/// (32 MiB for 4 QPs at path MTU 4096 here), and the ACKs at their end came later than the
-/// 67 ms local ACK timeout of a busy machine: spurious timeouts and windows resent, all
-/// duplicates.
-fn share_for(busy_rc: u32, config: &Config, qp: &Qp) -> u32 {
-    let n = busy_rc + u32::from(!qp.counted_busy);
-    (config.max_unacked_psns / n.max(1)).max(MIN_SHARE.min(config.max_unacked_psns))
-}
-
-/// Updates the count of RC QPs with PSNs outstanding after a call into `qp`.
-fn account(busy_rc: &mut u32, qp: &mut Qp) {
-    let busy = qp.unacked_psns() > 0;
-    if busy != qp.counted_busy {
-        qp.counted_busy = busy;
-        if busy {
-            *busy_rc += 1;
-        } else {
-            *busy_rc -= 1;
-        }
     }
 }
 

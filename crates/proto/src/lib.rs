@@ -34,6 +34,7 @@ pub mod memory;
 pub mod mr;
 pub mod place;
 pub mod qp;
+mod share;
 pub mod srq;
 pub mod time;
 pub mod wr;

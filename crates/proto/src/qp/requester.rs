@@ -50,7 +50,7 @@ pub(crate) struct Requester {
     /// same gap.
     pub rewound_to: Option<Psn>,
     /// This QP's share of the device's unacknowledged-PSN budget (0: all of it), set by the
-    /// device before each call ([`crate::Device`]'s `share_for`).
+    /// device before each call (`WindowShare::enter`, share.rs).
     pub share: u32,
 }
 
