@@ -283,6 +283,16 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Locks the engine and reads the clock, in that order, so that the engine's `now` never
+    /// goes backwards (its call contract). Reading the clock first broke it: a thread that
+    /// then waited for the lock (or was descheduled) while another thread handled ACKs armed
+    /// the ACK timer from a stale instant, and the next pass fired it at once: a spurious ACK
+    /// timeout, the window resent, all duplicates at the peer.
+    pub(crate) fn lock_now(&self) -> (MutexGuard<'_, Inner>, Instant) {
+        let g = self.lock();
+        (g, self.now())
+    }
+
     /// Wakes the progress thread if the engine now wants a timer earlier than it sleeps
     /// until, or the back end holds received data its descriptor no longer signals.
     fn wake_if_needed(&self, g: &Inner) {
@@ -300,8 +310,7 @@ impl Shared {
     /// Runs `f` on the engine, then transmits (and in polled mode receives) and makes sure the
     /// progress thread wakes in time for any new timer.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Inner, Instant) -> T) -> T {
-        let now = self.now();
-        let mut g = self.lock();
+        let (mut g, now) = self.lock_now();
         let r = f(&mut g, now);
         if self.polled {
             // Send what `f` made first (a post's packets, and a held ACK with them), then
@@ -442,7 +451,10 @@ impl Device {
         if let Some(m) = &membership {
             // Nothing runs the engine yet: learning our group index pumps it from here.
             let s = shared.clone();
-            m.establish(&move || s.lock().pump(s.now()))?;
+            m.establish(&move || {
+                let (mut g, now) = s.lock_now();
+                g.pump(now);
+            })?;
         }
         let thread = match cfg.progress {
             Progress::Thread => {
@@ -471,7 +483,8 @@ impl Device {
                 // In polled mode nothing else receives the checker's probes.
                 let pump = Box::new(move || {
                     if polled {
-                        s.lock().pump(s.now());
+                        let (mut g, now) = s.lock_now();
+                        g.pump(now);
                     }
                 });
                 let checker = Some(m.spawn_checker(pump)?);
@@ -547,8 +560,8 @@ impl Device {
 
     /// Runs progress once (useful in polled mode without polling a CQ).
     pub fn progress(&self) {
-        let now = self.shared.now();
-        self.shared.lock().pump(now);
+        let (mut g, now) = self.shared.lock_now();
+        g.pump(now);
     }
 
     /// Allocates a protection domain.
@@ -605,13 +618,12 @@ impl Drop for Device {
 /// The progress thread: wait for the socket, a wake-up or the next timer; then pump.
 fn progress_loop(s: &Shared, wait: OwnedFd) {
     while !s.stop.load(Ordering::Acquire) {
-        let now = s.now();
-        // Sleep at most 100 ms so a stop request is seen even without a wake-up. The deadline
-        // is published under the lock, so a call that arms an earlier timer sees it and wakes
-        // us.
-        let cap = now.as_nanos() + 100_000_000;
         let until = {
-            let mut g = s.lock();
+            let (mut g, now) = s.lock_now();
+            // Sleep at most 100 ms so a stop request is seen even without a wake-up. The
+            // deadline is published under the lock, so a call that arms an earlier timer sees
+            // it and wakes us.
+            let cap = now.as_nanos() + 100_000_000;
             g.pump(now);
             // Received data held by the back end, or transmits left over from the budget.
             let until = if g.backend.rx_pending() || g.eng.has_transmit() {
@@ -638,5 +650,63 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
         {
             let _ = s.wake.read();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Access, Connect, Payload, QpCap, QpType, SendOp, SendWr};
+    use std::sync::mpsc;
+
+    /// A post that waited for the engine's lock arms the ACK timer from when it got the
+    /// lock, not from before: another thread may have run the engine meanwhile, and a timer
+    /// armed from the past fired at once (a spurious ACK timeout, the window resent).
+    #[test]
+    fn a_post_that_waited_for_the_lock_arms_the_ack_timer_from_then() {
+        let mut cfg = DeviceConfig::new("127.0.41.1".parse().unwrap());
+        cfg.progress = Progress::Polled;
+        let dev = Device::open(cfg).unwrap();
+        let pd = dev.alloc_pd();
+        let mr = pd.reg_mr(0x10_0000, 4096, Access::from_bits(0xF)).unwrap();
+        let cq = dev.create_cq(16, None).unwrap();
+        let qp = pd
+            .create_qp(QpType::Rc, &cq, &cq, None, QpCap::default())
+            .unwrap();
+        // A peer that never answers: a plain socket.
+        let peer = std::net::UdpSocket::bind("127.0.41.2:4791").unwrap();
+        let c = Connect::new(peer.local_addr().unwrap().ip(), 0x11, 1, 1);
+        let ack_timeout = uroce_proto::time::ack_timeout(c.timeout).unwrap();
+        qp.connect(&c).unwrap();
+        let (ready, go) = mpsc::channel();
+        let held = dev.shared.lock();
+        let poster = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                ready.send(()).unwrap();
+                let wr = SendWr::new(
+                    1,
+                    SendOp::RdmaWrite {
+                        remote_addr: 0,
+                        rkey: 1,
+                    },
+                    Payload::Sge(mr.sge(0, 8)),
+                );
+                qp.post_send(wr)
+            });
+            go.recv().unwrap();
+            // The poster is at (or about to block on) the lock: keep it there a while.
+            std::thread::sleep(Duration::from_millis(100));
+            let released = dev.shared.now();
+            drop(held);
+            (h.join().unwrap(), released)
+        });
+        let (posted, released) = poster;
+        posted.unwrap();
+        let deadline = dev.shared.lock().eng.poll_timeout().unwrap();
+        assert!(
+            deadline.as_nanos() >= released.as_nanos() + ack_timeout.as_nanos() as u64,
+            "ACK timer armed {} ms before the post got the lock",
+            (released.as_nanos() + ack_timeout.as_nanos() as u64 - deadline.as_nanos()) / 1_000_000
+        );
     }
 }

@@ -220,8 +220,7 @@ impl CompletionQueue {
             // One lock for the whole poll: take, send what waits (a post from another thread
             // already sent its own), receive, and return what this poll's receive completed
             // now, not one poll (a receive syscall) later.
-            let now = self.shared.now();
-            let mut g = self.shared.lock();
+            let (mut g, now) = self.shared.lock_now();
             take(&mut g, &mut out)?;
             if g.eng.has_transmit() {
                 g.transmit(now);
