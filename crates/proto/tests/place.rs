@@ -5,13 +5,15 @@
 //! completions and the placement counters, and that nothing outside the message's checked
 //! destination was touched.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use common::pattern;
 use uroce_proto::{
-    Access, AtomicMemory, Completion, Config, CqHandle, Device, Instant, Mtu, Payload, Placement,
-    QpAttr, QpCap, QpInit, QpState, QpType, RecvWr, RegionMemory, SendOp, SendWr, Sge, VecMemory,
-    WcStatus,
+    Access, AtomicMemory, Completion, Config, CqHandle, Device, Instant, Payload, Placement, QpCap,
+    RecvWr, RegionMemory, SendOp, SendWr, Sge, VecMemory, WcStatus,
 };
 
 const A_IP: [u8; 4] = [10, 0, 0, 1];
@@ -40,17 +42,7 @@ fn side(ip: [u8; 4]) -> Side {
         max_recv_sge: 4,
         max_inline_data: 0,
     };
-    let qpn = dev
-        .create_qp(QpInit {
-            qp_type: QpType::Rc,
-            pd,
-            send_cq: cq,
-            recv_cq: cq,
-            srq: None,
-            cap,
-            sq_sig_all: false,
-        })
-        .expect("qp");
+    let qpn = common::rc_qp(&mut dev, pd, cq, cap, false);
     Side {
         dev,
         pd,
@@ -61,38 +53,7 @@ fn side(ip: [u8; 4]) -> Side {
 }
 
 fn connect(s: &mut Side, peer_ip: IpAddr, peer_qpn: u32) {
-    let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ;
-    let steps = [
-        QpAttr {
-            state: Some(QpState::Init),
-            pkey_index: Some(0),
-            port: Some(1),
-            access: Some(access),
-            ..QpAttr::default()
-        },
-        QpAttr {
-            state: Some(QpState::Rtr),
-            path_mtu: Some(Mtu::M1024),
-            dest_ip: Some(peer_ip),
-            dest_qpn: Some(peer_qpn),
-            rq_psn: Some(100),
-            max_dest_rd_atomic: Some(4),
-            min_rnr_timer: Some(1),
-            ..QpAttr::default()
-        },
-        QpAttr {
-            state: Some(QpState::Rts),
-            sq_psn: Some(100),
-            timeout: Some(10),
-            retry_cnt: Some(7),
-            rnr_retry: Some(7),
-            max_rd_atomic: Some(4),
-            ..QpAttr::default()
-        },
-    ];
-    for a in &steps {
-        s.dev.modify_qp(s.qpn, a).expect("modify");
-    }
+    common::connect_rc(&mut s.dev, s.qpn, &common::Link::new(peer_ip, peer_qpn));
 }
 
 fn pair() -> (Side, Side) {
@@ -244,12 +205,6 @@ fn drain(s: &mut Side) -> Vec<Completion> {
         v.push(c);
     }
     v
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 8) as u8)
-        .collect()
 }
 
 fn reg(s: &mut Side, mem: Arc<dyn RegionMemory>, access: Access) -> uroce_proto::MrKeys {

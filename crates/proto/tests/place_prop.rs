@@ -15,14 +15,17 @@
 //! `UROCE_PLACE_CASES=N` runs another number of cases per test (default 48 and 32), from the
 //! same fixed seed.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use common::pattern;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRng, TestRunner};
 use uroce_proto::{
-    Access, AtomicMemory, Config, Device, Instant, Mtu, Payload, Placement, QpAttr, QpCap, QpInit,
-    QpState, QpType, RegionMemory, SendOp, SendWr, Sge, WcStatus,
+    Access, AtomicMemory, Config, Device, Instant, Mtu, Payload, Placement, QpCap, RegionMemory,
+    SendOp, SendWr, Sge, WcStatus,
 };
 
 const A_IP: [u8; 4] = [10, 0, 0, 1];
@@ -52,22 +55,14 @@ fn side(ip: [u8; 4]) -> Side {
     let pd = dev.alloc_pd();
     let cq = dev.create_cq(256).expect("cq");
     let qps = [0, 1].map(|_| {
-        dev.create_qp(QpInit {
-            qp_type: QpType::Rc,
-            pd,
-            send_cq: cq,
-            recv_cq: cq,
-            srq: None,
-            cap: QpCap {
-                max_send_wr: 16,
-                max_recv_wr: 16,
-                max_send_sge: 1,
-                max_recv_sge: 1,
-                max_inline_data: 0,
-            },
-            sq_sig_all: true,
-        })
-        .expect("qp")
+        let cap = QpCap {
+            max_send_wr: 16,
+            max_recv_wr: 16,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 0,
+        };
+        common::rc_qp(&mut dev, pd, cq, cap, true)
     });
     Side {
         dev,
@@ -79,46 +74,13 @@ fn side(ip: [u8; 4]) -> Side {
 }
 
 fn connect(s: &mut Side, peer_ip: IpAddr, peer_qps: [u32; 2], mtu: Mtu) {
-    let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ;
     for (i, &qpn) in s.qps.iter().enumerate() {
-        let steps = [
-            QpAttr {
-                state: Some(QpState::Init),
-                pkey_index: Some(0),
-                port: Some(1),
-                access: Some(access),
-                ..QpAttr::default()
-            },
-            QpAttr {
-                state: Some(QpState::Rtr),
-                path_mtu: Some(mtu),
-                dest_ip: Some(peer_ip),
-                dest_qpn: Some(peer_qps[i]),
-                rq_psn: Some(0xFF_FF00 + i as u32), // PSNs wrap during the run
-                max_dest_rd_atomic: Some(4),
-                min_rnr_timer: Some(1),
-                ..QpAttr::default()
-            },
-            QpAttr {
-                state: Some(QpState::Rts),
-                sq_psn: Some(0xFF_FF00 + i as u32),
-                timeout: Some(8),
-                retry_cnt: Some(7),
-                rnr_retry: Some(7),
-                max_rd_atomic: Some(4),
-                ..QpAttr::default()
-            },
-        ];
-        for a in &steps {
-            s.dev.modify_qp(qpn, a).expect("modify");
-        }
+        let mut l = common::Link::new(peer_ip, peer_qps[i]);
+        l.mtu = mtu;
+        l.psn = 0xFF_FF00 + i as u32; // PSNs wrap during the run
+        l.timeout = 8;
+        common::connect_rc(&mut s.dev, qpn, &l);
     }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 8) as u8)
-        .collect()
 }
 
 /// A region whose bytes outside `lo..hi` must never change (all of a source's).

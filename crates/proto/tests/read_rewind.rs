@@ -5,74 +5,29 @@
 //! replays the old READ's data, which the requester accepted as the new one's (found by
 //! `tests/place_prop.rs`).
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 
+use common::{packets, Link};
+
 use uroce_proto::{
-    Access, AtomicMemory, Config, Device, Instant, Mtu, Payload, QpAttr, QpCap, QpInit, QpState,
-    QpType, RegionMemory, SendOp, SendWr, Sge, WcStatus,
+    Access, AtomicMemory, Config, Device, Instant, Payload, QpCap, RegionMemory, SendOp, SendWr,
+    Sge, WcStatus,
 };
 
 fn device(ip: [u8; 4]) -> (Device, uroce_proto::PdHandle, uroce_proto::CqHandle, u32) {
     let mut dev = Device::new(Config::new(IpAddr::from(ip)));
     let pd = dev.alloc_pd();
     let cq = dev.create_cq(16).expect("cq");
-    let qpn = dev
-        .create_qp(QpInit {
-            qp_type: QpType::Rc,
-            pd,
-            send_cq: cq,
-            recv_cq: cq,
-            srq: None,
-            cap: QpCap::default(),
-            sq_sig_all: true,
-        })
-        .expect("qp");
+    let qpn = common::rc_qp(&mut dev, pd, cq, QpCap::default(), true);
     (dev, pd, cq, qpn)
 }
 
 fn connect(dev: &mut Device, qpn: u32, peer: [u8; 4], peer_qpn: u32) {
-    let steps = [
-        QpAttr {
-            state: Some(QpState::Init),
-            pkey_index: Some(0),
-            port: Some(1),
-            access: Some(Access::LOCAL_WRITE | Access::REMOTE_READ),
-            ..QpAttr::default()
-        },
-        QpAttr {
-            state: Some(QpState::Rtr),
-            path_mtu: Some(Mtu::M1024),
-            dest_ip: Some(IpAddr::from(peer)),
-            dest_qpn: Some(peer_qpn),
-            rq_psn: Some(100),
-            max_dest_rd_atomic: Some(4),
-            min_rnr_timer: Some(1),
-            ..QpAttr::default()
-        },
-        QpAttr {
-            state: Some(QpState::Rts),
-            sq_psn: Some(100),
-            timeout: Some(10),
-            retry_cnt: Some(7),
-            rnr_retry: Some(7),
-            max_rd_atomic: Some(4),
-            ..QpAttr::default()
-        },
-    ];
-    for a in &steps {
-        dev.modify_qp(qpn, a).expect("modify");
-    }
-}
-
-/// Every packet `dev` sends now, one per element.
-fn packets(dev: &mut Device, now: Instant) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    while let Some(t) = dev.poll_transmit(now, &mut buf) {
-        let seg = t.segment_size.unwrap_or(t.len);
-        out.extend(buf[..t.len].chunks(seg).map(<[u8]>::to_vec));
-    }
-    out
+    let mut l = Link::new(IpAddr::from(peer), peer_qpn);
+    l.access = Access::LOCAL_WRITE | Access::REMOTE_READ;
+    common::connect_rc(dev, qpn, &l);
 }
 
 #[test]

@@ -1,0 +1,108 @@
+//! What proto's integration tests share: an RC QP on an engine, connecting it to a peer's
+//! (INIT, RTR, RTS), the packets an engine sends now, and a data pattern. Each test binary
+//! uses a part of it.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+
+use uroce_proto::{
+    Access, CqHandle, Device, Instant, Mtu, PdHandle, QpAttr, QpCap, QpInit, QpState, QpType,
+};
+
+/// An RC QP on `dev` with `cq` for both queues.
+pub fn rc_qp(dev: &mut Device, pd: PdHandle, cq: CqHandle, cap: QpCap, sq_sig_all: bool) -> u32 {
+    dev.create_qp(QpInit {
+        qp_type: QpType::Rc,
+        pd,
+        send_cq: cq,
+        recv_cq: cq,
+        srq: None,
+        cap,
+        sq_sig_all,
+    })
+    .expect("qp")
+}
+
+/// Where and how a QP is connected.
+#[derive(Clone, Copy)]
+pub struct Link {
+    /// The peer's address and QPN.
+    pub peer_ip: IpAddr,
+    pub peer_qpn: u32,
+    pub mtu: Mtu,
+    /// Both directions' first PSN.
+    pub psn: u32,
+    /// Local ACK timeout exponent.
+    pub timeout: u8,
+    /// Remote access rights the QP grants.
+    pub access: Access,
+}
+
+impl Link {
+    /// To `peer_qpn` at `peer_ip`: path MTU 1024, PSN 100, timeout 10 (4 ms), local write,
+    /// remote write and remote read.
+    pub fn new(peer_ip: IpAddr, peer_qpn: u32) -> Link {
+        Link {
+            peer_ip,
+            peer_qpn,
+            mtu: Mtu::M1024,
+            psn: 100,
+            timeout: 10,
+            access: Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ,
+        }
+    }
+}
+
+/// Takes `qpn` through INIT, RTR and RTS to `l` (7 retries, infinite RNR retries, 4 READs
+/// in flight each way).
+pub fn connect_rc(dev: &mut Device, qpn: u32, l: &Link) {
+    let steps = [
+        QpAttr {
+            state: Some(QpState::Init),
+            pkey_index: Some(0),
+            port: Some(1),
+            access: Some(l.access),
+            ..QpAttr::default()
+        },
+        QpAttr {
+            state: Some(QpState::Rtr),
+            path_mtu: Some(l.mtu),
+            dest_ip: Some(l.peer_ip),
+            dest_qpn: Some(l.peer_qpn),
+            rq_psn: Some(l.psn),
+            max_dest_rd_atomic: Some(4),
+            min_rnr_timer: Some(1),
+            ..QpAttr::default()
+        },
+        QpAttr {
+            state: Some(QpState::Rts),
+            sq_psn: Some(l.psn),
+            timeout: Some(l.timeout),
+            retry_cnt: Some(7),
+            rnr_retry: Some(7),
+            max_rd_atomic: Some(4),
+            ..QpAttr::default()
+        },
+    ];
+    for a in &steps {
+        dev.modify_qp(qpn, a).expect("modify");
+    }
+}
+
+/// Every packet `dev` sends now, one per element (GSO batches split).
+pub fn packets(dev: &mut Device, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Some(t) = dev.poll_transmit(now, &mut buf) {
+        let seg = t.segment_size.unwrap_or(t.len);
+        out.extend(buf[..t.len].chunks(seg).map(<[u8]>::to_vec));
+    }
+    out
+}
+
+/// `len` bytes that differ with `seed` and do not repeat every 256 bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 8) as u8)
+        .collect()
+}
