@@ -192,7 +192,9 @@ netns_down() {
 
 # ---------------------------------------------------------------- guests
 
-gdir() { echo "$STATE/guests/$1"; }
+# Per netns: guests of the same name in two netns (two checkouts' or helpers' runs sharing
+# one state directory) are two guests, not one "already running".
+gdir() { echo "$STATE/guests/$NS/$1"; }
 tap_of() { echo "urxe-$1"; }
 
 check_name() {
@@ -313,7 +315,7 @@ cmd_start() {
         fi
         die "guest $name is running with other addresses or not ready: guest.sh stop $name first"
     fi
-    for other in "$STATE"/guests/*; do
+    for other in "$STATE/guests/$NS"/*; do
         [[ -d $other && ${other##*/} != "$name" ]] || continue
         alive "${other##*/}" || continue
         if [[ $(cat "$other/ip4") == "$ip4" || (-n $ip6 && $(cat "$other/ip6") == "$ip6") ]]; then
@@ -442,7 +444,7 @@ parse_run() {
 
 cmd_status() {
     local g n
-    for g in "$STATE"/guests/*; do
+    for g in "$STATE/guests/$NS"/*; do
         [[ -d $g ]] || continue
         n=${g##*/}
         [[ -z ${1:-} || $1 == "$n" ]] || continue
@@ -460,7 +462,7 @@ cmd_status() {
 
 cmd_teardown() {
     local g
-    for g in "$STATE"/guests/*; do
+    for g in "$STATE/guests/$NS"/*; do
         [[ -d $g ]] || continue
         cmd_stop "${g##*/}"
     done
