@@ -22,7 +22,9 @@ quick=0
 [[ ${1:-} == --quick ]] && quick=1
 art=$root/target/rxe/interop
 mkdir -p "$art"
-NS=uroce-rxe
+# The netns guest.sh boots the guest in (its UROCE_RXE_NETNS): a hard-coded name ran uroce in
+# another checkout's netns, same bridge addresses but no guest there ("No route to host").
+NS=${UROCE_RXE_NETNS:-uroce-rxe}
 GUEST=ix1 G4=10.77.0.2 G6=fd77::2 H4=10.77.0.1 H6=fd77::1
 
 cd "$root"
