@@ -41,7 +41,11 @@ pub struct Options {
 /// The message-rate ceiling's datagram: a 64-byte WRITE packet (BTH 12 + RETH 16 + 64 +
 /// ICRC 4), [`SMALL_GSO`] per GSO send.
 const SMALL_DGRAM: u32 = 96;
-/// Datagrams per GSO send of the message-rate ceiling (the engine's batch limit).
+/// Datagrams per GSO send of the message-rate ceiling. Kept at 64, the limit every kernel
+/// with `UDP_SEGMENT` accepts, so the ceiling means the same on every kernel and stays
+/// comparable with committed runs; the engine batches up to 128 where the kernel allows
+/// (`gso_max_segments` in uroce's io_uring back end), so on such kernels this ceiling is
+/// conservative for the 64-byte message rate.
 const SMALL_GSO: u32 = 64;
 
 /// A child process whose output is collected by threads.
