@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use uroce_proto::{
     Access, AhHandle, AtomicMemory, Completion, Config, CqHandle, Device, Instant, MrKeys, Mtu,
-    Payload, Placement, QpAttr, QpCap, QpInit, QpState, QpType, RecvWr, RegionMemory, SendFlags,
-    SendOp, SendWr, Sge, UdDest, WcOpcode, WcStatus,
+    Payload, Placement, QpAttr, QpCap, QpInit, QpState, QpType, RecvWr, RegionMemory, Scatter,
+    SendFlags, SendOp, SendWr, Sge, UdDest, WcOpcode, WcStatus,
 };
 use uroce_wire::{IcrcContext, IpFields, ROCE_UDP_PORT};
 
@@ -689,35 +689,30 @@ fn check_untouched(rx: &Side, plan: &Placement, before: &[Vec<u8>]) {
     }
 }
 
-/// What the kernel's scatter `recvmsg` does on the driver's iovec list for `plan`
-/// (`driver/place.rs`: segment 0's header into the buffer, then per segment its pieces and
-/// one buffer range from its ICRC through the next header, the last one through `cap`):
-/// the datagram's bytes in order; the buffer's bytes that went to regions are junk.
+/// What the kernel's scatter `recvmsg` does with the driver's scatter list for `plan`
+/// ([`Placement::scatter_list`] over a `cap`-byte buffer): the datagram's bytes in order;
+/// the buffer's bytes that went to regions are junk.
 fn kernel_scatter(plan: &Placement, cap: usize, data: &[u8]) -> Vec<u8> {
-    let (h, pl, seg) = (plan.header_len, plan.payload_len, plan.segment_size);
     let mut buf = vec![0xEE; data.len()];
     let mut at = 0;
-    let to_buf = |buf: &mut Vec<u8>, at: &mut usize, off: usize, n: usize| {
-        let n = n.min(data.len() - *at);
-        buf[off..off + n].copy_from_slice(&data[*at..*at + n]);
-        *at += n;
-    };
-    to_buf(&mut buf, &mut at, 0, h);
-    for i in 0..plan.segments {
-        for p in plan.segment_pieces(i) {
-            let n = p.len.min(data.len() - at);
-            p.memory.write(p.offset, &data[at..at + n]);
-            at += n;
+    for entry in plan.scatter_list(cap) {
+        if at >= data.len() {
+            break;
         }
-        let from = i * seg + h + pl;
-        let to = if i + 1 < plan.segments {
-            from + seg - pl
-        } else {
-            cap
+        let n = match entry {
+            Scatter::Buffer { offset, len } => {
+                let n = len.min(data.len() - at);
+                buf[offset..offset + n].copy_from_slice(&data[at..at + n]);
+                n
+            }
+            Scatter::Piece(p) => {
+                let n = p.len.min(data.len() - at);
+                p.memory.write(p.offset, &data[at..at + n]);
+                n
+            }
+            other => panic!("unknown scatter entry {other:?}"),
         };
-        if at < data.len() {
-            to_buf(&mut buf, &mut at, from, to - from);
-        }
+        at += n;
     }
     assert_eq!(at, data.len(), "the iovecs hold the whole datagram");
     buf

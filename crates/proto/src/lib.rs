@@ -44,7 +44,7 @@ pub use device::{AsyncEvent, Config, Device, DeviceAttr, DeviceCounters, Transmi
 pub use error::{Error, Resource};
 pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RawParts, RegionMemory, VecMemory};
-pub use place::{Piece, Placement};
+pub use place::{Piece, Placement, Scatter};
 pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType};
 pub use time::Instant;
 pub use wr::{Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, UdDest};

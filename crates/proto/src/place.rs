@@ -89,6 +89,48 @@ impl Placement {
         let end = self.pieces.partition_point(|p| p.segment <= i);
         &self.pieces[start..end]
     }
+
+    /// The scatter list a driver receives a datagram under this plan with, into a buffer of
+    /// `cap` bytes whose offsets mirror the datagram's: segment 0's header, then per planned
+    /// segment its payload pieces and one buffer range from its ICRC through the next
+    /// segment's header, the last range through `cap`. Every planned segment is a full one
+    /// (`cap / segment_size` of them at most), so each range lies within `cap`. Empty
+    /// without a plan.
+    pub fn scatter_list(&self, cap: usize) -> impl Iterator<Item = Scatter<'_>> {
+        let (h, pl, seg, n) = (
+            self.header_len,
+            self.payload_len,
+            self.segment_size,
+            self.segments,
+        );
+        let header = (n > 0).then_some(Scatter::Buffer { offset: 0, len: h });
+        header.into_iter().chain((0..n).flat_map(move |i| {
+            let from = i * seg + h + pl;
+            let to = if i + 1 < n { from + seg - pl } else { cap };
+            self.segment_pieces(i)
+                .iter()
+                .map(Scatter::Piece)
+                .chain(core::iter::once(Scatter::Buffer {
+                    offset: from,
+                    len: to.saturating_sub(from),
+                }))
+        }))
+    }
+}
+
+/// One entry of a [`Placement::scatter_list`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Scatter<'a> {
+    /// `len` bytes of the driver's receive buffer, at `offset`.
+    Buffer {
+        /// Offset in the buffer (the same as in the datagram).
+        offset: usize,
+        /// Bytes.
+        len: usize,
+    },
+    /// A planned payload piece, in its region.
+    Piece(&'a Piece),
 }
 
 /// Opcodes whose payload may be placed: the middle and last packets of an RC WRITE and the

@@ -10,7 +10,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use common::pattern;
+use common::{kernel_scatter, pattern};
 use uroce_proto::{
     Access, AtomicMemory, Completion, Config, CqHandle, Device, Instant, Payload, Placement, QpCap,
     RecvWr, RegionMemory, SendOp, SendWr, Sge, VecMemory, WcStatus,
@@ -75,67 +75,6 @@ struct Tally {
     unpeeked: bool,
 }
 
-/// One iovec of the driver's scatter list: the receive buffer from this offset, or a piece.
-enum Iov {
-    Buf(usize, usize),
-    Piece(usize, usize),
-}
-
-/// The driver's iovec list for `plan` over a datagram of at most `len` bytes
-/// (`driver/place.rs`): segment 0's header, then per segment its pieces and one buffer
-/// range from its ICRC through the next header (the last through `len`).
-fn iovecs(plan: &Placement, len: usize) -> Vec<Iov> {
-    let (h, pl, seg) = (plan.header_len, plan.payload_len, plan.segment_size);
-    let mut v = vec![Iov::Buf(0, h)];
-    for i in 0..plan.segments {
-        for (k, p) in plan.pieces.iter().enumerate() {
-            if p.segment == i {
-                v.push(Iov::Piece(k, p.len));
-            }
-        }
-        let from = i * seg + h + pl;
-        let to = if i + 1 < plan.segments {
-            from + seg - pl
-        } else {
-            len
-        };
-        v.push(Iov::Buf(from, to - from));
-    }
-    v
-}
-
-/// What the kernel's `recvmsg` does with `iov`: the datagram's bytes in order, into the
-/// buffer (at the iovec's offset) or the region; the buffer's other bytes are junk.
-fn kernel_scatter(plan: &Placement, iov: &[Iov], data: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0xEE; data.len()];
-    let mut at = 0;
-    for v in iov {
-        if at >= data.len() {
-            break;
-        }
-        match *v {
-            Iov::Buf(off, n) => {
-                let n = n.min(data.len() - at);
-                buf[off..off + n].copy_from_slice(&data[at..at + n]);
-                at += n;
-            }
-            Iov::Piece(k, n) => {
-                let p = &plan.pieces[k];
-                let raw = p
-                    .memory
-                    .raw_parts()
-                    .expect("only addressable regions are planned");
-                assert!(p.offset + p.len <= raw.len);
-                let n = n.min(data.len() - at);
-                p.memory.write(p.offset, &data[at..at + n]);
-                at += n;
-            }
-        }
-    }
-    assert_eq!(at, data.len(), "the iovecs must hold the whole datagram");
-    buf
-}
-
 /// Hands `data` to `dst` as the uring driver does: plan (from a peek, or with `t.unpeeked`
 /// from the QP's expected PSN whatever `data` is), "kernel" scatter, handle.
 fn deliver(dst: &mut Side, from: IpAddr, data: &[u8], seg: usize, now: Instant, t: &mut Tally) {
@@ -150,8 +89,8 @@ fn deliver(dst: &mut Side, from: IpAddr, data: &[u8], seg: usize, now: Instant, 
     if planned {
         t.planned_datagrams += 1;
         t.planned_segments += plan.segments;
-        let iov = iovecs(&plan, if t.unpeeked { 65536 } else { data.len() });
-        let mut scratch = kernel_scatter(&plan, &iov, data);
+        let cap = if t.unpeeked { 65536 } else { data.len() };
+        let mut scratch = kernel_scatter(&plan, cap, data);
         dst.dev
             .handle_placed(now, from, dst.ip, &mut scratch, seg, &plan);
     } else {

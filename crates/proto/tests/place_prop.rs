@@ -20,7 +20,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use common::pattern;
+use common::{kernel_scatter, pattern};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRng, TestRunner};
 use uroce_proto::{
@@ -238,40 +238,6 @@ fn damage(net: &mut Net, mut d: Vec<u8>, seg: usize) -> Vec<Vec<u8>> {
         }
         _ => vec![d],
     }
-}
-
-/// The driver's iovec list for `plan` (`driver/place.rs`), applied as the kernel's scatter
-/// `recvmsg` would: segment 0's header into the buffer, then per segment its pieces and one
-/// buffer range from its ICRC through the next header (the last one through `cap`). The
-/// buffer's bytes that went to regions are junk.
-fn kernel_scatter(plan: &Placement, cap: usize, data: &[u8]) -> Vec<u8> {
-    let (h, pl, seg) = (plan.header_len, plan.payload_len, plan.segment_size);
-    let mut buf = vec![0xEE; data.len()];
-    let mut at = 0;
-    let to_buf = |buf: &mut Vec<u8>, at: &mut usize, off: usize, n: usize| {
-        let n = n.min(data.len() - *at);
-        buf[off..off + n].copy_from_slice(&data[*at..*at + n]);
-        *at += n;
-    };
-    to_buf(&mut buf, &mut at, 0, h);
-    for i in 0..plan.segments {
-        for p in plan.segment_pieces(i) {
-            let n = p.len.min(data.len() - at);
-            p.memory.write(p.offset, &data[at..at + n]);
-            at += n;
-        }
-        let from = i * seg + h + pl;
-        let to = if i + 1 < plan.segments {
-            from + seg - pl
-        } else {
-            cap
-        };
-        if at < data.len() {
-            to_buf(&mut buf, &mut at, from, to - from);
-        }
-    }
-    assert_eq!(at, data.len(), "the iovecs hold the whole datagram");
-    buf
 }
 
 /// Hands one datagram to `dst` (side index `di`) as the uring driver does.

@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 
 use uroce_proto::{
-    Access, CqHandle, Device, Instant, Mtu, PdHandle, QpAttr, QpCap, QpInit, QpState, QpType,
+    Access, CqHandle, Device, Instant, Mtu, PdHandle, Placement, QpAttr, QpCap, QpInit, QpState,
+    QpType, Scatter,
 };
 
 /// An RC QP on `dev` with `cq` for both queues.
@@ -105,4 +106,42 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 8) as u8)
         .collect()
+}
+
+/// What the kernel's scatter `recvmsg` does with the driver's scatter list for `plan`
+/// ([`Placement::scatter_list`] over a `cap`-byte buffer): the datagram's bytes in order,
+/// into the buffer at each range's offset or into a piece's region. The buffer's bytes that
+/// went to regions are junk.
+pub fn kernel_scatter(plan: &Placement, cap: usize, data: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0xEE; data.len()];
+    let mut at = 0;
+    for entry in plan.scatter_list(cap) {
+        if at >= data.len() {
+            break;
+        }
+        match entry {
+            Scatter::Buffer { offset, len } => {
+                let n = len.min(data.len() - at);
+                buf[offset..offset + n].copy_from_slice(&data[at..at + n]);
+                at += n;
+            }
+            Scatter::Piece(p) => {
+                let raw = p
+                    .memory
+                    .raw_parts()
+                    .expect("only addressable regions are planned");
+                assert!(p.offset + p.len <= raw.len);
+                let n = p.len.min(data.len() - at);
+                p.memory.write(p.offset, &data[at..at + n]);
+                at += n;
+            }
+            other => panic!("unknown scatter entry {other:?}"),
+        }
+    }
+    assert_eq!(
+        at,
+        data.len(),
+        "the scatter list must hold the whole datagram"
+    );
+    buf
 }

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{recvmsg, MsgFlags, SockaddrStorage};
-use uroce_proto::{Instant, Placement};
+use uroce_proto::{Instant, Placement, Scatter};
 
 use super::syscall::to_socket_addr;
 use super::uring::{parse_cmsgs, parse_name};
@@ -144,17 +144,15 @@ impl PlacingRx {
         let buf = self.buf.as_mut_ptr();
         let p = &self.plan;
         if p.segments > 0 {
-            let (h, pl, seg) = (p.header_len, p.payload_len, p.segment_size);
-            // Segment 0's header, then per segment its payload pieces and one iovec from
-            // its ICRC through the next segment's header (adjacent in the buffer, which
-            // mirrors the datagram), the last one through `cap`. Segment `i < segments` is
-            // a full one within `cap` (`cap / seg` at most), so every range lies in the
-            // buffer.
-            self.iov.push(iovec(buf, h));
+            // The plan's scatter list (`Placement::scatter_list`): buffer ranges mirror the
+            // datagram and lie within `cap` (at most BUF_LEN), pieces lie in their regions.
             let mut ok = true;
-            for i in 0..p.segments {
-                for piece in p.segment_pieces(i) {
-                    match piece.memory.raw_parts() {
+            for entry in p.scatter_list(cap) {
+                match entry {
+                    Scatter::Buffer { offset, len } => {
+                        self.iov.push(iovec(buf.wrapping_add(offset), len));
+                    }
+                    Scatter::Piece(piece) => match piece.memory.raw_parts() {
                         Some(raw)
                             if piece
                                 .offset
@@ -165,15 +163,9 @@ impl PlacingRx {
                             self.iov.push(iovec(at as *mut u8, piece.len));
                         }
                         _ => ok = false,
-                    }
+                    },
+                    _ => ok = false,
                 }
-                let from = i * seg + h + pl;
-                let to = if i + 1 < p.segments {
-                    from + seg - pl
-                } else {
-                    cap
-                };
-                self.iov.push(iovec(buf.wrapping_add(from), to - from));
             }
             if !ok {
                 self.plan.clear();
