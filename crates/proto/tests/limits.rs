@@ -1,11 +1,15 @@
 //! Resource limits: each limit `query_device` reports is enforced at exactly its value with an
 //! `Error::Limit` naming it, and freeing one object makes room for exactly one more.
 
+mod common;
+
 use std::net::IpAddr;
 
+use common::rc_init;
+
 use uroce_proto::{
-    Access, Config, Device, Error, Payload, PdHandle, QpAttr, QpCap, QpInit, QpState, QpType,
-    RecvWr, Resource, SendOp, SendWr, Sge, VecMemory,
+    Access, Config, Device, Error, Payload, QpAttr, QpCap, QpState, RecvWr, Resource, SendOp,
+    SendWr, Sge, VecMemory,
 };
 
 fn small() -> Config {
@@ -31,18 +35,6 @@ fn is_limit(e: Result<impl std::fmt::Debug, Error>, want: Resource, max: u64) {
             assert!(text.contains(&max.to_string()), "{text}");
         }
         other => panic!("expected the {want:?} limit, got {other:?}"),
-    }
-}
-
-fn qp_init(pd: PdHandle, cq: uroce_proto::CqHandle, cap: QpCap) -> QpInit {
-    QpInit {
-        qp_type: QpType::Rc,
-        pd,
-        send_cq: cq,
-        recv_cq: cq,
-        srq: None,
-        cap,
-        sq_sig_all: false,
     }
 }
 
@@ -99,12 +91,16 @@ fn object_counts_stop_at_their_limits() {
     let cq = cqs[0];
     let cap = small_cap();
     let mut qps: Vec<_> = (0..5)
-        .map(|_| d.create_qp(qp_init(pd, cq, cap)).expect("qp"))
+        .map(|_| d.create_qp(rc_init(pd, cq, cap, false)).expect("qp"))
         .collect();
-    is_limit(d.create_qp(qp_init(pd, cq, cap)), Resource::QueuePairs, 5);
+    is_limit(
+        d.create_qp(rc_init(pd, cq, cap, false)),
+        Resource::QueuePairs,
+        5,
+    );
     d.destroy_qp(qps.pop().expect("qp")).expect("destroy");
     qps.push(
-        d.create_qp(qp_init(pd, cq, cap))
+        d.create_qp(rc_init(pd, cq, cap, false))
             .expect("room for one more"),
     );
     assert_eq!(d.usage().qps, 5);
@@ -150,17 +146,17 @@ fn queue_depths_and_sges_stop_at_their_limits() {
         c
     };
     is_limit(
-        d.create_qp(qp_init(pd, cq, over(|c| c.max_send_wr = 9))),
+        d.create_qp(rc_init(pd, cq, over(|c| c.max_send_wr = 9), false)),
         Resource::QpWorkRequests,
         8,
     );
     is_limit(
-        d.create_qp(qp_init(pd, cq, over(|c| c.max_recv_wr = 9))),
+        d.create_qp(rc_init(pd, cq, over(|c| c.max_recv_wr = 9), false)),
         Resource::QpWorkRequests,
         8,
     );
     is_limit(
-        d.create_qp(qp_init(pd, cq, over(|c| c.max_recv_sge = 3))),
+        d.create_qp(rc_init(pd, cq, over(|c| c.max_recv_sge = 3), false)),
         Resource::ScatterGatherEntries,
         2,
     );
@@ -172,7 +168,7 @@ fn queue_depths_and_sges_stop_at_their_limits() {
         max_recv_wr: 3,
         ..small_cap()
     };
-    let qpn = d.create_qp(qp_init(pd, cq, cap)).expect("qp");
+    let qpn = d.create_qp(rc_init(pd, cq, cap, false)).expect("qp");
     let mem = VecMemory::zeroed(4096);
     let mr = d
         .reg_mr(pd, 0, mem, Access::LOCAL_WRITE | Access::REMOTE_WRITE)

@@ -120,19 +120,8 @@ fn run(a: &mut Side, b: &mut Side, mangle_ab: Mangle<'_>, t: &mut Tally) {
             deliver(a, b.ip, &d, seg, now, t);
             moved = true;
         }
-        if !moved {
-            let next = [a.dev.poll_timeout(), b.dev.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            match next {
-                Some(n) if n.as_nanos() < now.as_nanos() + 1_000_000_000 => {
-                    now = n;
-                    a.dev.handle_timeout(now);
-                    b.dev.handle_timeout(now);
-                }
-                _ => return,
-            }
+        if !moved && !common::fire_next_timer(&mut a.dev, &mut b.dev, &mut now, 1_000_000_000) {
+            return;
         }
     }
     panic!("traffic did not settle");

@@ -401,22 +401,9 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
                 }
             }
         }
-        if !moved {
-            let next = [a.dev.poll_timeout(), b.dev.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            match next {
-                Some(n) if n.as_nanos() < now.as_nanos() + 10_000_000_000 => {
-                    now = n;
-                    a.dev.handle_timeout(now);
-                    b.dev.handle_timeout(now);
-                }
-                _ => {
-                    settled = true;
-                    break;
-                }
-            }
+        if !moved && !common::fire_next_timer(&mut a.dev, &mut b.dev, &mut now, 10_000_000_000) {
+            settled = true;
+            break;
         }
     }
     prop_assert!(settled, "traffic did not settle");

@@ -10,9 +10,9 @@ use uroce_proto::{
     QpType, Scatter,
 };
 
-/// An RC QP on `dev` with `cq` for both queues.
-pub fn rc_qp(dev: &mut Device, pd: PdHandle, cq: CqHandle, cap: QpCap, sq_sig_all: bool) -> u32 {
-    dev.create_qp(QpInit {
+/// What `create_qp` takes for an RC QP with `cq` for both queues and no SRQ.
+pub fn rc_init(pd: PdHandle, cq: CqHandle, cap: QpCap, sq_sig_all: bool) -> QpInit {
+    QpInit {
         qp_type: QpType::Rc,
         pd,
         send_cq: cq,
@@ -20,8 +20,12 @@ pub fn rc_qp(dev: &mut Device, pd: PdHandle, cq: CqHandle, cap: QpCap, sq_sig_al
         srq: None,
         cap,
         sq_sig_all,
-    })
-    .expect("qp")
+    }
+}
+
+/// An RC QP on `dev` with `cq` for both queues.
+pub fn rc_qp(dev: &mut Device, pd: PdHandle, cq: CqHandle, cap: QpCap, sq_sig_all: bool) -> u32 {
+    dev.create_qp(rc_init(pd, cq, cap, sq_sig_all)).expect("qp")
 }
 
 /// Where and how a QP is connected.
@@ -144,4 +148,23 @@ pub fn kernel_scatter(plan: &Placement, cap: usize, data: &[u8]) -> Vec<u8> {
         "the scatter list must hold the whole datagram"
     );
     buf
+}
+
+/// For two engines with nothing left to send: moves `now` to the earlier of their next
+/// timers and fires both, if that timer comes within `horizon_ns` of `now`. False when none
+/// does: the traffic between them has settled.
+pub fn fire_next_timer(a: &mut Device, b: &mut Device, now: &mut Instant, horizon_ns: u64) -> bool {
+    let next = [a.poll_timeout(), b.poll_timeout()]
+        .into_iter()
+        .flatten()
+        .min();
+    match next {
+        Some(n) if n.as_nanos() < now.as_nanos() + horizon_ns => {
+            *now = n;
+            a.handle_timeout(n);
+            b.handle_timeout(n);
+            true
+        }
+        _ => false,
+    }
 }
