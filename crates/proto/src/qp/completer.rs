@@ -221,10 +221,7 @@ impl Qp {
         // tens of small WQEs, and the window, retry counts and ACK timer end the same after
         // one pass over all the PSNs it acknowledged.
         if completed {
-            self.fail_if_head_failed(ctx);
-            if self.state == QpState::Sqd && self.sq.iter().all(|w| !w.started) {
-                tracing::debug!(qpn = self.qpn, "send queue drained");
-            }
+            self.after_completion(ctx);
         }
         if advanced {
             self.skip_acknowledged();
@@ -254,6 +251,12 @@ impl Qp {
         }
         self.pop_done_front();
         self.progress(ctx);
+        self.after_completion(ctx);
+    }
+
+    /// After completing WQEs: a failed WQE now at the head completes with its error, and a
+    /// draining send queue that emptied says so.
+    fn after_completion(&mut self, ctx: &mut Ctx<'_>) {
         self.fail_if_head_failed(ctx);
         if self.state == QpState::Sqd && self.sq.iter().all(|w| !w.started) {
             tracing::debug!(qpn = self.qpn, "send queue drained");
