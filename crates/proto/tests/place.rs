@@ -10,7 +10,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use common::{kernel_scatter, pattern};
+use common::pattern;
 use uroce_proto::{
     Access, AtomicMemory, Completion, Config, CqHandle, Device, Instant, Payload, Placement, QpCap,
     RecvWr, RegionMemory, SendOp, SendWr, Sge, VecMemory, WcStatus,
@@ -78,25 +78,11 @@ struct Tally {
 /// Hands `data` to `dst` as the uring driver does: plan (from a peek, or with `t.unpeeked`
 /// from the QP's expected PSN whatever `data` is), "kernel" scatter, handle.
 fn deliver(dst: &mut Side, from: IpAddr, data: &[u8], seg: usize, now: Instant, t: &mut Tally) {
-    let from = SocketAddr::new(from, 4791);
-    let mut plan = Placement::default();
-    let planned = if t.unpeeked {
-        dst.dev.plan_next(dst.qpn, 65536, &mut plan)
-    } else {
-        dst.dev
-            .plan_placement(from, data, seg, data.len(), &mut plan)
-    };
-    if planned {
+    let next = t.unpeeked.then_some(dst.qpn);
+    let planned = common::deliver(&mut dst.dev, dst.ip, from, data, seg, now, next, 65536);
+    if planned > 0 {
         t.planned_datagrams += 1;
-        t.planned_segments += plan.segments;
-        let cap = if t.unpeeked { 65536 } else { data.len() };
-        let mut scratch = kernel_scatter(&plan, cap, data);
-        dst.dev
-            .handle_placed(now, from, dst.ip, &mut scratch, seg, &plan);
-    } else {
-        for pkt in data.chunks(seg.max(1)) {
-            dst.dev.handle_datagram(now, from, dst.ip, pkt);
-        }
+        t.planned_segments += planned;
     }
 }
 

@@ -17,15 +17,15 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use common::{kernel_scatter, pattern};
+use common::pattern;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRng, TestRunner};
 use uroce_proto::{
-    Access, AtomicMemory, Config, Device, Instant, Mtu, Payload, Placement, QpCap, RegionMemory,
-    SendOp, SendWr, Sge, WcStatus,
+    Access, AtomicMemory, Config, Device, Instant, Mtu, Payload, QpCap, RegionMemory, SendOp,
+    SendWr, Sge, WcStatus,
 };
 
 const A_IP: [u8; 4] = [10, 0, 0, 1];
@@ -243,32 +243,17 @@ fn damage(net: &mut Net, mut d: Vec<u8>, seg: usize) -> Vec<Vec<u8>> {
 /// Hands one datagram to `dst` (side index `di`) as the uring driver does.
 fn deliver(net: &mut Net, dst: &mut Side, di: usize, from: IpAddr, data: &[u8], seg: usize) {
     let now = Instant::ZERO;
-    let from = SocketAddr::new(from, 4791);
     net.deliveries += 1;
     let unpeeked = match net.plans {
         0 => false,
         1 => true,
         _ => net.deliveries % 2 == 0,
     };
-    let mut plan = Placement::default();
-    let planned = if unpeeked {
-        let q = dst.qps[net.below(2) as usize];
-        dst.dev.plan_next(q, PLACE_BUF, &mut plan)
-    } else {
-        dst.dev
-            .plan_placement(from, data, seg, data.len(), &mut plan)
-    };
-    if planned {
-        net.planned[di] += plan.segments as u64;
+    let next = unpeeked.then(|| dst.qps[net.below(2) as usize]);
+    let planned = common::deliver(&mut dst.dev, dst.ip, from, data, seg, now, next, PLACE_BUF);
+    if planned > 0 {
+        net.planned[di] += planned as u64;
         net.planned_datagrams[di] += 1;
-        let cap = if unpeeked { PLACE_BUF } else { data.len() };
-        let mut scratch = kernel_scatter(&plan, cap, data);
-        dst.dev
-            .handle_placed(now, from, dst.ip, &mut scratch, seg, &plan);
-    } else {
-        for pkt in data.chunks(seg.max(1)) {
-            dst.dev.handle_datagram(now, from, dst.ip, pkt);
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! uses a part of it.
 #![allow(dead_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use uroce_proto::{
     Access, CqHandle, Device, Instant, Mtu, PdHandle, Placement, QpAttr, QpCap, QpInit, QpState,
@@ -166,5 +166,44 @@ pub fn fire_next_timer(a: &mut Device, b: &mut Device, now: &mut Instant, horizo
             true
         }
         _ => false,
+    }
+}
+
+/// Hands one datagram of `seg`-byte GRO segments from `from` to `dev` (at `to`) as the
+/// io_uring driver does: plan from a peek of `data`, or with `next_qp` from that QP's
+/// expected PSN whatever `data` is (a `buf_len`-byte receive buffer); a plan goes through
+/// the "kernel" scatter to `handle_placed`, no plan means the packets are handled one by one.
+/// Returns the segments planned (0: none).
+#[allow(clippy::too_many_arguments)]
+pub fn deliver(
+    dev: &mut Device,
+    to: IpAddr,
+    from: IpAddr,
+    data: &[u8],
+    seg: usize,
+    now: Instant,
+    next_qp: Option<u32>,
+    buf_len: usize,
+) -> usize {
+    let from = SocketAddr::new(from, 4791);
+    let mut plan = Placement::default();
+    let planned = match next_qp {
+        Some(q) => dev.plan_next(q, buf_len, &mut plan),
+        None => dev.plan_placement(from, data, seg, data.len(), &mut plan),
+    };
+    if planned {
+        let cap = if next_qp.is_some() {
+            buf_len
+        } else {
+            data.len()
+        };
+        let mut scratch = kernel_scatter(&plan, cap, data);
+        dev.handle_placed(now, from, to, &mut scratch, seg, &plan);
+        plan.segments
+    } else {
+        for pkt in data.chunks(seg.max(1)) {
+            dev.handle_datagram(now, from, to, pkt);
+        }
+        0
     }
 }
