@@ -135,7 +135,13 @@ impl Membership {
             let mut slot = lock(&self.slot);
             let live = g.members(&mut slot)?.len() as u32;
             match slot.recorded()? {
-                Some(i) if i < live => self.shared.index.store(i, Ordering::Relaxed),
+                Some(i) if i < live => {
+                    // Another engine's leave moved our socket and recorded it; the program it
+                    // left may still name our old index (see `leave`): attach the exact one.
+                    if self.shared.index.swap(i, Ordering::Relaxed) != i {
+                        self.attach(&g, &mut slot, false)?;
+                    }
+                }
                 _ => return Ok(false),
             }
         }
@@ -183,30 +189,46 @@ impl Membership {
         self.stop.store(true, Ordering::Release);
     }
 
-    /// Leaves the group: records the move the kernel makes when our socket leaves (the last
-    /// member takes our index, `reuseport_detach_sock`), attaches the table for after it, and
-    /// detaches our socket at once by connecting it (`udp_lib_rehash` detaches a connected
-    /// socket from its group; closing would be delayed while io_uring still holds the file).
+    /// Leaves the group, detaching our socket at once by connecting it (`udp_lib_rehash`
+    /// detaches a connected socket from its group; closing would be delayed while io_uring
+    /// still holds the file). The kernel then moves the group's last socket into our index
+    /// (`reuseport_detach_sock`), and no program is right on both sides of that instant: one
+    /// naming the moved socket's new index, attached before, sends its packets to our socket
+    /// until we are gone, where nobody reads them.
+    /// - When one engine stays, we attach the table without us (the stayer at its current
+    ///   index), detach, then record the move. Once we are gone its old index is out of range,
+    ///   and the kernel's fallback (its hash over the group's sockets) can only pick the one
+    ///   socket left: nothing is lost. The stayer re-attaches the exact table at its next
+    ///   check ([`Membership::check`]), before a newcomer could take the old index.
+    /// - With more engines staying, the hash could pick any of them, so we record the move and
+    ///   attach the table for after it, then detach at once: the moved engine's packets of
+    ///   those microseconds are lost, and RC resends them.
     pub(crate) fn leave(&self) -> io::Result<()> {
         self.stop();
         let g = self.dir.lock()?;
         let mut slot = lock(&self.slot);
         let me = self.shared.index.load(Ordering::Relaxed);
         let members = g.members(&mut slot)?;
-        let last = members
+        let moved = members
             .iter()
             .filter(|&&(n, _)| n != slot.n)
             .filter_map(|&(n, i)| Some((n, i?)))
-            .max_by_key(|&(_, i)| i);
-        if let Some((n, i)) = last {
-            if i > me && me != u32::MAX {
-                g.record_other(n, me)?;
-            }
+            .max_by_key(|&(_, i)| i)
+            .filter(|&(_, i)| i > me && me != u32::MAX);
+        // Port 9 (discard): nothing is sent from it, so the connected socket receives nothing.
+        let detach = || self.sock.connect(SocketAddr::new(self.local.ip(), 9));
+        if members.len() == 2 {
+            self.attach(&g, &mut slot, true)?;
+            detach()?;
+        }
+        if let Some((n, _)) = moved {
+            g.record_other(n, me)?;
         }
         g.record(&mut slot, None)?;
-        self.attach(&g, &mut slot, true)?;
-        // Port 9 (discard): nothing is sent from it, so the connected socket receives nothing.
-        self.sock.connect(SocketAddr::new(self.local.ip(), 9))?;
+        if members.len() != 2 {
+            self.attach(&g, &mut slot, true)?;
+            detach()?;
+        }
         Ok(())
     }
 

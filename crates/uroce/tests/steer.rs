@@ -205,3 +205,84 @@ fn packets_for_unowned_qpns_are_counted_and_dropped() {
     assert_eq!(d1.dev.counters().rx_packets, d1_rx + 1);
     assert_eq!(dropped(), 20);
 }
+
+/// Sends datagrams naming QPNs of `slot` to `to` (a BTH with an unknown QP: the owning engine
+/// admits and counts each one) until `stop`, keeping at most 256 beyond what `received` says
+/// arrived so that no socket buffer overflows. Returns how many it sent.
+fn flood(
+    to: SocketAddr,
+    slot: u8,
+    stop: &std::sync::atomic::AtomicBool,
+    received: &dyn Fn() -> u64,
+) -> u64 {
+    use std::sync::atomic::Ordering;
+    let tx = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).expect("bind");
+    let mut pkt = [0u8; 16];
+    pkt[0] = 0x04;
+    pkt[2..4].copy_from_slice(&0xFFFFu16.to_be_bytes());
+    pkt[4..8].copy_from_slice(&((u32::from(slot) << 16) | 0xFFF0).to_be_bytes());
+    let base = received();
+    let mut sent = 0u64;
+    let end = Instant::now() + T;
+    while !stop.load(Ordering::Acquire) {
+        if sent - (received() - base) < 256 {
+            tx.send_to(&pkt, to).expect("send");
+            sent += 1;
+        } else {
+            assert!(Instant::now() < end, "the engine stopped receiving");
+            std::thread::yield_now();
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_leave_loses_nothing_sent_to_the_socket_the_kernel_moves() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ip = "127.0.95.1";
+    let to: SocketAddr = format!("{ip}:4791").parse().expect("addr");
+    let u = (BackendKind::Uring, Progress::Thread);
+    let mut stay = side(ip, true, u.0, u.1);
+    for round in 0..8 {
+        // The newcomer is the group's last socket: when `stay` (index 0) leaves, the kernel
+        // moves it into index 0 while its peer keeps sending.
+        let moved = side(ip, true, u.0, u.1);
+        assert_eq!((info(&stay).index, info(&moved).index), (0, 1));
+        let own = || info(&moved).counters.own_rx;
+        let before = own();
+        let stop = AtomicBool::new(false);
+        let sent = std::thread::scope(|s| {
+            let sender = s.spawn(|| flood(to, info(&moved).slot, &stop, &own));
+            let wait_for = |n: u64| {
+                let end = Instant::now() + T;
+                while own() < before + n {
+                    assert!(Instant::now() < end, "round {round}: {:?}", info(&moved));
+                    std::thread::yield_now();
+                }
+            };
+            wait_for(2000);
+            drop(stay);
+            let at_leave = own() - before;
+            wait_for(at_leave + 2000);
+            stop.store(true, Ordering::Release);
+            sender.join().expect("sender")
+        });
+        let end = Instant::now() + Duration::from_secs(5);
+        while own() - before < sent && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            own() - before,
+            sent,
+            "round {round}: datagrams for the moved socket were lost at the leave: {:?}",
+            info(&moved)
+        );
+        // Its next check learns the move and attaches the exact table.
+        while info(&moved).index != 0 {
+            assert!(Instant::now() < end, "round {round}: {:?}", info(&moved));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(info(&moved).counters.foreign_drops, 0, "round {round}");
+        stay = moved;
+    }
+}
