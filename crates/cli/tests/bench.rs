@@ -65,6 +65,8 @@ fn run_pair(id: u8, test: &str, kind: &str, extra: &[&str]) -> (Vec<Value>, Vec<
         assert!(v["health"]["clean"].is_boolean(), "{v}");
         assert!(v["health"]["retransmits"].is_u64(), "{v}");
         assert!(v["health"]["icrc_drops"].is_u64(), "{v}");
+        // Nothing on loopback is malformed, for an unknown QP or from a stranger.
+        assert_eq!(v["health"]["rx_drops"], 0, "{v}");
     }
     (s, c)
 }

@@ -426,7 +426,8 @@ pub fn run_from_bench(
                 + u(h, "out_of_sequence")
                 + u(h, "cq_overruns")
                 + u(h, "duplicates")
-                + u(h, "socket_drops");
+                + u(h, "socket_drops")
+                + u(h, "rx_drops");
             run.errors += u(h, "io_errors");
             run.placed += u(h, "placed");
             if !b(h, "clean") {

@@ -1289,14 +1289,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
                 if !r.health.clean() {
                     eprintln!(
                         "uroce bench: {} B: the link lost or damaged packets (retransmits {}, \
-                         timeouts {}, ICRC drops {}, out of sequence {}, socket drops {}): not \
-                         a clean run",
+                         timeouts {}, ICRC drops {}, out of sequence {}, socket drops {}, \
+                         receive drops {}): not a clean run",
                         r.size,
                         r.health.retransmits,
                         r.health.timeouts,
                         r.health.icrc_drops,
                         r.health.out_of_sequence,
-                        r.health.socket_drops
+                        r.health.socket_drops,
+                        r.health.rx_drops
                     );
                 }
                 rep.bw(r)?;

@@ -43,6 +43,12 @@ pub struct Health {
     /// Datagrams the driver lost at the socket: sends refused with a full buffer (a dropped
     /// ACK shows only as the peer's ACK timeout otherwise) and receives truncated.
     pub socket_drops: u64,
+    /// Datagrams the receiver dropped before any QP saw them: malformed, an unknown or wrong
+    /// QP, a wrong source, a bad P_Key (`DeviceCounters`), or another engine's slot on a
+    /// steered device (`SteerCounters::foreign_drops`). Reported, not part of `clean`: a
+    /// lost request shows as a retransmission, and a stray packet (a late ACK of an earlier
+    /// run's QP) costs nothing.
+    pub rx_drops: u64,
     /// Packets whose payload the kernel placed straight into the region (zero-copy receive,
     /// `DeviceCounters::rx_placed`): not a health problem, reported alongside.
     pub placed: u64,
@@ -70,6 +76,12 @@ impl Health {
         h.io_errors = dev.io_errors();
         let s = dev.driver_stats();
         h.socket_drops = s.tx_dropped + s.rx_truncated;
+        h.rx_drops = d.malformed
+            + d.unknown_qp
+            + d.wrong_qp
+            + d.wrong_source
+            + d.bad_pkey
+            + dev.steer_info().map_or(0, |i| i.counters.foreign_drops);
         h.placed = d.rx_placed;
         h.place_misses = d.rx_place_misses;
         h
@@ -88,6 +100,7 @@ impl Health {
             cq_overruns: self.cq_overruns.saturating_sub(before.cq_overruns),
             io_errors: self.io_errors.saturating_sub(before.io_errors),
             socket_drops: self.socket_drops.saturating_sub(before.socket_drops),
+            rx_drops: self.rx_drops.saturating_sub(before.rx_drops),
             placed: self.placed.saturating_sub(before.placed),
             place_misses: self.place_misses.saturating_sub(before.place_misses),
         }
@@ -119,6 +132,7 @@ impl Health {
             "cq_overruns": self.cq_overruns,
             "io_errors": self.io_errors,
             "socket_drops": self.socket_drops,
+            "rx_drops": self.rx_drops,
             "placed": self.placed,
             "place_misses": self.place_misses,
             "clean": self.clean(),
