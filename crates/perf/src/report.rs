@@ -286,6 +286,27 @@ fn ceiling(r: &Results) -> Option<&crate::model::UdpBw> {
     r.udp("uring-gso-gro")
 }
 
+/// How far the ceiling moved between the start and the end of the suite beyond which the
+/// report calls the run's ratios to it unreliable.
+const DRIFT_LIMIT: f64 = 0.15;
+
+/// When the io_uring UDP ceiling measured at the end of the suite differs from the one at
+/// the start by more than [`DRIFT_LIMIT`]: a remark saying so (the machine changed speed
+/// during the run).
+fn ceiling_drift(r: &Results) -> Option<String> {
+    let (a, b) = (ceiling(r)?, r.udp(crate::suite::CEILING_END)?);
+    let change = b.gbit_s / a.gbit_s - 1.0;
+    (a.gbit_s > 0.0 && change.abs() > DRIFT_LIMIT).then(|| {
+        format!(
+            "the machine changed speed during the suite: the ceiling was {:.2} Gbit/s at the \
+             start and {:.2} at the end ({:+.0} %), so ratios to it are unreliable",
+            a.gbit_s,
+            b.gbit_s,
+            change * 100.0
+        )
+    })
+}
+
 /// "1.6 × one QP fits under the ceiling?" for a one-QP rate of `one` Gbit/s.
 fn ceiling_room(r: &Results, one: f64) -> String {
     let room: Vec<String> = [("io_uring", "uring-gso-gro"), ("plain-syscall", "gso-gro")]
@@ -325,6 +346,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ),
         _ => "the issue's ceiling".to_string(),
     };
+    let first = with_note(&first, ceiling_drift(r));
     for (i, c, what, note) in [
         (
             0,
@@ -1468,6 +1490,34 @@ mod tests {
         let t = targets(&r);
         assert!(!t[11].pass && t[11].value == "—", "{:?}", t[11]);
         assert_eq!(t[10].ratio, "1.67");
+    }
+
+    #[test]
+    fn a_ceiling_that_moved_during_the_suite_is_called_out() {
+        let end = |gbit_s: f64| UdpBw {
+            mode: crate::suite::CEILING_END.into(),
+            gbit_s,
+            valid: true,
+            ..UdpBw::default()
+        };
+        // Start 80 Gbit/s: 70 at the end is within 15 %, 60 is not (−25 %), nor is 100.
+        for (at_end, called_out) in [(70.0, false), (60.0, true), (100.0, true)] {
+            let mut r = sample();
+            r.udp.push(end(at_end));
+            let note = &targets(&r)[0].note;
+            assert_eq!(
+                note.contains("changed speed"),
+                called_out,
+                "{at_end}: {note}"
+            );
+            if called_out {
+                assert!(note.contains("80.00 Gbit/s at the start"), "{note}");
+            }
+            // The end probe is a baseline row of its own.
+            assert!(markdown(&r, "perf").contains(crate::suite::CEILING_END));
+        }
+        // Without an end probe (older results.json): nothing to say.
+        assert_eq!(targets(&sample())[0].note, "the issue's ceiling");
     }
 
     #[test]

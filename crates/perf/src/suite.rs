@@ -911,10 +911,24 @@ pub fn run(o: Options) -> Results {
             s.measure(&mut res.runs, c);
         }
     }
+    // The ceiling again, last: the VM changes speed within minutes (ceilings of 21 and 36
+    // Gbit/s in one evening), and a ratio to a ceiling measured in another phase means
+    // nothing. The report says when the two differ (`report::ceiling_drift`).
+    eprintln!("uroce-perf: the io_uring UDP ceiling again");
+    let mut end = s.udp_bw("uring-gso-gro");
+    end.mode = CEILING_END.into();
+    end.note = format!(
+        "the same probe repeated at the end of the suite; {}",
+        end.note
+    );
+    res.udp.push(end);
     res.machine.load_after = loadavg();
     res.machine.cpu_pressure = cpu_pressure_since(psi0, t0.elapsed());
     res
 }
+
+/// The mode of the ceiling probe repeated at the end of the suite.
+pub const CEILING_END: &str = "uring-gso-gro-end";
 
 #[cfg(test)]
 mod tests {
