@@ -217,7 +217,9 @@ impl Membership {
             .filter(|&(_, i)| i > me && me != u32::MAX);
         // Port 9 (discard): nothing is sent from it, so the connected socket receives nothing.
         let detach = || self.sock.connect(SocketAddr::new(self.local.ip(), 9));
-        if members.len() == 2 {
+        // Either order detaches once and attaches the table without us once (see above).
+        let one_stays = members.len() == 2;
+        if one_stays {
             self.attach(&g, &mut slot, true)?;
             detach()?;
         }
@@ -225,7 +227,7 @@ impl Membership {
             g.record_other(n, me)?;
         }
         g.record(&mut slot, None)?;
-        if members.len() != 2 {
+        if !one_stays {
             self.attach(&g, &mut slot, true)?;
             detach()?;
         }
