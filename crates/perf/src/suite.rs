@@ -358,7 +358,7 @@ impl Suite {
             _ => (
                 "47913",
                 "uroce's io_uring back end without the engine: SENDMSG of 15 (UDP GSO), 16 per \
-                 submit, into multishot RECVMSG with UDP_GRO over its 64 × 64 KiB buffer ring",
+                 submit, into multishot RECVMSG with UDP_GRO over its 16 × 64 KiB buffer ring",
             ),
         };
         let g = gso.to_string();

@@ -1,6 +1,6 @@
 //! The io_uring back end: one ring per device.
 //!
-//! Receiving: one multishot `RECVMSG` over a ring of provided buffers (64 × 64 KiB plus room
+//! Receiving: one multishot `RECVMSG` over a ring of provided buffers (16 × 64 KiB plus room
 //! for the `io_uring_recvmsg_out` header, the source address and the control messages), on a
 //! socket with UDP_GRO, so one completion carries a GRO super-buffer of up to 64 KiB that is
 //! split by its `UDP_GRO` segment size. A buffer goes back to the ring as soon as its datagrams
@@ -72,8 +72,12 @@ const SQ_ENTRIES: u32 = 64;
 /// queue cannot overflow.
 const CQ_ENTRIES: u32 = 256;
 
-/// Provided receive buffers (a power of two, as the buffer ring needs).
-const RX_BUFS: u16 = 64;
+/// Provided receive buffers (a power of two, as the buffer ring needs). 16 × 64 KiB stays in
+/// this CPU's 1 MiB L2: the ring hands its buffers out in turn, so every buffer is touched,
+/// and 64 of them cost the receiver 1.6× the CPU per byte of 8, 16 or 32 in the raw probe
+/// (docs/PERFORMANCE.md, "A buffer ring that fits in the cache"). Fewer buffers only make
+/// the ring run dry (a re-arm) more often.
+const RX_BUFS: u16 = 16;
 /// The buffer group of the receive buffers.
 const BGID: u16 = 0;
 /// `struct io_uring_recvmsg_out` (four `u32`s) at the start of every receive buffer.
@@ -1182,7 +1186,7 @@ impl Backend for UringBackend {
     /// datagram is peeked and received with its payload placed ([`PlacingRx`]). Placing
     /// mode lasts until [`PLACE_IDLE`] datagrams in a row had nothing to place: leaving it
     /// at the end of each message would hand the next message's first datagrams (the
-    /// multishot receive takes all the socket holds, up to 64 × 64 KiB, before the engine
+    /// multishot receive takes all the socket holds, up to 16 × 64 KiB, before the engine
     /// sees the FIRST packet) to the copying path. While the socket is drained in placing
     /// mode a one-shot `POLL_ADD` makes the ring's descriptor signal the next datagram.
     fn recv_ready_placing(
