@@ -12,6 +12,10 @@
 //! and the ICRC verdict, checked with the frame's real IPv4 Identification
 //! ([`Ipv4IdMode::Exact`]). Frames that are not RoCEv2 or are malformed give a line that says
 //! why. Nothing here panics on any input. [`Summary`] counts the outcomes.
+//!
+//! [`decode_frame`] also recognises a frame captured before the kernel's GSO segmentation
+//! (tcpdump on the sending host; [`crate::gso`]) and gives one line per packet in it, marked
+//! `GSO k/n`, each checked with the IPv4 Identification it gets on the wire.
 
 use core::fmt;
 use std::net::SocketAddr;
@@ -22,6 +26,7 @@ use uroce_wire::{
 };
 
 use crate::frame::{decapsulate, FrameError, LinkType, NotRoce, RoceFrame};
+use crate::gso;
 
 /// A RoCEv2 frame whose transport packet parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +62,24 @@ pub enum Outcome<'a> {
     Malformed(FrameError),
 }
 
-/// One decoded frame; `Display` prints its line.
+/// Where a packet lay in an unsegmented GSO datagram of a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Its position, from 1.
+    pub number: usize,
+    /// Packets in the datagram.
+    pub count: usize,
+}
+
+/// One decoded frame, or one packet of a GSO datagram; `Display` prints its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded<'a> {
     /// Frame number, from 1.
     pub index: u64,
-    /// What the frame is.
+    /// What the frame (or the packet) is.
     pub outcome: Outcome<'a>,
+    /// Set for a packet of an unsegmented GSO datagram ([`decode_frame`]).
+    pub segment: Option<Segment>,
 }
 
 impl Decoded<'_> {
@@ -87,24 +103,67 @@ impl Decoded<'_> {
 }
 
 /// Decodes frame number `index`, of link type `link`.
+/// The frame is taken as one packet; [`decode_frame`] also splits GSO datagrams.
 pub fn decode(index: u64, link: LinkType, data: &[u8]) -> Decoded<'_> {
     let outcome = match decapsulate(link, data) {
         Err(FrameError::NotRoce(why)) => Outcome::NotRoce(why),
         Err(e) => Outcome::Malformed(e),
-        Ok(frame) => {
-            let icrc = frame.ctx.verify(frame.payload, Ipv4IdMode::Exact);
-            match PacketRepr::parse_bytes(frame.payload) {
-                Ok((repr, packet)) => Outcome::Roce(RocePacket {
-                    frame,
-                    packet,
-                    repr,
-                    icrc,
-                }),
-                Err(error) => Outcome::BadTransport { frame, error, icrc },
-            }
-        }
+        Ok(frame) => transport(frame),
     };
-    Decoded { index, outcome }
+    Decoded {
+        index,
+        outcome,
+        segment: None,
+    }
+}
+
+/// Decodes frame number `index` into one [`Decoded`] per packet: one, unless the frame is an
+/// unsegmented GSO datagram whose packets all verify once cut apart ([`gso::segment_size`]);
+/// a frame that verifies whole, or cannot be cut so, is decoded as [`decode`] does.
+pub fn decode_frame(index: u64, link: LinkType, data: &[u8]) -> Vec<Decoded<'_>> {
+    let one = decode(index, link, data);
+    let frame = match one.outcome {
+        Outcome::Roce(RocePacket { frame, icrc, .. })
+        | Outcome::BadTransport { frame, icrc, .. }
+            if icrc.is_err() =>
+        {
+            frame
+        }
+        _ => return vec![one],
+    };
+    let Some(size) = gso::segment_size(&frame) else {
+        return vec![one];
+    };
+    let count = gso::segments(frame.payload, size).count();
+    gso::segments(frame.payload, size)
+        .enumerate()
+        .map(|(k, payload)| Decoded {
+            index,
+            outcome: transport(RoceFrame {
+                ctx: gso::segment_ctx(&frame.ctx, k),
+                payload,
+                ..frame
+            }),
+            segment: Some(Segment {
+                number: k + 1,
+                count,
+            }),
+        })
+        .collect()
+}
+
+/// Parses and checks the transport packet of `frame`.
+fn transport(frame: RoceFrame<'_>) -> Outcome<'_> {
+    let icrc = frame.ctx.verify(frame.payload, Ipv4IdMode::Exact);
+    match PacketRepr::parse_bytes(frame.payload) {
+        Ok((repr, packet)) => Outcome::Roce(RocePacket {
+            frame,
+            packet,
+            repr,
+            icrc,
+        }),
+        Err(error) => Outcome::BadTransport { frame, error, icrc },
+    }
 }
 
 fn endpoints(f: &mut fmt::Formatter<'_>, frame: &RoceFrame<'_>) -> fmt::Result {
@@ -238,6 +297,9 @@ impl fmt::Display for RocePacket<'_> {
 impl fmt::Display for Decoded<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:>5} ", self.index)?;
+        if let Some(s) = self.segment {
+            write!(f, "GSO {}/{} ", s.number, s.count)?;
+        }
         match &self.outcome {
             Outcome::Roce(p) => p.fmt(f),
             Outcome::BadTransport {
@@ -255,13 +317,16 @@ impl fmt::Display for Decoded<'_> {
     }
 }
 
-/// Counts of decoded frames.
+/// Counts of decoded frames (a GSO datagram's packets count as RoCE frames of their own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
     /// Every frame seen.
     pub frames: u64,
-    /// Frames that are UDP to port 4791 (whether or not the transport packet parsed).
+    /// Frames that are UDP to port 4791 (whether or not the transport packet parsed), and
+    /// packets of GSO datagrams.
     pub roce: u64,
+    /// Unsegmented GSO datagrams (their packets are counted in `roce`).
+    pub gso: u64,
     /// RoCE frames whose ICRC verified.
     pub icrc_ok: u64,
     /// RoCE frames whose ICRC did not verify.
@@ -275,7 +340,14 @@ pub struct Summary {
 impl Summary {
     /// Counts one frame.
     pub fn add(&mut self, d: &Decoded<'_>) {
-        self.frames += 1;
+        match d.segment {
+            Some(s) if s.number > 1 => {}
+            Some(_) => {
+                self.frames += 1;
+                self.gso += 1;
+            }
+            None => self.frames += 1,
+        }
         match &d.outcome {
             Outcome::NotRoce(_) => self.not_roce += 1,
             Outcome::Malformed(_) => self.malformed += 1,
@@ -300,7 +372,11 @@ impl fmt::Display for Summary {
             f,
             "{} frames, {} RoCE, ICRC ok {}, ICRC bad {}, malformed {}, not RoCE {}",
             self.frames, self.roce, self.icrc_ok, self.icrc_bad, self.malformed, self.not_roce
-        )
+        )?;
+        if self.gso > 0 {
+            write!(f, " ({} GSO datagrams cut into their packets)", self.gso)?;
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use uroce_capture::decode::{decode, Summary};
+use uroce_capture::decode::{decode_frame, Summary};
 use uroce_capture::pcap::PcapReader;
 
 use super::CliError;
@@ -43,9 +43,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     for frame in reader {
         match frame {
             Ok(frame) => {
-                let d = decode(frame.index, frame.link, &frame.data);
-                summary.add(&d);
-                writeln!(out, "{d}")?;
+                for d in decode_frame(frame.index, frame.link, &frame.data) {
+                    summary.add(&d);
+                    writeln!(out, "{d}")?;
+                }
             }
             Err(e) => failure = Some(pcap_error(e)),
         }
