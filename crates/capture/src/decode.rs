@@ -21,8 +21,8 @@ use core::fmt;
 use std::net::SocketAddr;
 
 use uroce_wire::{
-    AckSyndrome, IcrcCheck, IcrcMismatch, Ipv4IdMode, NakCode, Operation, Packet, PacketRepr,
-    DEFAULT_PKEY,
+    AckSyndrome, IcrcCheck, IcrcMismatch, Ipv4IdMode, NakCode, Opcode, Operation, Packet,
+    PacketRepr, Position, DEFAULT_PKEY,
 };
 
 use crate::frame::{decapsulate, FrameError, LinkType, NotRoce, RoceFrame};
@@ -55,6 +55,16 @@ pub enum Outcome<'a> {
         error: uroce_wire::Error,
         /// The ICRC verdict, which does not depend on the transport headers being valid.
         icrc: Result<IcrcCheck, IcrcMismatch>,
+    },
+    /// A RoCEv2 frame the capture cut short (its snap length): the headers are decoded from
+    /// the bytes captured; the ICRC cannot be checked.
+    Truncated {
+        /// IP/UDP framing; its `payload` holds only the captured bytes of the transport packet.
+        frame: RoceFrame<'a>,
+        /// The transport headers, when the captured bytes hold them all and they are valid.
+        repr: Option<PacketRepr>,
+        /// The length of the transport packet (or GSO datagram) on the wire.
+        len: usize,
     },
     /// A well-formed frame that does not carry RoCEv2.
     NotRoce(NotRoce),
@@ -91,7 +101,8 @@ impl Decoded<'_> {
         }
     }
 
-    /// Whether the ICRC verified (`None` when the frame is not UDP to port 4791).
+    /// Whether the ICRC verified (`None` when the frame is not UDP to port 4791, or was
+    /// truncated by the capture).
     pub fn icrc_ok(&self) -> Option<bool> {
         match &self.outcome {
             Outcome::Roce(RocePacket { icrc, .. }) | Outcome::BadTransport { icrc, .. } => {
@@ -117,11 +128,22 @@ pub fn decode(index: u64, link: LinkType, data: &[u8]) -> Decoded<'_> {
     }
 }
 
-/// Decodes frame number `index` into one [`Decoded`] per packet: one, unless the frame is an
-/// unsegmented GSO datagram whose packets all verify once cut apart ([`gso::segment_size`]);
-/// a frame that verifies whole, or cannot be cut so, is decoded as [`decode`] does.
-pub fn decode_frame(index: u64, link: LinkType, data: &[u8]) -> Vec<Decoded<'_>> {
+/// Decodes frame number `index`, `orig_len` bytes long on the wire (the pcap record's; more
+/// than `data` holds when the capture's snap length cut it), into one [`Decoded`] per packet:
+/// one, unless the frame is an unsegmented GSO datagram whose packets all verify once cut
+/// apart ([`gso::segment_size`]); a frame that verifies whole, or cannot be cut so, is
+/// decoded as [`decode`] does, and a frame cut by the capture as [`Outcome::Truncated`].
+pub fn decode_frame(index: u64, link: LinkType, data: &[u8], orig_len: usize) -> Vec<Decoded<'_>> {
     let one = decode(index, link, data);
+    if let Outcome::Malformed(FrameError::Truncated { .. }) = one.outcome {
+        if let Some(outcome) = truncated(link, data, orig_len) {
+            return vec![Decoded {
+                index,
+                outcome,
+                segment: None,
+            }];
+        }
+    }
     let frame = match one.outcome {
         Outcome::Roce(RocePacket { frame, icrc, .. })
         | Outcome::BadTransport { frame, icrc, .. }
@@ -150,6 +172,55 @@ pub fn decode_frame(index: u64, link: LinkType, data: &[u8]) -> Vec<Decoded<'_>>
             }),
         })
         .collect()
+}
+
+/// Whether a truncated frame's length says it held more than the packet whose headers were
+/// captured (an unsegmented GSO datagram): a payload beyond the largest path MTU (IBTA 4096),
+/// or an ONLY packet longer than its RETH's DMA length.
+fn holds_more_packets(r: &PacketRepr) -> bool {
+    let only = r.bth.opcode.info().position == Position::Only;
+    r.payload_len > 4096 || (only && r.reth.is_some_and(|h| h.dma_len as usize != r.payload_len))
+}
+
+/// The largest frame [`truncated`] completes: a 64 KiB IP datagram and its link header.
+const MAX_FRAME: usize = 65_536 + 64;
+
+/// A frame of which the capture kept only `data`, `orig_len` bytes long on the wire: decoded
+/// with the missing bytes taken as zeros, which only the payload and ICRC may be (the
+/// transport headers must lie in `data`). `None` if it is no RoCEv2 frame even so.
+fn truncated(link: LinkType, data: &[u8], orig_len: usize) -> Option<Outcome<'_>> {
+    if orig_len <= data.len() || orig_len > MAX_FRAME {
+        return None;
+    }
+    let mut whole = data.to_vec();
+    whole.resize(orig_len, 0);
+    let w = decapsulate(link, &whole).ok()?;
+    let offset = (w.payload.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let len = w.payload.len();
+    let payload = data.get(offset..).unwrap_or_default();
+    let payload = &payload[..payload.len().min(len)];
+    let header_len = payload
+        .first()
+        .and_then(|&op| Opcode::from_u8(op))
+        .map(|op| op.info().header_len);
+    let repr = match header_len {
+        Some(h) if payload.len() >= h => PacketRepr::parse_bytes(w.payload).ok().map(|(r, _)| r),
+        _ => None,
+    };
+    Some(Outcome::Truncated {
+        frame: RoceFrame {
+            ctx: w.ctx,
+            payload,
+            traffic_class: w.traffic_class,
+            hop_limit: w.hop_limit,
+            flow_label: w.flow_label,
+            ipv4_checksum_ok: w.ipv4_checksum_ok,
+            udp_checksum: w.udp_checksum,
+            vlan: w.vlan,
+        },
+        repr,
+        len,
+    })
 }
 
 /// Parses and checks the transport packet of `frame`.
@@ -229,69 +300,74 @@ pub fn syndrome_text(s: AckSyndrome) -> String {
 
 impl fmt::Display for RocePacket<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.repr;
-        let b = &r.bth;
         endpoints(f, &self.frame)?;
-        write!(
-            f,
-            " {} QP={:#08x} PSN={}",
-            b.opcode.name(),
-            b.dest_qp,
-            b.psn
-        )?;
-        for (set, name) in [
-            (b.ack_req, "AckReq"),
-            (b.solicited, "SE"),
-            (b.mig_req, "MigReq"),
-            (b.fecn, "FECN"),
-            (b.becn, "BECN"),
-        ] {
-            if set {
-                write!(f, " {name}")?;
-            }
-        }
-        if b.pad_count != 0 {
-            write!(f, " pad={}", b.pad_count)?;
-        }
-        if b.pkey != DEFAULT_PKEY {
-            write!(f, " P_Key={:#06x}", b.pkey)?;
-        }
-        if let Some(d) = &r.deth {
-            write!(f, " DETH(qkey={:#010x} srcqp={:#08x})", d.qkey, d.src_qp)?;
-        }
-        if let Some(h) = &r.reth {
-            write!(
-                f,
-                " RETH(va={:#018x} rkey={:#010x} len={})",
-                h.va, h.rkey, h.dma_len
-            )?;
-        }
-        if let Some(h) = &r.atomic_eth {
-            let data = match b.opcode.info().operation {
-                Operation::FetchAdd => "add",
-                _ => "swap",
-            };
-            write!(
-                f,
-                " AtomicETH(va={:#018x} rkey={:#010x} {data}={:#018x} cmp={:#018x})",
-                h.va, h.rkey, h.swap_add, h.compare
-            )?;
-        }
-        if let Some(h) = &r.aeth {
-            write!(f, " AETH({} MSN={})", syndrome_text(h.syndrome), h.msn)?;
-        }
-        if let Some(h) = &r.atomic_ack_eth {
-            write!(f, " AtomicAckETH(orig={:#018x})", h.orig)?;
-        }
-        if let Some(v) = r.imm {
-            write!(f, " ImmDt={v:#010x}")?;
-        }
-        if let Some(v) = r.ieth {
-            write!(f, " IETH(rkey={v:#010x})")?;
-        }
-        write!(f, " payload={} ", r.payload_len)?;
+        headers(f, &self.repr)?;
+        write!(f, " payload={} ", self.repr.payload_len)?;
         icrc(f, &self.icrc)
     }
+}
+
+/// The opcode, every BTH field not at its usual value and each extension header.
+fn headers(f: &mut fmt::Formatter<'_>, r: &PacketRepr) -> fmt::Result {
+    let b = &r.bth;
+    write!(
+        f,
+        " {} QP={:#08x} PSN={}",
+        b.opcode.name(),
+        b.dest_qp,
+        b.psn
+    )?;
+    for (set, name) in [
+        (b.ack_req, "AckReq"),
+        (b.solicited, "SE"),
+        (b.mig_req, "MigReq"),
+        (b.fecn, "FECN"),
+        (b.becn, "BECN"),
+    ] {
+        if set {
+            write!(f, " {name}")?;
+        }
+    }
+    if b.pad_count != 0 {
+        write!(f, " pad={}", b.pad_count)?;
+    }
+    if b.pkey != DEFAULT_PKEY {
+        write!(f, " P_Key={:#06x}", b.pkey)?;
+    }
+    if let Some(d) = &r.deth {
+        write!(f, " DETH(qkey={:#010x} srcqp={:#08x})", d.qkey, d.src_qp)?;
+    }
+    if let Some(h) = &r.reth {
+        write!(
+            f,
+            " RETH(va={:#018x} rkey={:#010x} len={})",
+            h.va, h.rkey, h.dma_len
+        )?;
+    }
+    if let Some(h) = &r.atomic_eth {
+        let data = match b.opcode.info().operation {
+            Operation::FetchAdd => "add",
+            _ => "swap",
+        };
+        write!(
+            f,
+            " AtomicETH(va={:#018x} rkey={:#010x} {data}={:#018x} cmp={:#018x})",
+            h.va, h.rkey, h.swap_add, h.compare
+        )?;
+    }
+    if let Some(h) = &r.aeth {
+        write!(f, " AETH({} MSN={})", syndrome_text(h.syndrome), h.msn)?;
+    }
+    if let Some(h) = &r.atomic_ack_eth {
+        write!(f, " AtomicAckETH(orig={:#018x})", h.orig)?;
+    }
+    if let Some(v) = r.imm {
+        write!(f, " ImmDt={v:#010x}")?;
+    }
+    if let Some(v) = r.ieth {
+        write!(f, " IETH(rkey={v:#010x})")?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Decoded<'_> {
@@ -311,6 +387,25 @@ impl fmt::Display for Decoded<'_> {
                 write!(f, " malformed transport packet: {error}; ")?;
                 icrc(f, v)
             }
+            Outcome::Truncated { frame, repr, len } => {
+                endpoints(f, frame)?;
+                let captured = frame.payload.len();
+                match repr {
+                    Some(r) if holds_more_packets(r) => {
+                        headers(f, r)?;
+                        write!(f, " and more packets ({len} bytes: a GSO datagram)")?;
+                    }
+                    Some(r) => {
+                        headers(f, r)?;
+                        write!(f, " payload={}", r.payload_len)?;
+                    }
+                    None => f.write_str(" transport headers not captured")?,
+                }
+                write!(
+                    f,
+                    "; ICRC not checked: the capture kept {captured} of {len} bytes"
+                )
+            }
             Outcome::NotRoce(why) => write!(f, "not RoCEv2: {why}"),
             Outcome::Malformed(e) => write!(f, "malformed frame: {e}"),
         }
@@ -327,6 +422,8 @@ pub struct Summary {
     pub roce: u64,
     /// Unsegmented GSO datagrams (their packets are counted in `roce`).
     pub gso: u64,
+    /// RoCE frames the capture cut short, whose ICRC could not be checked.
+    pub truncated: u64,
     /// RoCE frames whose ICRC verified.
     pub icrc_ok: u64,
     /// RoCE frames whose ICRC did not verify.
@@ -351,6 +448,10 @@ impl Summary {
         match &d.outcome {
             Outcome::NotRoce(_) => self.not_roce += 1,
             Outcome::Malformed(_) => self.malformed += 1,
+            Outcome::Truncated { .. } => {
+                self.roce += 1;
+                self.truncated += 1;
+            }
             Outcome::Roce(_) | Outcome::BadTransport { .. } => {
                 self.roce += 1;
                 if matches!(d.outcome, Outcome::BadTransport { .. }) {
@@ -373,6 +474,13 @@ impl fmt::Display for Summary {
             "{} frames, {} RoCE, ICRC ok {}, ICRC bad {}, malformed {}, not RoCE {}",
             self.frames, self.roce, self.icrc_ok, self.icrc_bad, self.malformed, self.not_roce
         )?;
+        if self.truncated > 0 {
+            write!(
+                f,
+                " ({} cut short by the capture: ICRC not checked)",
+                self.truncated
+            )?;
+        }
         if self.gso > 0 {
             write!(f, " ({} GSO datagrams cut into their packets)", self.gso)?;
         }
@@ -431,6 +539,38 @@ mod tests {
         assert_eq!(
             s.to_string(),
             "2 frames, 1 RoCE, ICRC ok 0, ICRC bad 1, malformed 2, not RoCE 0"
+        );
+    }
+
+    #[test]
+    fn a_frame_cut_by_the_capture_shows_its_headers_and_says_why_the_icrc_is_unchecked() {
+        let (d, _) = ack_datagram(AckSyndrome::Ack { credits: 31 });
+        // IPv4 20 + UDP 8 + BTH 12 + AETH 4 of the 48 bytes: only the ICRC is missing.
+        let lines = decode_frame(7, LinkType::Raw, &d[..44], d.len());
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].icrc_ok(), None);
+        assert_eq!(
+            lines[0].to_string(),
+            "    7 10.0.0.2:49441 → 10.0.0.3:4791 RC Acknowledge QP=0x000011 PSN=5 \
+             AETH(ACK credits=31 MSN=9) payload=0; ICRC not checked: the capture kept 16 of 20 \
+             bytes"
+        );
+        // Cut inside the AETH: the headers are not all there.
+        let line = decode_frame(7, LinkType::Raw, &d[..42], d.len())[0].to_string();
+        assert_eq!(
+            line,
+            "    7 10.0.0.2:49441 → 10.0.0.3:4791 transport headers not captured; ICRC not \
+             checked: the capture kept 14 of 20 bytes"
+        );
+        // Not cut by the capture (the record says so): malformed, as before.
+        let line = decode_frame(7, LinkType::Raw, &d[..44], 44)[0].to_string();
+        assert!(line.contains("malformed frame: IPv4 truncated"), "{line}");
+        let mut s = Summary::default();
+        s.add(&decode_frame(7, LinkType::Raw, &d[..44], d.len())[0]);
+        assert_eq!(
+            s.to_string(),
+            "1 frames, 1 RoCE, ICRC ok 0, ICRC bad 0, malformed 0, not RoCE 0 \
+             (1 cut short by the capture: ICRC not checked)"
         );
     }
 

@@ -137,7 +137,7 @@ mod tests {
             ),
         ] {
             let d = gso_datagram(&ctx, &reprs);
-            let lines = decode_frame(9, LinkType::Raw, &d);
+            let lines = decode_frame(9, LinkType::Raw, &d, d.len());
             assert_eq!(lines.len(), 5, "{ctx:?}");
             let mut sum = Summary::default();
             for (k, l) in lines.iter().enumerate() {
@@ -172,7 +172,7 @@ mod tests {
             msn: 3,
         });
         let d = gso_datagram(&ctx4(0), &[write, ack]);
-        let lines: Vec<String> = decode_frame(1, LinkType::Raw, &d)
+        let lines: Vec<String> = decode_frame(1, LinkType::Raw, &d, d.len())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -191,7 +191,7 @@ mod tests {
         // A payload byte of the second packet: no segment size makes every ICRC verify.
         let at = d.len() - 1500;
         d[at] ^= 0x40;
-        let lines = decode_frame(3, LinkType::Raw, &d);
+        let lines = decode_frame(3, LinkType::Raw, &d, d.len());
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].segment, None);
         assert_eq!(lines[0].icrc_ok(), Some(false));
@@ -199,14 +199,14 @@ mod tests {
         // (a frame claiming ID 5 for a batch sealed from 0) does not verify either.
         let mut d = gso_datagram(&ctx4(0), &reprs[1..]);
         d[5] = 5;
-        assert_eq!(decode_frame(3, LinkType::Raw, &d).len(), 1);
+        assert_eq!(decode_frame(3, LinkType::Raw, &d, d.len()).len(), 1);
     }
 
     #[test]
     fn a_single_packet_is_not_cut() {
         let reprs = write_batch(1);
         let d = gso_datagram(&ctx4(0), &reprs);
-        let lines = decode_frame(1, LinkType::Raw, &d);
+        let lines = decode_frame(1, LinkType::Raw, &d, d.len());
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].segment, None);
         assert_eq!(lines[0].icrc_ok(), Some(true));

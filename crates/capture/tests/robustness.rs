@@ -35,7 +35,7 @@ fn read_all(bytes: &[u8]) -> usize {
     let mut n = 0;
     for f in reader {
         let Ok(f) = f else { break };
-        n += lines(&decode(f.index, f.link, &f.data));
+        n += lines(&decode(f.index, f.link, &f.data, f.orig_len as usize));
     }
     n
 }
@@ -66,7 +66,8 @@ fn mangled_frames_do_not_panic_on_any_link_type() {
         for f in frames(stem).iter().step_by(7) {
             for link in LinkType::ALL {
                 for cut in 0..f.data.len().min(120) {
-                    lines(&decode(f.index, link, &f.data[..cut]));
+                    // As a capture with a snap length of `cut` would hold it.
+                    lines(&decode(f.index, link, &f.data[..cut], f.data.len()));
                 }
                 for _ in 0..20 {
                     let mut d = f.data.clone();
@@ -75,7 +76,7 @@ fn mangled_frames_do_not_panic_on_any_link_type() {
                         let at = rng.below(d.len().min(120));
                         d[at] = rng.next() as u8;
                     }
-                    lines(&decode(f.index, link, &d));
+                    lines(&decode(f.index, link, &d, d.len()));
                 }
             }
         }

@@ -119,6 +119,53 @@ fn truncated_capture_prints_what_it_read_then_fails() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `pcap` with every record cut to `snap` bytes, as `tcpdump -s SNAP` writes it: the record's
+/// captured length shrinks, its original length stays (little-endian microsecond pcap).
+fn with_snap_length(pcap: &[u8], snap: usize) -> Vec<u8> {
+    let mut out = pcap[..24].to_vec();
+    out[16..20].copy_from_slice(&(snap as u32).to_le_bytes());
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let keep = incl.min(snap);
+        out.extend_from_slice(&pcap[at..at + 8]);
+        out.extend_from_slice(&(keep as u32).to_le_bytes());
+        out.extend_from_slice(&pcap[at + 12..at + 16]);
+        out.extend_from_slice(&pcap[at + 16..at + 16 + keep]);
+        at += 16 + incl;
+    }
+    out
+}
+
+#[test]
+fn decode_reads_gso_datagrams_and_captures_cut_by_a_snap_length() {
+    let bytes = std::fs::read(data("uroce-veth-gso.pcap")).unwrap();
+    let out = uroce(&["decode", data("uroce-veth-gso.pcap").to_str().unwrap()]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("    2 GSO 2/2 "), "{stdout}");
+    assert!(stdout.ends_with(
+        "23 frames, 41 RoCE, ICRC ok 41, ICRC bad 0, malformed 0, not RoCE 0 \
+         (14 GSO datagrams cut into their packets)\n"
+    ));
+
+    let dir = std::env::temp_dir().join(format!("uroce-cli-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cut = dir.join("snap100.pcap");
+    std::fs::write(&cut, with_snap_length(&bytes, 100)).unwrap();
+    let out = uroce(&["decode", cut.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with(
+            "23 frames, 23 RoCE, ICRC ok 5, ICRC bad 0, malformed 0, not RoCE 0 \
+             (18 cut short by the capture: ICRC not checked)\n"
+        ),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn missing_file_is_an_error_not_a_panic() {
     let out = uroce(&["decode", "/nonexistent/uroce.pcap"]);

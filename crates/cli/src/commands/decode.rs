@@ -43,7 +43,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     for frame in reader {
         match frame {
             Ok(frame) => {
-                for d in decode_frame(frame.index, frame.link, &frame.data) {
+                let orig_len = usize::try_from(frame.orig_len).unwrap_or(usize::MAX);
+                for d in decode_frame(frame.index, frame.link, &frame.data, orig_len) {
                     summary.add(&d);
                     writeln!(out, "{d}")?;
                 }
