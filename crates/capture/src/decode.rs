@@ -15,7 +15,8 @@
 //!
 //! [`decode_frame`] also recognises a frame captured before the kernel's GSO segmentation
 //! (tcpdump on the sending host; [`crate::gso`]) and gives one line per packet in it, marked
-//! `GSO k/n`, each checked with the IPv4 Identification it gets on the wire.
+//! `GSO k/n`, each checked with the IPv4 Identification it gets on the wire; and a frame cut
+//! by the capture's snap length ([`Outcome::Truncated`]), whose headers it still shows.
 
 use core::fmt;
 use std::net::SocketAddr;
@@ -113,8 +114,8 @@ impl Decoded<'_> {
     }
 }
 
-/// Decodes frame number `index`, of link type `link`.
-/// The frame is taken as one packet; [`decode_frame`] also splits GSO datagrams.
+/// Decodes frame number `index`, of link type `link`, as one packet ([`decode_frame`] also
+/// cuts GSO datagrams and reads truncated frames).
 pub fn decode(index: u64, link: LinkType, data: &[u8]) -> Decoded<'_> {
     let outcome = match decapsulate(link, data) {
         Err(FrameError::NotRoce(why)) => Outcome::NotRoce(why),
