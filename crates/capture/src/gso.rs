@@ -9,7 +9,7 @@
 //! frame's plus the segment's index).
 
 use uroce_wire::headers::BTH_LEN;
-use uroce_wire::{IcrcContext, IpFields, Ipv4IdMode, Opcode, ICRC_LEN};
+use uroce_wire::{Bth, IcrcContext, IpFields, Ipv4IdMode, Opcode, ICRC_LEN};
 
 use crate::frame::RoceFrame;
 
@@ -43,19 +43,19 @@ pub fn segments(payload: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
 pub fn segment_size(frame: &RoceFrame<'_>) -> Option<usize> {
     let p = frame.payload;
     let len = p.len();
-    let qp = p.get(5..8)?;
-    let psn = |at: usize| {
-        p.get(at + 9..at + 12)
-            .map(|b| u32::from_be_bytes([0, b[0], b[1], b[2]]))
-    };
-    let next_psn = psn(0)?.wrapping_add(1) & 0x00FF_FFFF;
+    let bth = |at: usize| p.get(at..).and_then(|b| Bth::new_checked(b).ok());
+    let first = bth(0)?;
+    let next_psn = first.psn().wrapping_add(1) & 0x00FF_FFFF;
     let mut tried = 0;
     for size in (MIN_PACKET..len).step_by(4) {
         let last = len - (len - 1) / size * size;
-        if last < MIN_PACKET
-            || p.get(size + 5..size + 8) != Some(qp)
-            || p.get(size).and_then(|&o| Opcode::from_u8(o)).is_none()
-            || !(psn(size) == Some(next_psn) || len - size <= size)
+        // `last` ≥ MIN_PACKET leaves a whole BTH at `size`.
+        let Some(b) = bth(size).filter(|_| last >= MIN_PACKET) else {
+            continue;
+        };
+        if b.dest_qp() != first.dest_qp()
+            || Opcode::from_u8(b.opcode()).is_none()
+            || !(b.psn() == next_psn || len - size <= size)
         {
             continue;
         }
