@@ -269,6 +269,56 @@ fn ud_size_above_the_port_mtu_is_refused() {
 }
 
 #[test]
+fn qp_timeout_sets_the_ack_timeout_a_dead_peer_is_given_up_after() {
+    // `-u 16`: 4.096 µs × 2^16 = 268 ms. Once the server is killed, the client's next SEND is
+    // never acknowledged; the first timeout and 7 retries each wait one ACK timeout, so the
+    // error cannot come before 7 of them (1.88 s). With pingpong's default (-u 14) it would
+    // come after at most 8 × 67 ms = 537 ms, so the lower bound shows `-u` reached the QP.
+    let timeout = std::time::Duration::from_nanos(4096 << 16);
+    let port = "18753";
+    let common = [
+        "pingpong",
+        "--rc",
+        "-p",
+        port,
+        "-u",
+        "16",
+        "-n",
+        "100000000",
+        "--timeout",
+        "60",
+    ];
+    let server = spawn(
+        &[],
+        &strings(&[&common[..], &["--dev-ip", "127.77.53.1"]].concat()),
+    );
+    assert!(server.wait_for_stderr("listening", std::time::Duration::from_secs(60)));
+    let client = spawn(
+        &[],
+        &strings(&[&common[..], &["--dev-ip", "127.77.53.2", "127.77.53.1"]].concat()),
+    );
+    assert!(
+        client.wait_for_stderr("uroce pingpong: RC", std::time::Duration::from_secs(60)),
+        "the client never started exchanging"
+    );
+    let t0 = std::time::Instant::now();
+    server.kill();
+    let seen = client.wait_for_stderr(
+        "transport retry counter exceeded",
+        timeout * 8 + std::time::Duration::from_secs(20),
+    );
+    let took = t0.elapsed();
+    let client = client.finish();
+    assert!(seen, "no retry-exceeded error\n{client}");
+    assert!(!client.ok(), "{client}");
+    assert!(
+        took >= timeout * 7 - std::time::Duration::from_millis(20),
+        "gave up after {took:?}: -u 16 allows no error before {:?}\n{client}",
+        timeout * 7
+    );
+}
+
+#[test]
 fn devinfo_shows_rxe_layout_for_lo() {
     let o = spawn(&[], &strings(&["devinfo", "--dev-ip", "127.0.0.1"])).finish();
     assert!(o.ok(), "{o}");

@@ -9,7 +9,9 @@
 //! that address's (IPv4 as ::ffff:a.b.c.d), whatever `-g` says, where rdma-core sends a zero
 //! GID without `-g`; a peer's zero GID is replaced by its TCP address; LIDs are 0; `-l` (SL)
 //! is accepted and ignored; `-c` checks every byte of the buffer on both sides, not just the
-//! first byte of each page on the server, and any error exits non-zero.
+//! first byte of each page on the server, and any error exits non-zero. Additions: `--timeout`
+//! (give up without progress), `--counters`, `--steer`, and perftest's `-u` (the RC ACK
+//! timeout, which ibv_rc_pingpong fixes at 14).
 
 mod exchange;
 
@@ -110,6 +112,12 @@ pub struct Args {
     /// Give up after this many seconds without progress (0: wait forever, as rdma-core does).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
+    /// RC local ACK timeout, 4.096 µs × 2^N, as perftest's `-u` (ibv_rc_pingpong sets 14,
+    /// 67 ms, and has no option for it). A path slower than the one the value was chosen for
+    /// (an emulated guest) needs a larger one: go-back-N gives up after `retry_cnt` timeouts
+    /// without progress (IBTA §9.7.6.1.3).
+    #[arg(short = 'u', long, default_value_t = 14, value_parser = clap::value_parser!(u8).range(1..=31))]
+    pub qp_timeout: u8,
     /// Print the device's counters to stderr at the end (ICRC verified exactly vs through the
     /// unknown-IPv4-ID path, retransmits, drops).
     #[arg(long)]
@@ -171,6 +179,8 @@ struct Opts {
     udp_port: u16,
     steer: bool,
     timeout: Option<Duration>,
+    /// `-u`: the RC local ACK timeout exponent.
+    qp_timeout: u8,
 }
 
 fn fail(msg: impl Into<String>) -> CliError {
@@ -231,6 +241,7 @@ impl Opts {
             udp_port: args.udp_port,
             steer: args.steer,
             timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
+            qp_timeout: args.qp_timeout,
         })
     }
 
@@ -510,7 +521,7 @@ impl Ctx {
                     },
                     QpAttr {
                         state: Some(QpState::Rts),
-                        timeout: Some(14),
+                        timeout: Some(self.o.qp_timeout),
                         retry_cnt: Some(7),
                         rnr_retry: Some(7),
                         sq_psn: Some(my[i].psn),
@@ -780,8 +791,10 @@ fn print_dest(out: &mut dyn Write, what: &str, d: &Dest, sep: char) -> std::io::
     )
 }
 
-/// The RC local ACK timeout this tool sets (`timeout: 14`): 4.096 µs × 2^14.
-const ACK_TIMEOUT: Duration = Duration::from_micros(67_109);
+/// The RC local ACK timeout of exponent `n` (`-u`): 4.096 µs × 2^n (IBTA §9.7.6.1.3).
+fn ack_timeout(n: u8) -> Duration {
+    Duration::from_nanos(4096 << n)
+}
 
 /// Runs `uroce pingpong`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
@@ -884,8 +897,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         // peer retransmits it after its ACK timeout, and a responder that has already gone
         // turns that into the peer's retry-exceeded error although all data arrived. Keep
         // re-ACKing duplicates (the responder's duplicate handling, as rxe's) for three ACK
-        // timeouts.
-        let end = std::time::Instant::now() + 3 * ACK_TIMEOUT;
+        // timeouts (both sides are given the same `-u`).
+        let end = std::time::Instant::now() + 3 * ack_timeout(o.qp_timeout);
         while std::time::Instant::now() < end {
             ctx.dev.progress();
             std::thread::sleep(Duration::from_millis(1));
