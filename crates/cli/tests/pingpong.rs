@@ -270,39 +270,39 @@ fn ud_size_above_the_port_mtu_is_refused() {
 
 #[test]
 fn qp_timeout_sets_the_ack_timeout_a_dead_peer_is_given_up_after() {
-    // `-u 16`: 4.096 µs × 2^16 = 268 ms. Once the server is killed, the client's next SEND is
-    // never acknowledged; the first timeout and 7 retries each wait one ACK timeout, so the
-    // error cannot come before 7 of them (1.88 s). With pingpong's default (-u 14) it would
-    // come after at most 8 × 67 ms = 537 ms, so the lower bound shows `-u` reached the QP.
+    // `-u 16`: 4.096 µs × 2^16 = 268 ms. The "server" is this test: it answers the side channel
+    // with a QP at 127.77.53.1, where no device listens, so the client's first SEND is never
+    // acknowledged. The first timeout and 7 retries each wait one ACK timeout, so the error
+    // cannot come before 7 of them (1.88 s); with pingpong's default (-u 14) it would come
+    // after 8 × 67 ms = 537 ms, so the lower bound shows that `-u` reached the QP.
+    use std::io::{Read, Write};
     let timeout = std::time::Duration::from_nanos(4096 << 16);
-    let port = "18753";
-    let common = [
-        "pingpong",
-        "--rc",
-        "-p",
-        port,
-        "-u",
-        "16",
-        "-n",
-        "100000000",
-        "--timeout",
-        "60",
-    ];
-    let server = spawn(
-        &[],
-        &strings(&[&common[..], &["--dev-ip", "127.77.53.1"]].concat()),
-    );
-    assert!(server.wait_for_stderr("listening", std::time::Duration::from_secs(60)));
+    let listener = std::net::TcpListener::bind("127.77.53.1:18753").expect("bind");
     let client = spawn(
         &[],
-        &strings(&[&common[..], &["--dev-ip", "127.77.53.2", "127.77.53.1"]].concat()),
+        &strings(&[
+            "pingpong",
+            "--rc",
+            "-p",
+            "18753",
+            "-u",
+            "16",
+            "--timeout",
+            "60",
+            "--dev-ip",
+            "127.77.53.2",
+            "127.77.53.1",
+        ]),
     );
-    assert!(
-        client.wait_for_stderr("uroce pingpong: RC", std::time::Duration::from_secs(60)),
-        "the client never started exchanging"
-    );
+    let (mut tcp, _) = listener.accept().expect("accept");
+    let mut theirs = [0u8; 52];
+    tcp.read_exact(&mut theirs)
+        .expect("the client's QP message");
+    // LID 0, QPN 0x11, PSN 0, GID ::ffff:127.77.53.1, NUL-padded to 52 bytes.
+    let ours = *b"0000:000011:000000:00000000000000000000ffff7f4d3501\0";
+    assert_eq!(ours.len(), 52);
+    tcp.write_all(&ours).expect("our QP message");
     let t0 = std::time::Instant::now();
-    server.kill();
     let seen = client.wait_for_stderr(
         "transport retry counter exceeded",
         timeout * 8 + std::time::Duration::from_secs(20),
