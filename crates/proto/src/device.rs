@@ -271,10 +271,14 @@ pub enum AsyncEvent {
     CqErr(CqHandle),
 }
 
-/// A staged packet that did not fit the GSO batch it was built for.
-#[derive(Debug)]
+/// A packet that did not fit the GSO batch it was built for (a WRITE's FIRST, whose RETH
+/// makes it longer than the MIDDLEs before it), sent as the next datagram. Its buffer is
+/// kept between uses, so staging allocates nothing in steady state.
+#[derive(Debug, Default)]
 struct Staged {
-    dst: SocketAddr,
+    /// Where the staged packet goes; `None`: nothing staged.
+    dst: Option<SocketAddr>,
+    /// The packet, unsealed (its ICRC depends on the datagram it ends up in).
     bytes: Vec<u8>,
 }
 
@@ -296,7 +300,7 @@ pub struct Device {
     ready: VecDeque<u32>,
     /// RC QPs with PSNs outstanding: they share `max_unacked_psns`.
     share: WindowShare,
-    staged: Option<Staged>,
+    staged: Staged,
     counters: DeviceCounters,
     solver: uroce_wire::Ipv4IdSolver,
     /// Pseudo-header constants for sealing small packets.
@@ -353,7 +357,7 @@ impl Device {
             next_qpn,
             ready: VecDeque::new(),
             share: WindowShare::default(),
-            staged: None,
+            staged: Staged::default(),
             counters: DeviceCounters::default(),
             solver: uroce_wire::Ipv4IdSolver::default(),
             icrc: uroce_wire::IcrcCache::default(),
@@ -1000,17 +1004,17 @@ impl Device {
     /// Writes the next datagram (or GSO batch) into `buf`. `buf` should hold at least one
     /// packet of the largest path MTU in use plus 64 bytes of headers.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(st) = self.staged.take() {
-            if st.bytes.len() > buf.len() {
-                self.staged = Some(st);
+        if let Some(dst) = self.staged.dst {
+            let len = self.staged.bytes.len();
+            if len > buf.len() {
                 return None;
             }
-            let len = st.bytes.len();
-            buf[..len].copy_from_slice(&st.bytes);
-            self.seal(st.dst, &mut buf[..len], 0);
+            self.staged.dst = None;
+            buf[..len].copy_from_slice(&self.staged.bytes);
+            self.seal(dst, &mut buf[..len], 0);
             self.count_tx(1, len);
             return Some(Transmit {
-                dst: st.dst,
+                dst,
                 len,
                 segment_size: None,
             });
@@ -1052,10 +1056,9 @@ impl Device {
                     }
                     _ => {
                         // Larger than the batch's segments or for another peer: send it next.
-                        self.staged = Some(Staged {
-                            dst: d.0,
-                            bytes: buf[off..off + len].to_vec(),
-                        });
+                        self.staged.dst = Some(d.0);
+                        self.staged.bytes.clear();
+                        self.staged.bytes.extend_from_slice(&buf[off..off + len]);
                         break;
                     }
                 }
@@ -1067,7 +1070,7 @@ impl Device {
             }
             self.share.leave(qp);
             // Re-queue only a QP that made progress, so a blocked QP cannot spin this loop.
-            let more = n > 0 && (qp.has_output(&self.config) || self.staged.is_some());
+            let more = n > 0 && (qp.has_output(&self.config) || self.staged.dst.is_some());
             if more {
                 Self::wake(&mut self.ready, qp);
             }
@@ -1097,7 +1100,7 @@ impl Device {
 
     /// Whether any QP has something to send now.
     pub fn has_transmit(&self) -> bool {
-        self.staged.is_some() || !self.ready.is_empty()
+        self.staged.dst.is_some() || !self.ready.is_empty()
     }
 
     /// The QP state, if the QP exists.

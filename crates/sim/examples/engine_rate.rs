@@ -4,7 +4,7 @@
 //! would). Prints the CPU time per message of this thread (from `/proc/thread-self/schedstat`,
 //! so time the scheduler gave to others is not counted) and the share of it on each side.
 //!
-//!     cargo run --release -p uroce-sim --example engine_rate -- [SIZE] [MESSAGES] [DEPTH]
+//!     cargo run --release -p uroce-sim --example engine_rate -- [SIZE] [MESSAGES] [DEPTH] [MTU]
 //!
 //! A tool for A/B comparisons of engine changes on a busy machine, where the end-to-end
 //! `uroce bench` numbers move with whatever else runs; it is not a test.
@@ -50,6 +50,10 @@ fn main() {
     let size = arg(1, 64);
     let total = arg(2, 2_000_000) as u64;
     let depth = arg(3, 512) as u64;
+    let Some(mtu) = uroce_proto::Mtu::from_bytes(arg(4, 1024) as u32) else {
+        eprintln!("engine_rate: MTU must be 256, 512, 1024, 2048 or 4096");
+        std::process::exit(2);
+    };
     let mut sim = Sim::new(1, Link::default());
     let opts = PairOpts {
         mem_len: 1 << 20,
@@ -57,6 +61,7 @@ fn main() {
             max_send_wr: depth as u32,
             ..PairOpts::default().cap
         },
+        mtu,
         ..PairOpts::default()
     };
     let (a, b) = pair(&mut sim, &opts);

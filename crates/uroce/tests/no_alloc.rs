@@ -1,0 +1,147 @@
+//! The engine's per-packet path allocates nothing in steady state (issue 6: "no allocation or
+//! lock per packet"): a stream of multi-packet RC WRITEs, whose FIRST packet (longer by its
+//! RETH) never fits the GSO batch of MIDDLEs before it and is staged for the next datagram,
+//! runs through two engines while a counting global allocator watches every `poll_transmit`
+//! and every `handle_datagram` (the WRITEs and their ACKs, both ways). (It lives in
+//! this crate, not in `uroce-sim`, because a global allocator needs `unsafe`, which only the
+//! driver and C ABI crates allow.)
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+
+use uroce_proto::{Instant, Mtu, Payload, SendOp, SendWr, WcStatus};
+use uroce_sim::scenario::{pair, PairOpts};
+use uroce_sim::{Link, Sim};
+
+/// Counts allocations made on this thread while `COUNTING` is set.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    // `try_with`: the allocator can run while thread-locals are torn down.
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments and only counts, so
+// `System`'s guarantees are `Counting`'s.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded with the caller's layout, as `GlobalAlloc::alloc` requires.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with this layout (every allocation goes there).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: as `dealloc`; `new_size` is the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn streaming_multi_packet_writes_allocates_nothing_per_packet() {
+    const SIZE: usize = 16 * 1024;
+    const MESSAGES: u64 = 2000;
+    const DEPTH: u64 = 64;
+    let mut sim = Sim::new(1, Link::default());
+    let opts = PairOpts {
+        mtu: Mtu::M4096,
+        mem_len: 1 << 20,
+        cap: uroce_proto::QpCap {
+            max_send_wr: DEPTH as u32,
+            ..PairOpts::default().cap
+        },
+        ..PairOpts::default()
+    };
+    let (a, b) = pair(&mut sim, &opts);
+    let slots = (opts.mem_len / SIZE) as u64;
+    let mut buf = vec![0u8; 64 * (4096 + 128)];
+    let now = Instant::ZERO;
+    let (mut posted, mut done) = (0u64, 0u64);
+    // Allocations during `poll_transmit` and `handle_datagram` from message `warm` on (the
+    // first messages may grow buffers once), and datagrams sent in that time.
+    let warm = 200;
+    let (mut allocs, mut datagrams, mut staged) = (0u64, 0u64, 0u64);
+    let mut rx_allocs = 0u64;
+    while done < MESSAGES {
+        while posted < MESSAGES && posted - done < DEPTH {
+            let k = posted % slots;
+            let mut wr = SendWr::new(
+                posted,
+                SendOp::RdmaWrite {
+                    remote_addr: b.base + k * SIZE as u64,
+                    rkey: b.keys.rkey,
+                },
+                Payload::Sge(a.sge(k * SIZE as u64, SIZE as u32)),
+            );
+            wr.flags.signaled = (posted + 1) % 16 == 0 || posted + 1 == MESSAGES;
+            sim.hosts[a.host]
+                .dev
+                .post_send(now, a.qpn, wr)
+                .expect("post");
+            posted += 1;
+        }
+        for (from, to) in [(a.host, b.host), (b.host, a.host)] {
+            let src = SocketAddr::new(sim.hosts[from].ip, sim.hosts[from].dev.config().udp_port);
+            let dst_ip = sim.hosts[to].ip;
+            loop {
+                let count = done >= warm;
+                COUNTING.with(|c| c.set(count));
+                let before = ALLOCS.with(Cell::get);
+                let t = sim.hosts[from].dev.poll_transmit(now, &mut buf);
+                COUNTING.with(|c| c.set(false));
+                allocs += ALLOCS.with(Cell::get) - before;
+                let Some(t) = t else { break };
+                if count && from == a.host {
+                    datagrams += 1;
+                    // A lone packet the size of a FIRST (BTH + RETH + 4096 + ICRC): staged.
+                    staged += u64::from(t.segment_size.is_none() && t.len == 12 + 16 + 4096 + 4);
+                }
+                let seg = t.segment_size.unwrap_or(t.len);
+                for p in buf[..t.len].chunks(seg) {
+                    COUNTING.with(|c| c.set(count));
+                    let before = ALLOCS.with(Cell::get);
+                    sim.hosts[to].dev.handle_datagram(now, src, dst_ip, p);
+                    COUNTING.with(|c| c.set(false));
+                    rx_allocs += ALLOCS.with(Cell::get) - before;
+                }
+            }
+        }
+        while let Ok(Some(c)) = sim.hosts[a.host].dev.poll_cq(a.cq) {
+            assert_eq!(c.status, WcStatus::Success, "{c:?}");
+            done = done.max(c.wr_id + 1);
+        }
+    }
+    // The stream really staged FIRST packets (one per message), so the path under test ran.
+    assert!(
+        staged >= (MESSAGES - warm) / 2,
+        "only {staged} staged FIRST packets in {datagrams} datagrams"
+    );
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations in poll_transmit over {datagrams} datagrams"
+    );
+    assert_eq!(
+        rx_allocs, 0,
+        "{rx_allocs} allocations in handle_datagram over {datagrams} datagrams"
+    );
+}
