@@ -577,14 +577,36 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 // unless they also cost less per byte, which would speed up one QP as well.
                 let busy = a.cpu_s_per_gb * a.gbit_s / 8.0;
                 let cores = r.machine.cores as f64;
-                let reach =
-                    (threads > 1 && busy > 0.0 && cores > 0.0 && cores / busy < 1.6).then(|| {
+                let top = [ring, gso]
+                    .iter()
+                    .flatten()
+                    .map(|u| u.gbit_s)
+                    .reduce(f64::max);
+                let above_ceilings =
+                    top.filter(|&top| threads > 1 && 1.6 * a.gbit_s > top)
+                        .map(|top| {
+                            format!(
+                        "1.6 × {:.2} = {:.1} Gbit/s is above every raw UDP ceiling measured \
+                         (best {top:.2} Gbit/s)",
+                        a.gbit_s,
+                        1.6 * a.gbit_s
+                    )
+                        });
+                // The cores bound assumes more QPs cost what one QP costs per byte; a run in
+                // which they cost less refutes it (it would bound nothing).
+                let cores_bound = (threads > 1
+                    && busy > 0.0
+                    && cores > 0.0
+                    && cores / busy < 1.6
+                    && b.cpu_s_per_gb >= a.cpu_s_per_gb)
+                    .then(|| {
                         format!(
                             "one QP already keeps {busy:.2} of the {cores} cores busy (both \
                              sides): at its cost per byte, more QPs reach at most {:.2}× one QP",
                             cores / busy
                         )
                     });
+                let reach = above_ceilings.or(cores_bound);
                 Target {
                     name: n[i],
                     value: gb(b.gbit_s),
@@ -1556,6 +1578,42 @@ mod tests {
         assert!(md.contains("**0.770 CPU-s/GB**"), "{md}");
         assert!(md.contains("So this estimate is no floor here"), "{md}");
         assert_eq!(Results::from_json(&r.to_json()), r);
+    }
+
+    /// QP scaling on session 18's machine (03:39 run): 4 QPs on 2 engine threads cost less per
+    /// byte than one QP (0.433 against 0.487 CPU-s/GB) and reached 1.33×, above the 1.21× the
+    /// cores bound would claim; the goal is out of reach by the ceilings instead (1.6 × 27.20
+    /// = 43.5 Gbit/s against 36.49). With ceilings that leave room, the refuted cores bound is
+    /// not claimed and the goal stays a plain FAIL.
+    #[test]
+    fn qp_scaling_is_out_of_reach_by_the_ceilings_not_by_a_refuted_cores_bound() {
+        let mut r = sample();
+        let set = |r: &mut Results, mode: &str, g: f64| {
+            r.udp.iter_mut().find(|u| u.mode == mode).unwrap().gbit_s = g;
+        };
+        set(&mut r, "uring-gso-gro", 36.49);
+        set(&mut r, "gso-gro", 35.01);
+        r.machine.cores = 2;
+        for x in &mut r.runs {
+            match (x.group.as_str(), x.backend.as_str(), x.qps, x.threads) {
+                ("qps", "uring", 1, _) => (x.gbit_s, x.cpu_s_per_gb) = (27.20, 0.487),
+                ("qps", "uring", 4, t) if t > 1 => (x.gbit_s, x.cpu_s_per_gb) = (36.06, 0.433),
+                _ => {}
+            }
+        }
+        let get = |r: &Results| targets(r).swap_remove(11);
+        let t = get(&r);
+        assert_eq!(t.ratio, "1.33");
+        assert_eq!(t.result(), "OUT OF REACH", "{t:?}");
+        let why = t.reach.unwrap();
+        assert!(
+            why.contains("43.5 Gbit/s is above every raw UDP ceiling") && !why.contains("cores"),
+            "{why}"
+        );
+        set(&mut r, "uring-gso-gro", 60.0);
+        let t = get(&r);
+        assert_eq!(t.result(), "FAIL", "{t:?}");
+        assert!(t.reach.is_none(), "{t:?}");
     }
 
     /// This machine's numbers (11:15 run): the floor says which goals no implementation could
