@@ -150,6 +150,12 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             );
         }
     }
+    // The paired round of the headline WRITE and the ceiling (issue 6's first target).
+    assert!(
+        runs.iter()
+            .any(|r| r[0] == "paired" && r[1] == "write" && r[3] == "uring"),
+        "no paired WRITE run"
+    );
     for r in &runs {
         // A run is a result only when it is clean; an INVALID one says why.
         match r[22].as_str() {
@@ -192,7 +198,9 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "udp-uring-gso-gro",
             "udp-uring-gso-gro-zc",
             "udp-uring-small",
-            // The ceiling probe again, at the end of the suite (phase changes of the VM).
+            // The paired round's ceiling probe (with the paired WRITE run), and the ceiling
+            // probe again at the end of the suite (phase changes of the VM).
+            "udp-uring-gso-gro-paired",
             "udp-uring-gso-gro-end",
             "udp-busy-poll-rtt",
             "uring-driver-rtt-raw-ack0",
