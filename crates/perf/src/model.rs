@@ -158,6 +158,9 @@ pub struct Results {
     pub rtt: UdpRtt,
     /// The same through uroce's driver without the engine (the layers of the latency).
     pub raw_rtt: Vec<UdpRtt>,
+    /// The raw UDP ping-pong of each paired latency round (the k-th pairs with the k-th run
+    /// of group `suite::LAT_PAIRED`).
+    pub rtt_paired: Vec<UdpRtt>,
     /// Kernel TCP.
     pub tcp: Tcp,
     /// `uroce bench` runs.
@@ -228,6 +231,7 @@ impl Results {
             })).collect::<Vec<_>>(),
             "rtt": rtt_json(&self.rtt),
             "raw_rtt": self.raw_rtt.iter().map(rtt_json).collect::<Vec<_>>(),
+            "rtt_paired": self.rtt_paired.iter().map(rtt_json).collect::<Vec<_>>(),
             "tcp": {
                 "gbit_s": self.tcp.gbit_s, "cpu_s_per_gb": self.tcp.cpu_s_per_gb,
                 "retransmits": self.tcp.retransmits, "valid": self.tcp.valid,
@@ -281,6 +285,12 @@ impl Results {
                 .collect(),
             rtt: rtt_of(&v["rtt"]),
             raw_rtt: v["raw_rtt"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(rtt_of)
+                .collect(),
+            rtt_paired: v["rtt_paired"]
                 .as_array()
                 .unwrap_or(&empty)
                 .iter()

@@ -937,6 +937,33 @@ pub fn run(o: Options) -> Results {
         res.udp.push(u);
         res.runs.push(run);
     }
+    // The latency likewise: the UDP ping-pong and the polled 8-byte WRITE latency within
+    // seconds of each other, ABBA; the target takes the median of the rounds' ratios (the
+    // UDP baseline alone moved 3.61-4.10 µs between hand runs minutes apart).
+    for round in 0..rounds {
+        eprintln!("uroce-perf: paired latency round {} of {rounds}", round + 1);
+        let lat_n = if s.o.quick { 1000 } else { 20000 };
+        let c = Cfg {
+            kind: "lat",
+            progress: "polled",
+            pin: true,
+            ..Cfg::bw(LAT_PAIRED, "write", "uring", LAT_SIZE, lat_n)
+        };
+        let probe = |s: &mut Suite| {
+            let mut u = s.udp_rtt(None);
+            u.note = format!("paired round {}; {}", round + 1, u.note);
+            u
+        };
+        let (u, run) = if round % 2 == 0 {
+            let u = probe(&mut s);
+            (u, s.bench(c))
+        } else {
+            let run = s.bench(c);
+            (probe(&mut s), run)
+        };
+        res.rtt_paired.push(u);
+        res.runs.push(run);
+    }
     // The ceiling again, last: the VM changes speed within minutes (ceilings of 21 and 36
     // Gbit/s in one evening), and a ratio to a ceiling measured in another phase means
     // nothing. The report says when the two differ (`report::ceiling_drift`).
@@ -962,6 +989,9 @@ pub const PAIRED: &str = "paired";
 
 /// The mode of the paired rounds' ceiling probes.
 pub const PAIRED_PROBE: &str = "uring-gso-gro-paired";
+
+/// The group of the paired latency rounds' runs: the k-th pairs with `Results::rtt_paired[k]`.
+pub const LAT_PAIRED: &str = "lat-paired";
 
 /// Paired rounds of the headline WRITE and the io_uring ceiling (one with `--quick`).
 const PAIRED_ROUNDS: usize = 3;

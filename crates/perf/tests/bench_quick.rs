@@ -156,6 +156,11 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             .any(|r| r[0] == "paired" && r[1] == "write" && r[3] == "uring"),
         "no paired WRITE run"
     );
+    assert!(
+        runs.iter()
+            .any(|r| r[0] == "lat-paired" && r[2] == "lat" && r[3] == "uring"),
+        "no paired latency run"
+    );
     for r in &runs {
         // A run is a result only when it is clean; an INVALID one says why.
         match r[22].as_str() {
@@ -203,6 +208,8 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "udp-uring-gso-gro-paired",
             "udp-uring-gso-gro-end",
             "udp-busy-poll-rtt",
+            // The paired latency round's UDP ping-pong.
+            "udp-busy-poll-rtt-paired",
             "uring-driver-rtt-raw-ack0",
             "uring-driver-rtt-raw-ack20",
             "tcp-iperf3"
