@@ -335,6 +335,49 @@ fn paired_lat_rounds(r: &Results) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A goal taken from paired rounds of (uroce, baseline): the median of the rounds' own
+/// ratios, the medians of each side, and each round's numbers for the note.
+struct Paired {
+    /// "median of N paired rounds".
+    what: String,
+    ratio: f64,
+    value: f64,
+    baseline: f64,
+    ratios: String,
+    values: String,
+    baselines: String,
+}
+
+impl Paired {
+    /// None without rounds.
+    fn of(rounds: &[(f64, f64)]) -> Option<Paired> {
+        if rounds.is_empty() {
+            return None;
+        }
+        let ratios: Vec<f64> = rounds.iter().map(|(v, b)| v / b).collect();
+        let (values, baselines): (Vec<f64>, Vec<f64>) = rounds.iter().copied().unzip();
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Some(Paired {
+            what: format!(
+                "median of {} paired round{}",
+                rounds.len(),
+                if rounds.len() == 1 { "" } else { "s" }
+            ),
+            ratio: median(&ratios),
+            value: median(&values),
+            baseline: median(&baselines),
+            ratios: list(&ratios),
+            values: list(&values),
+            baselines: list(&baselines),
+        })
+    }
+}
+
 /// The median of `v` (the mean of the middle two for an even count; 0 when empty).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -413,32 +456,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
     }
     // The paired rounds, when the suite ran them, replace the single WRITE against the start's
     // ceiling: the same ratio, measured within a minute, three times.
-    let rounds = paired_rounds(r);
-    if !rounds.is_empty() {
-        let ratios: Vec<f64> = rounds.iter().map(|(w, c)| w / c).collect();
-        let ratio = median(&ratios);
-        let (wm, cm) = (
-            median(&rounds.iter().map(|x| x.0).collect::<Vec<_>>()),
-            median(&rounds.iter().map(|x| x.1).collect::<Vec<_>>()),
-        );
-        let list: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+    if let Some(p) = Paired::of(&paired_rounds(r)) {
         let mut note = format!(
-            "the issue's ceiling; median of {} paired round{} (the io_uring ceiling probe and \
-             WRITE 1 MiB within a minute of each other, in ABBA order): ratios {}, WRITE {}, \
-             ceilings {}",
-            rounds.len(),
-            if rounds.len() == 1 { "" } else { "s" },
-            list.join(", "),
-            rounds
-                .iter()
-                .map(|x| format!("{:.2}", x.0))
-                .collect::<Vec<_>>()
-                .join(", "),
-            rounds
-                .iter()
-                .map(|x| format!("{:.2}", x.1))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "the issue's ceiling; {} (the io_uring ceiling probe and WRITE 1 MiB within a \
+             minute of each other, in ABBA order): ratios {}, WRITE {}, ceilings {}",
+            p.what, p.ratios, p.values, p.baselines
         );
         if let (Some(w), Some(g)) = (w, ring) {
             if g.gbit_s > 0.0 {
@@ -450,13 +472,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 ));
             }
         }
+        let cm = p.baseline;
         t[0] = Target {
             name: n[0],
-            value: gb(wm),
+            value: gb(p.value),
             baseline: gb(cm),
-            ratio: format!("{ratio:.2}"),
+            ratio: format!("{:.2}", p.ratio),
             target: "≥ 0.75",
-            pass: ratio >= 0.75,
+            pass: p.ratio >= 0.75,
             note: with_note(&note, fl.and_then(|f| f.design_note(0.75 * cm))),
             reach: fl.and_then(|f| f.gbit_reach(&format!("0.75 × {cm:.2}"), 0.75 * cm)),
         };
@@ -599,24 +622,12 @@ pub fn targets(r: &Results) -> Vec<Target> {
     });
     // The paired rounds, when the suite ran them, replace the single latency run against the
     // UDP ping-pong measured minutes earlier.
-    let lrounds = paired_lat_rounds(r);
-    if !lrounds.is_empty() {
-        let ratios: Vec<f64> = lrounds.iter().map(|(l, u)| l / u).collect();
-        let ratio = median(&ratios);
-        let lm = median(&lrounds.iter().map(|x| x.0).collect::<Vec<_>>());
-        let um = median(&lrounds.iter().map(|x| x.1).collect::<Vec<_>>());
-        let fmt = |v: &mut dyn Iterator<Item = f64>| {
-            v.map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
-        };
+    if let Some(p) = Paired::of(&paired_lat_rounds(r)) {
         let mut note = format!(
-            "half round trips, polled progress, busy-poll UDP; median of {} paired round{} (the \
-             UDP ping-pong and the WRITE latency within seconds of each other, in ABBA order): \
-             ratios {}, WRITE {} µs, UDP {} µs",
-            lrounds.len(),
-            if lrounds.len() == 1 { "" } else { "s" },
-            fmt(&mut ratios.iter().copied()),
-            fmt(&mut lrounds.iter().map(|x| x.0)),
-            fmt(&mut lrounds.iter().map(|x| x.1)),
+            "half round trips, polled progress, busy-poll UDP; {} (the UDP ping-pong and the \
+             WRITE latency within seconds of each other, in ABBA order): ratios {}, WRITE {} µs, \
+             UDP {} µs",
+            p.what, p.ratios, p.values, p.baselines
         );
         if let (Some(l), Some(u)) = (lat, rtt) {
             if u.half_median_us > 0.0 {
@@ -630,12 +641,15 @@ pub fn targets(r: &Results) -> Vec<Target> {
         }
         t[7] = Target {
             name: n[7],
-            value: format!("{lm:.2} µs"),
-            baseline: format!("{um:.2} µs"),
-            ratio: format!("{ratio:.2}"),
+            value: format!("{:.2} µs", p.value),
+            baseline: format!("{:.2} µs", p.baseline),
+            ratio: format!("{:.2}", p.ratio),
             target: "≤ 1.3",
-            pass: ratio <= 1.3,
-            note: with_note(&with_note(&note, layers(r)), driver_bound(r, um, 1.3)),
+            pass: p.ratio <= 1.3,
+            note: with_note(
+                &with_note(&note, layers(r)),
+                driver_bound(r, p.baseline, 1.3),
+            ),
             reach: None,
         };
     }
@@ -1748,6 +1762,23 @@ mod tests {
         assert_eq!(Results::from_json(&r.to_json()), r);
     }
 
+    /// A uring WRITE run of a paired round, one QP at the headline MTU.
+    fn paired_run(group: &str, kind: &str, size: u64, valid: bool) -> Run {
+        Run {
+            group: group.into(),
+            test: "write".into(),
+            kind: kind.into(),
+            backend: "uring".into(),
+            progress: if kind == "lat" { "polled" } else { "thread" }.into(),
+            size,
+            mtu: HEADLINE_MTU,
+            qps: 1,
+            threads: 1,
+            valid,
+            ..Run::default()
+        }
+    }
+
     /// The WRITE goal from the paired rounds: the median of the valid rounds' own ratios (an
     /// invalid round is left out), not the sweep's WRITE against the start's ceiling.
     #[test]
@@ -1761,16 +1792,8 @@ mod tests {
             (28.0, 35.0, true),
         ] {
             r.runs.push(Run {
-                group: crate::suite::PAIRED.into(),
-                test: "write".into(),
-                backend: "uring".into(),
-                size: HEADLINE_SIZE,
-                mtu: HEADLINE_MTU,
-                qps: 1,
-                threads: 1,
                 gbit_s: w,
-                valid,
-                ..Run::default()
+                ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, valid)
             });
             r.udp.push(UdpBw {
                 mode: crate::suite::PAIRED_PROBE.into(),
@@ -1808,18 +1831,8 @@ mod tests {
             (4.6, 3.7, true),
         ] {
             r.runs.push(Run {
-                group: crate::suite::LAT_PAIRED.into(),
-                test: "write".into(),
-                kind: "lat".into(),
-                backend: "uring".into(),
-                progress: "polled".into(),
-                size: LAT_SIZE,
-                mtu: HEADLINE_MTU,
-                qps: 1,
-                threads: 1,
                 lat_median_us: l,
-                valid,
-                ..Run::default()
+                ..paired_run(crate::suite::LAT_PAIRED, "lat", LAT_SIZE, valid)
             });
             r.rtt_paired.push(UdpRtt {
                 mode: "udp".into(),

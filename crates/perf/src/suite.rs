@@ -305,6 +305,22 @@ impl<'a> Cfg<'a> {
     }
 }
 
+/// The 8-byte WRITE latency run: busy-polled progress, both sides pinned.
+fn lat_cfg(backend: &str, quick: bool) -> Cfg<'_> {
+    Cfg {
+        kind: "lat",
+        progress: "polled",
+        pin: true,
+        ..Cfg::bw(
+            "lat",
+            "write",
+            backend,
+            LAT_SIZE,
+            if quick { 1000 } else { 20000 },
+        )
+    }
+}
+
 /// Attempts per configuration: a run that lost packets (on a shared machine, another job can
 /// stall a side long enough) is tried once more; every attempt stays in the results, the
 /// INVALID ones marked, and only a clean one counts.
@@ -312,6 +328,25 @@ const ATTEMPTS: usize = 2;
 
 impl Suite {
     /// [`Suite::bench`] up to [`ATTEMPTS`] times, until a valid run; all attempts go to `runs`.
+    /// One paired round: `probe` (a baseline) and the uroce run `c`, the probe first in even
+    /// rounds (counting from 0) and last in odd ones, so that a steady drift of the machine
+    /// over the rounds cancels in their median. No second attempt: an INVALID run leaves its
+    /// round out of the target.
+    fn paired<T>(
+        &mut self,
+        round: usize,
+        c: Cfg<'_>,
+        probe: impl FnOnce(&mut Self) -> T,
+    ) -> (T, Run) {
+        if round % 2 == 0 {
+            let p = probe(self);
+            (p, self.bench(c))
+        } else {
+            let run = self.bench(c);
+            (probe(self), run)
+        }
+    }
+
     fn measure(&mut self, runs: &mut Vec<Run>, c: Cfg<'_>) {
         for _ in 0..ATTEMPTS {
             let r = self.bench(c);
@@ -873,14 +908,7 @@ pub fn run(o: Options) -> Results {
                 s.measure(&mut res.runs, c);
             }
         }
-        let lat_n = if s.o.quick { 1000 } else { 20000 };
-        let c = Cfg {
-            kind: "lat",
-            progress: "polled",
-            pin: true,
-            ..Cfg::bw("lat", "write", backend, LAT_SIZE, lat_n)
-        };
-        s.measure(&mut res.runs, c);
+        s.measure(&mut res.runs, lat_cfg(backend, s.o.quick));
         let mr_n = if s.o.quick { 20_000 } else { 1_000_000 };
         // Thread progress (the default), then busy polling pinned (the design's fast mode for
         // small messages: the posting thread runs the engine, no hand-offs).
@@ -911,56 +939,28 @@ pub fn run(o: Options) -> Results {
             s.measure(&mut res.runs, c);
         }
     }
-    // The headline WRITE against the ceiling in paired rounds: the two measured within a
-    // minute of each other, in ABBA order (ceiling first in odd rounds, WRITE first in even
-    // ones) so a steady drift cancels. One WRITE and one ceiling minutes apart differ by more
-    // than the goal's margin on this VM (24.65 and 27.20 Gbit/s for the same WRITE two
-    // minutes apart in one run); the target takes the median of the rounds' ratios.
+    // Paired rounds for the WRITE and latency targets: the baseline and uroce measured within
+    // seconds of each other, in ABBA order (`Suite::paired`), and the target takes the median
+    // of the rounds' ratios. Single runs minutes apart differ by more than the goals' margins
+    // on this VM: 24.65 and 27.20 Gbit/s for the same WRITE two minutes apart in one run, UDP
+    // half round trips of 3.61 and 4.10 µs in hand runs minutes apart.
     let rounds = if s.o.quick { 1 } else { PAIRED_ROUNDS };
     for round in 0..rounds {
         eprintln!("uroce-perf: paired round {} of {rounds}", round + 1);
+        let tag = |note: &str| format!("paired round {}; {note}", round + 1);
         let n = s.iters(HEADLINE_SIZE);
         let c = Cfg::bw(PAIRED, "write", "uring", HEADLINE_SIZE, n);
-        let probe = |s: &mut Suite| {
-            let mut u = s.udp_bw("uring-gso-gro");
-            u.mode = PAIRED_PROBE.into();
-            u.note = format!("paired round {}; {}", round + 1, u.note);
-            u
-        };
-        let (u, run) = if round % 2 == 0 {
-            let u = probe(&mut s);
-            (u, s.bench(c))
-        } else {
-            let run = s.bench(c);
-            (probe(&mut s), run)
-        };
+        let (mut u, run) = s.paired(round, c, |s| s.udp_bw("uring-gso-gro"));
+        u.mode = PAIRED_PROBE.into();
+        u.note = tag(&u.note);
         res.udp.push(u);
         res.runs.push(run);
-    }
-    // The latency likewise: the UDP ping-pong and the polled 8-byte WRITE latency within
-    // seconds of each other, ABBA; the target takes the median of the rounds' ratios (the
-    // UDP baseline alone moved 3.61-4.10 µs between hand runs minutes apart).
-    for round in 0..rounds {
-        eprintln!("uroce-perf: paired latency round {} of {rounds}", round + 1);
-        let lat_n = if s.o.quick { 1000 } else { 20000 };
         let c = Cfg {
-            kind: "lat",
-            progress: "polled",
-            pin: true,
-            ..Cfg::bw(LAT_PAIRED, "write", "uring", LAT_SIZE, lat_n)
+            group: LAT_PAIRED,
+            ..lat_cfg("uring", s.o.quick)
         };
-        let probe = |s: &mut Suite| {
-            let mut u = s.udp_rtt(None);
-            u.note = format!("paired round {}; {}", round + 1, u.note);
-            u
-        };
-        let (u, run) = if round % 2 == 0 {
-            let u = probe(&mut s);
-            (u, s.bench(c))
-        } else {
-            let run = s.bench(c);
-            (probe(&mut s), run)
-        };
+        let (mut u, run) = s.paired(round, c, |s| s.udp_rtt(None));
+        u.note = tag(&u.note);
         res.rtt_paired.push(u);
         res.runs.push(run);
     }
