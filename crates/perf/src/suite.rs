@@ -327,7 +327,6 @@ fn lat_cfg(backend: &str, quick: bool) -> Cfg<'_> {
 const ATTEMPTS: usize = 2;
 
 impl Suite {
-    /// [`Suite::bench`] up to [`ATTEMPTS`] times, until a valid run; all attempts go to `runs`.
     /// One paired round: `probe` (a baseline) and the uroce run `c`, the probe first in even
     /// rounds (counting from 0) and last in odd ones, so that a steady drift of the machine
     /// over the rounds cancels in their median. No second attempt: an INVALID run leaves its
@@ -347,6 +346,7 @@ impl Suite {
         }
     }
 
+    /// [`Suite::bench`] up to [`ATTEMPTS`] times, until a valid run; all attempts go to `runs`.
     fn measure(&mut self, runs: &mut Vec<Run>, c: Cfg<'_>) {
         for _ in 0..ATTEMPTS {
             let r = self.bench(c);
@@ -993,7 +993,8 @@ pub const PAIRED_PROBE: &str = "uring-gso-gro-paired";
 /// The group of the paired latency rounds' runs: the k-th pairs with `Results::rtt_paired[k]`.
 pub const LAT_PAIRED: &str = "lat-paired";
 
-/// Paired rounds of the headline WRITE and the io_uring ceiling (one with `--quick`).
+/// Paired rounds of each kind, WRITE with the io_uring ceiling and latency with the UDP
+/// ping-pong (one of each with `--quick`).
 const PAIRED_ROUNDS: usize = 3;
 
 #[cfg(test)]

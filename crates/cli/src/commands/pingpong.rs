@@ -897,8 +897,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         // peer retransmits it after its ACK timeout, and a responder that has already gone
         // turns that into the peer's retry-exceeded error although all data arrived. Keep
         // re-ACKing duplicates (the responder's duplicate handling, as rxe's) for three ACK
-        // timeouts (both sides are given the same `-u`).
-        let end = std::time::Instant::now() + 3 * ack_timeout(o.qp_timeout);
+        // timeouts (both sides are given the same `-u`), but not longer than 10 s: `-u 31` is
+        // 2.4 hours.
+        let linger = (3 * ack_timeout(o.qp_timeout)).min(Duration::from_secs(10));
+        let end = std::time::Instant::now() + linger;
         while std::time::Instant::now() < end {
             ctx.dev.progress();
             std::thread::sleep(Duration::from_millis(1));
