@@ -125,7 +125,7 @@ struct Side {
     ah: AhHandle,
     posted: HashMap<u64, Posted>,
     /// Destinations packets or WRs could make this side write: (region, offset, length) of
-    /// every RETH, AtomicETH and READ/receive SGE seen (a superset of the checked ones).
+    /// every RETH, AtomicETH and READ/atomic/receive SGE seen (a superset of the checked ones).
     dests: Vec<(usize, u64, u64)>,
     /// The subset a placed payload may go to: WRITE RETHs and READ SGLs of the RC QP, with
     /// whether it is a WRITE's.
@@ -543,13 +543,20 @@ impl World {
             });
         }
         let qpn = s.qps[qi];
-        let read_sge = match (&wr.op, &wr.payload) {
-            (SendOp::RdmaRead { .. }, Payload::Sgl(v)) => Some((v[0].addr, v[0].length)),
+        // The local SGE a response writes: a READ's data (placeable on the RC QP), an atomic's
+        // original value (copied from its ACK, never placed).
+        let local_sge = match (&wr.op, &wr.payload) {
+            (SendOp::RdmaRead { .. }, Payload::Sgl(v)) => {
+                Some((v[0].addr, v[0].length, (qi == 0).then_some(false)))
+            }
+            (SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }, Payload::Sgl(v)) => {
+                Some((v[0].addr, v[0].length, None))
+            }
             _ => None,
         };
         if s.dev.post_send(now, qpn, wr).is_ok() {
-            if let Some((addr, n)) = read_sge {
-                s.note_dest(addr, u64::from(n), (qi == 0).then_some(false));
+            if let Some((addr, n, placeable)) = local_sge {
+                s.note_dest(addr, u64::from(n), placeable);
             }
             s.posted.insert(
                 wr_id,
