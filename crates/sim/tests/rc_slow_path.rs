@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use uroce_proto::{Payload, QpCounters, RegionMemory, SendOp, SendWr, WcStatus};
+use uroce_proto::{Payload, RegionMemory, SendOp, SendWr, WcStatus};
 use uroce_sim::scenario::{pair, pattern, wait_completions, PairOpts};
 use uroce_sim::{Link, Sim};
 
@@ -52,8 +52,7 @@ fn a_path_slower_than_the_ack_timeout_completes_with_correct_data() {
         sim.post_send(a.host, a.qpn, w).expect("post_send");
     }
     let c = wait_completions(&mut sim, &a, MSGS, Duration::from_secs(120));
-    let qa: QpCounters = sim.dev(a.host).qp(a.qpn).expect("qp").counters();
-    let qb: QpCounters = sim.dev(b.host).qp(b.qpn).expect("qp").counters();
+    let (qa, qb) = (a.counters(&sim), b.counters(&sim));
     let what = format!("requester {qa:?}\nresponder {qb:?}\ncompletions {c:?}");
     assert_eq!(c.len(), MSGS, "{what}");
     assert!(c.iter().all(|c| c.status == WcStatus::Success), "{what}");
