@@ -389,6 +389,18 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Why `k` × `base` Gbit/s cannot be reached here, if it is above `top`, the best raw UDP
+/// ceiling measured.
+fn above_ceilings(k: f64, base: f64, top: Option<f64>) -> Option<String> {
+    let goal = k * base;
+    top.filter(|&top| goal > top).map(|top| {
+        format!(
+            "{k} × {base:.2} = {goal:.1} Gbit/s is above every raw UDP ceiling measured \
+             (best {top:.2} Gbit/s)"
+        )
+    })
+}
+
 /// "1.6 × one QP fits under the ceiling?" for a one-QP rate of `one` Gbit/s.
 fn ceiling_room(r: &Results, one: f64) -> String {
     let room: Vec<String> = [("io_uring", "uring-gso-gro"), ("plain-syscall", "gso-gro")]
@@ -412,6 +424,12 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let w = r.find("size", "write", "uring", HEADLINE_MTU, 1, HEADLINE_SIZE);
     let ring = ceiling(r);
     let gso = r.udp("gso-gro");
+    // The best raw UDP ceiling of the run: no goal above it can be met here.
+    let top = [ring, gso]
+        .iter()
+        .flatten()
+        .map(|u| u.gbit_s)
+        .reduce(f64::max);
     let tcp = r.tcp.valid.then_some(&r.tcp);
     let fl = floor_of(r);
     let mut t = Vec::new();
@@ -487,19 +505,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
     t.push(match (w, tcp) {
         (Some(w), Some(c)) if c.gbit_s > 0.0 => {
             let goal = 3.0 * c.gbit_s;
-            let top = [ring, gso]
-                .iter()
-                .flatten()
-                .map(|u| u.gbit_s)
-                .reduce(f64::max);
-            let reach = match top {
-                Some(top) if goal > top => Some(format!(
-                    "3 × {:.2} = {goal:.1} Gbit/s is above every raw UDP ceiling measured \
-                     (best {top:.2} Gbit/s)",
-                    c.gbit_s
-                )),
-                _ => fl.and_then(|f| f.gbit_reach(&format!("3 × {:.2}", c.gbit_s), goal)),
-            };
+            let reach = above_ceilings(3.0, c.gbit_s, top)
+                .or_else(|| fl.and_then(|f| f.gbit_reach(&format!("3 × {:.2}", c.gbit_s), goal)));
             Target {
                 reach,
                 ..gbit_ratio(n[2], w.gbit_s, c.gbit_s, "≥ 3", 3.0)
@@ -722,21 +729,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 // unless they also cost less per byte, which would speed up one QP as well.
                 let busy = a.cpu_s_per_gb * a.gbit_s / 8.0;
                 let cores = r.machine.cores as f64;
-                let top = [ring, gso]
-                    .iter()
-                    .flatten()
-                    .map(|u| u.gbit_s)
-                    .reduce(f64::max);
-                let above_ceilings =
-                    top.filter(|&top| threads > 1 && 1.6 * a.gbit_s > top)
-                        .map(|top| {
-                            format!(
-                        "1.6 × {:.2} = {:.1} Gbit/s is above every raw UDP ceiling measured \
-                         (best {top:.2} Gbit/s)",
-                        a.gbit_s,
-                        1.6 * a.gbit_s
-                    )
-                        });
+                let by_ceilings = above_ceilings(1.6, a.gbit_s, top).filter(|_| threads > 1);
                 // The cores bound assumes more QPs cost what one QP costs per byte; a run in
                 // which they cost less refutes it (it would bound nothing).
                 let cores_bound = (threads > 1
@@ -751,7 +744,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                             cores / busy
                         )
                     });
-                let reach = above_ceilings.or(cores_bound);
+                let reach = by_ceilings.or(cores_bound);
                 Target {
                     name: n[i],
                     value: gb(b.gbit_s),
