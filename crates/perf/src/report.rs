@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::model::{Results, Run};
+use crate::model::{Results, Run, UdpRtt};
 use crate::svg::{size_label, Plot, Series};
 
 /// Marks the start of the generated section.
@@ -871,39 +871,12 @@ pub fn baselines_csv(r: &Results) -> String {
             format!("{:.4}", u.mdgram_s),
         ]);
     }
-    o += &csv_line(&[
-        "udp-busy-poll-rtt".into(),
-        String::new(),
-        String::new(),
-        format!("{:.3}", r.rtt.half_median_us),
-        format!("{:.3}", r.rtt.half_p99_us),
-        r.rtt.valid.to_string(),
-        r.rtt.note.clone(),
-        String::new(),
-    ]);
+    o += &rtt_csv("udp-busy-poll-rtt".into(), &r.rtt);
     for x in &r.rtt_paired {
-        o += &csv_line(&[
-            "udp-busy-poll-rtt-paired".into(),
-            String::new(),
-            String::new(),
-            format!("{:.3}", x.half_median_us),
-            format!("{:.3}", x.half_p99_us),
-            x.valid.to_string(),
-            x.note.clone(),
-            String::new(),
-        ]);
+        o += &rtt_csv("udp-busy-poll-rtt-paired".into(), x);
     }
     for x in &r.raw_rtt {
-        o += &csv_line(&[
-            format!("uring-driver-rtt-{}", x.mode),
-            String::new(),
-            String::new(),
-            format!("{:.3}", x.half_median_us),
-            format!("{:.3}", x.half_p99_us),
-            x.valid.to_string(),
-            x.note.clone(),
-            String::new(),
-        ]);
+        o += &rtt_csv(format!("uring-driver-rtt-{}", x.mode), x);
     }
     o += &csv_line(&[
         "tcp-iperf3".into(),
@@ -995,6 +968,33 @@ fn size_series(r: &Results, mtu: u32, y: impl Fn(&Run) -> f64) -> Vec<Series> {
         }
     }
     v
+}
+
+/// A ping-pong's line of baselines.csv.
+fn rtt_csv(probe: String, x: &UdpRtt) -> String {
+    csv_line(&[
+        probe,
+        String::new(),
+        String::new(),
+        format!("{:.3}", x.half_median_us),
+        format!("{:.3}", x.half_p99_us),
+        x.valid.to_string(),
+        x.note.clone(),
+        String::new(),
+    ])
+}
+
+/// A ping-pong's row of the markdown baselines table (median and p99 only when valid).
+fn rtt_row(label: &str, x: &UdpRtt) -> String {
+    let (median, p99) = if x.valid {
+        (
+            format!("{:.2} µs", x.half_median_us),
+            format!("{:.2} µs", x.half_p99_us),
+        )
+    } else {
+        ("INVALID".into(), String::new())
+    };
+    format!("| {label} | | | {median} | {p99} | {} |\n", x.note)
 }
 
 /// The three plots: (file name, SVG).
@@ -1288,56 +1288,20 @@ pub fn markdown(r: &Results, link: &str) -> String {
             u.note
         );
     }
-    let _ = writeln!(
-        o,
-        "| raw UDP busy-poll ping-pong, {} B (half RTT) | | | {} | {} | {} |",
-        r.rtt.size,
-        if r.rtt.valid {
-            format!("{:.2} µs", r.rtt.half_median_us)
-        } else {
-            "INVALID".into()
-        },
-        if r.rtt.valid {
-            format!("{:.2} µs", r.rtt.half_p99_us)
-        } else {
-            String::new()
-        },
-        r.rtt.note
+    o += &rtt_row(
+        &format!("raw UDP busy-poll ping-pong, {} B (half RTT)", r.rtt.size),
+        &r.rtt,
     );
     for x in &r.rtt_paired {
-        let _ = writeln!(
-            o,
-            "| raw UDP busy-poll ping-pong, 8 B (half RTT), paired | | | {} | {} | {} |",
-            if x.valid {
-                format!("{:.2} µs", x.half_median_us)
-            } else {
-                "INVALID".into()
-            },
-            if x.valid {
-                format!("{:.2} µs", x.half_p99_us)
-            } else {
-                String::new()
-            },
-            x.note
-        );
+        o += &rtt_row("raw UDP busy-poll ping-pong, 8 B (half RTT), paired", x);
     }
     for x in &r.raw_rtt {
-        let _ = writeln!(
-            o,
-            "| uroce's io_uring driver, no engine, busy-poll ping-pong, {} (half RTT) | | | {} | \
-             {} | {} |",
-            rtt_label(&x.mode),
-            if x.valid {
-                format!("{:.2} µs", x.half_median_us)
-            } else {
-                "INVALID".into()
-            },
-            if x.valid {
-                format!("{:.2} µs", x.half_p99_us)
-            } else {
-                String::new()
-            },
-            x.note
+        o += &rtt_row(
+            &format!(
+                "uroce's io_uring driver, no engine, busy-poll ping-pong, {} (half RTT)",
+                rtt_label(&x.mode)
+            ),
+            x,
         );
     }
     let _ = writeln!(
