@@ -276,7 +276,7 @@ fn qp_timeout_sets_the_ack_timeout_a_dead_peer_is_given_up_after() {
     // cannot come before 7 of them (1.88 s); with pingpong's default (-u 14) it would come
     // after 8 × 67 ms = 537 ms, so the lower bound shows that `-u` reached the QP.
     use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_nanos(4096 << 16);
+    let timeout = uroce::ack_timeout(16).expect("16 is finite");
     let listener = std::net::TcpListener::bind("127.77.53.1:18753").expect("bind");
     let client = spawn(
         &[],

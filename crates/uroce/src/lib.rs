@@ -37,6 +37,7 @@ pub use verbs::{
     QueuePair, SharedReceiveQueue,
 };
 
+pub use uroce_proto::time::ack_timeout;
 pub use uroce_proto::{
     Access, Completion, DeviceAttr, DeviceCounters, Mtu, Payload, QpAttr, QpCap, QpCounters,
     QpState, QpType, RecvWr, Resource, SendFlags, SendOp, SendWr, Sge, UdDest, Usage, WcOpcode,

@@ -791,11 +791,6 @@ fn print_dest(out: &mut dyn Write, what: &str, d: &Dest, sep: char) -> std::io::
     )
 }
 
-/// The RC local ACK timeout of exponent `n` (`-u`): 4.096 µs × 2^n (IBTA §9.7.6.1.3).
-fn ack_timeout(n: u8) -> Duration {
-    Duration::from_nanos(4096 << n)
-}
-
 /// Runs `uroce pingpong`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let o = Opts::new(args)?;
@@ -899,7 +894,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         // re-ACKing duplicates (the responder's duplicate handling, as rxe's) for three ACK
         // timeouts (both sides are given the same `-u`), but not longer than 10 s: `-u 31` is
         // 2.4 hours.
-        let linger = (3 * ack_timeout(o.qp_timeout)).min(Duration::from_secs(10));
+        let linger = uroce::ack_timeout(o.qp_timeout)
+            .map_or(Duration::ZERO, |t| (3 * t).min(Duration::from_secs(10)));
         let end = std::time::Instant::now() + linger;
         while std::time::Instant::now() < end {
             ctx.dev.progress();
