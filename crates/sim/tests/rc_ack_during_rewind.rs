@@ -76,23 +76,26 @@ fn ack_for_a_rewound_message_completes_it_and_the_next_message_gets_fresh_psns()
         1
     );
 
-    // Hold back everything B sends to A: the NAK for the gap, then (after A's ACK timer
-    // resent the message from its start) the ACK for the last packet.
+    // Hold back the NAK for the gap, and then (after A's ACK timer probed from the message's
+    // start, the ACK for the probe let it find the lost packet, and the go-back-N that followed
+    // resent the rest) the ACK for the last packet.
     let (mut nak, mut ack) = (None, None);
     let held = sim.run_until(Duration::from_secs(1), |s| {
         drop_in_flight(s, |_, to, p| {
-            if to == a.host {
-                match (syndrome(p), psn_of(p)) {
-                    (Some(syn), Some(psn)) if syn >> 5 == 3 && psn == third => {
-                        nak.get_or_insert_with(|| p.to_vec());
-                    }
-                    (Some(syn), Some(psn)) if syn >> 5 == 0 && psn == last => {
-                        ack.get_or_insert_with(|| p.to_vec());
-                    }
-                    _ => {}
-                }
+            if to != a.host {
+                return false;
             }
-            to == a.host
+            match (syndrome(p), psn_of(p)) {
+                (Some(syn), Some(psn)) if syn >> 5 == 3 && psn == third => {
+                    nak.get_or_insert_with(|| p.to_vec());
+                    true
+                }
+                (Some(syn), Some(psn)) if syn >> 5 == 0 && psn == last => {
+                    ack.get_or_insert_with(|| p.to_vec());
+                    true
+                }
+                _ => false,
+            }
         });
         nak.is_some() && ack.is_some()
     });

@@ -6,7 +6,8 @@
 //! - An ACK that covers a READ/atomic whose response never came is an implicit NAK: retry.
 //! - NAK PSN sequence error: retry from its PSN. RNR NAK: wait the RNR time, then retry.
 //!   Other NAKs fail the WQE with the matching status and move the QP to ERR.
-//! - The local ACK timer retries from the oldest unacknowledged PSN, `retry_cnt` times.
+//! - The local ACK timer retries from the oldest unacknowledged PSN, `retry_cnt` times: one
+//!   probe packet, then go-back-N if the probe's ACK shows the rest was lost (probe.rs).
 //! - Progress refills both retry budgets.
 
 use uroce_wire::{AckSyndrome, NakCode, Operation, Packet, PacketRepr, Psn};
@@ -277,6 +278,7 @@ impl Qp {
         self.req.rewound_to = None;
         self.req.ack_deadline = None;
         self.arm_ack_timer(ctx);
+        self.settle_probe(ctx);
     }
 
     fn arm_ack_timer(&mut self, ctx: &Ctx<'_>) {
@@ -306,10 +308,7 @@ impl Qp {
                 return;
             }
             self.req.retries_left -= 1;
-            let at = self.req.comp_psn;
-            self.req.rewound_to = None;
-            self.req.window.on_loss(self.max_unacked(ctx.config));
-            self.rewind(at);
+            self.retry_after_timeout(ctx);
             self.arm_ack_timer(ctx);
         }
     }

@@ -3,11 +3,13 @@
 //!
 //! - [`requester`] turns send WQEs into request packets (segmentation, PSNs, AckReq);
 //! - [`completer`] consumes ACKs, NAKs and responses, completes send WQEs and drives retry;
+//! - [`probe`] is the local ACK timeout's retransmission (one packet, go-back-N on evidence);
 //! - [`responder`] executes incoming requests and queues ACKs, NAKs and responses.
 //!
 //! Each is a set of methods on [`Qp`] over its own state struct, so a rule lives in one place.
 
 pub(crate) mod completer;
+pub(crate) mod probe;
 pub(crate) mod requester;
 pub(crate) mod responder;
 pub(crate) mod window;
@@ -242,6 +244,10 @@ pub struct QpCounters {
     pub retransmits: u64,
     /// Retries started by the local ACK timer.
     pub timeouts: u64,
+    /// Timeout probes whose ACK acknowledged past them: the originals were only late.
+    pub spurious_timeouts: u64,
+    /// Timeout probes whose ACK acknowledged exactly them: go-back-N followed.
+    pub probe_losses: u64,
     /// NAKs sent, by code (0 PSN seq, 1 invalid request, 2 remote access, 3 remote op).
     pub naks_sent: [u64; 4],
     /// NAKs received, by code.

@@ -52,6 +52,8 @@ pub(crate) struct Requester {
     /// This QP's share of the device's unacknowledged-PSN budget (0: all of it), set by the
     /// device before each call (`WindowShare::enter`, share.rs).
     pub share: u32,
+    /// The local ACK timeout's probe, until an acknowledgement decides it (probe.rs).
+    pub probe: Option<super::probe::Probe>,
 }
 
 impl Requester {
@@ -69,6 +71,7 @@ impl Requester {
         self.ack_deadline = None;
         self.rnr_until = None;
         self.rewound_to = None;
+        self.probe = None;
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
@@ -192,6 +195,9 @@ impl Qp {
     fn requester_blocked(&self, config: &crate::Config) -> Blocked {
         if !matches!(self.state, QpState::Rts | QpState::Sqd) || self.req.rnr_until.is_some() {
             return Blocked::Idle;
+        }
+        if self.probe_pending() {
+            return Blocked::No;
         }
         let Some(w) = self.sq.get(self.req.cursor) else {
             return Blocked::Idle;
@@ -365,6 +371,9 @@ impl Qp {
         buf: &mut [u8],
         ctx: &mut Ctx<'_>,
     ) -> Option<(usize, SocketAddr)> {
+        if self.probe_pending() {
+            return self.emit_probe(buf, ctx);
+        }
         // Oversized UD WQEs complete here without a packet. They used to end this call with
         // `None`, which stalled the WQEs behind them: the device re-polls only a QP that
         // emitted something, so nothing woke the QP again until the next post_send.
@@ -607,35 +616,47 @@ impl Qp {
     /// re-segmented from that packet (a READ asks again for the part not yet received, an
     /// atomic is re-sent whole); later WQEs start over and get the same PSNs again.
     pub(crate) fn rewind(&mut self, psn: Psn) {
-        let mtu = self.attrs.mtu.bytes();
-        let mut found: Option<(usize, Psn)> = None;
-        for (i, w) in self.sq.iter_mut().enumerate() {
+        // A go-back-N makes a timeout's probe pointless.
+        self.req.probe = None;
+        let Some(first) = self
+            .sq
+            .iter()
+            .position(|w| !w.done && w.started && psn.diff(w.last_psn()) <= 0)
+        else {
+            return;
+        };
+        let (sent, at) = self.resend_point(first, psn);
+        for w in self.sq.iter_mut().skip(first) {
             if w.done || !w.started {
                 continue;
             }
-            if found.is_none() && psn.diff(w.last_psn()) <= 0 {
-                let (sent, at) = if w.wr.op.is_atomic() {
-                    (0, w.first_psn)
-                } else if w.wr.op.is_read_or_atomic() {
-                    (w.read_done, w.first_psn.add(w.read_done / mtu))
-                } else {
-                    let k = psn.diff(w.first_psn).max(0) as u32;
-                    ((k * mtu).min(w.len), w.first_psn.add(k))
-                };
-                w.sent = sent;
-                w.all_sent = false;
-                found = Some((i, at));
-            } else if found.is_some() {
-                w.started = false;
-                w.sent = 0;
-                w.all_sent = false;
-            }
+            w.sent = 0;
+            w.all_sent = false;
+            w.started = false;
         }
-        let Some((i, at)) = found else { return };
-        self.req.cursor = i;
+        let w = &mut self.sq[first];
+        w.started = true;
+        w.sent = sent;
+        self.req.cursor = first;
         self.req.next_psn = at;
         self.req.rewound_to = Some(at);
         self.req.since_ack_req = 0;
+    }
+
+    /// Where resending `psn` starts in the (started) WQE at `i`: the bytes counted as sent
+    /// before it, and the PSN of the packet to build. A SEND/WRITE resumes at `psn`'s packet, a
+    /// READ asks again for the part not yet received, an atomic is re-sent whole.
+    pub(crate) fn resend_point(&self, i: usize, psn: Psn) -> (u32, Psn) {
+        let mtu = self.attrs.mtu.bytes();
+        let w = &self.sq[i];
+        if w.wr.op.is_atomic() {
+            (0, w.first_psn)
+        } else if w.wr.op.is_read_or_atomic() {
+            (w.read_done, w.first_psn.add(w.read_done / mtu))
+        } else {
+            let k = psn.diff(w.first_psn).max(0) as u32;
+            ((k * mtu).min(w.len), w.first_psn.add(k))
+        }
     }
 }
 

@@ -1,0 +1,163 @@
+//! The local ACK timeout's retransmission: one probe packet first, go-back-N only on evidence.
+//!
+//! IBTA §9.7.5.1.3 asks the requester to retry from the oldest unacknowledged PSN when the
+//! ACK timer fires and leaves how much to resend to the implementation; rxe resends the whole
+//! window. A timeout is often spurious: on a path slower than the timeout assumes (a TCG guest,
+//! a 20 Mbit/s link, a receiver descheduled for longer than 67 ms), the window's packets are
+//! still queued, and resending all of them puts a second copy behind the first
+//! (`crates/sim/tests/rc_slow_path.rs`: 2 637 packets resent for 1 024).
+//!
+//! So, as TCP's F-RTO (RFC 5682) decides after a retransmission timeout: the timeout resends
+//! only the packet at the oldest unacknowledged PSN `p`, with AckReq, and leaves the send
+//! position where it was. The first acknowledgement that moves past `p` decides:
+//!
+//! - it covers every PSN sent when the timer fired: the originals arrived, the timeout was
+//!   spurious, nothing more is resent;
+//! - it acknowledges exactly `p` while later PSNs are outstanding: the responder had nothing
+//!   after `p` (it drops what follows a gap), so the packets after it were lost too: go back
+//!   N from `p + 1` and halve the window, as every loss event does;
+//! - it acknowledges past `p` but not everything: either a late ACK for originals still in
+//!   flight, or the probe's answer with the packet after it lost. The packet at the new
+//!   oldest PSN is probed the same way: a duplicate if the originals are arriving, the lost
+//!   packet otherwise, whose ACK then acknowledges exactly it.
+//!
+//! A wrong guess costs time or a duplicate, never data: the responder takes only in-order
+//! PSNs and NAKs the first packet after a gap. A timeout with one PSN outstanding, or a READ
+//! at `p` (its responses acknowledge it packet by packet), is the plain go-back-N.
+
+use std::net::SocketAddr;
+
+use uroce_wire::Psn;
+
+use super::{Qp, QpState};
+use crate::device::Ctx;
+use crate::wr::SendOp;
+
+/// A timeout's probe: the PSN it resends, and whether it has gone out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Probe {
+    /// The oldest unacknowledged PSN when the timer fired.
+    pub psn: Psn,
+    /// The probe packet was built; the next acknowledgement past `psn` decides.
+    pub sent: bool,
+    /// One past the newest PSN sent when the timer fired: the probes end when an
+    /// acknowledgement reaches it.
+    pub until: Psn,
+}
+
+impl Qp {
+    /// The local ACK timer fired with PSNs outstanding (retries already counted): probe, or
+    /// go back N where a probe cannot tell anything.
+    pub(crate) fn retry_after_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let at = self.req.comp_psn;
+        self.req.rewound_to = None;
+        let read_at = self
+            .sq
+            .iter()
+            .find(|w| !w.done)
+            .is_some_and(|w| w.started && matches!(w.wr.op, SendOp::RdmaRead { .. }));
+        if self.req.next_psn.diff(at) > 1 && !read_at {
+            self.req.probe = Some(Probe {
+                psn: at,
+                sent: false,
+                until: self.req.next_psn,
+            });
+        } else {
+            self.req.window.on_loss(self.max_unacked(ctx.config));
+            self.rewind(at);
+        }
+    }
+
+    /// Whether a probe waits to be built.
+    pub(crate) fn probe_pending(&self) -> bool {
+        self.req.probe.is_some_and(|p| !p.sent)
+    }
+
+    /// Builds the probe packet into `buf`: the packet at the probe's PSN, as a rewind would
+    /// build it, with AckReq; the send position is left as it was.
+    pub(crate) fn emit_probe(
+        &mut self,
+        buf: &mut [u8],
+        ctx: &mut Ctx<'_>,
+    ) -> Option<(usize, SocketAddr)> {
+        let mut probe = self.req.probe?;
+        let Some(i) = self
+            .sq
+            .iter()
+            .position(|w| !w.done && w.started && probe.psn.diff(w.last_psn()) <= 0)
+        else {
+            // Nothing holds the PSN any more (acknowledged meanwhile): no probe.
+            self.req.probe = None;
+            return None;
+        };
+        let (sent, at) = self.resend_point(i, probe.psn);
+        let w = &self.sq[i];
+        let saved = (
+            self.req.cursor,
+            self.req.next_psn,
+            self.req.since_ack_req,
+            w.sent,
+            w.all_sent,
+        );
+        let w = &mut self.sq[i];
+        w.sent = sent;
+        w.all_sent = false;
+        self.req.cursor = i;
+        self.req.next_psn = at;
+        // Ask for the ACK that decides (READs and atomics always ask).
+        self.req.since_ack_req = u32::MAX / 2;
+        probe.sent = true;
+        self.req.probe = Some(probe);
+        let r = self.emit_request(buf, ctx);
+        if !matches!(self.state, QpState::Rts | QpState::Sqd) {
+            // A local error while building it failed the QP: nothing to restore.
+            return r;
+        }
+        let (cursor, next_psn, since_ack_req, sent, all_sent) = saved;
+        self.req.cursor = cursor;
+        self.req.next_psn = next_psn;
+        self.req.since_ack_req = since_ack_req;
+        if let Some(w) = self.sq.get_mut(i) {
+            w.sent = sent;
+            w.all_sent = all_sent;
+        }
+        if r.is_none() {
+            // Did not fit `buf`: build it next time.
+            self.req.probe = Some(Probe {
+                sent: false,
+                ..probe
+            });
+        }
+        r
+    }
+
+    /// After an acknowledgement moved `comp_psn`: decides a sent probe once `comp_psn` is past
+    /// it (module docs); an unsent probe the acknowledgement made pointless is dropped.
+    pub(crate) fn settle_probe(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(p) = self.req.probe else { return };
+        let comp = self.req.comp_psn;
+        if comp.diff(p.psn) <= 0 {
+            return;
+        }
+        self.req.probe = None;
+        if !p.sent {
+            return;
+        }
+        if comp.diff(p.until) >= 0 {
+            // Everything outstanding when the timer fired has arrived.
+            self.counters.spurious_timeouts += 1;
+        } else if comp == p.psn.add(1) {
+            self.counters.probe_losses += 1;
+            self.req.window.on_loss(self.max_unacked(ctx.config));
+            self.rewind(comp);
+        } else {
+            // Past the probe but short of what was outstanding: a late ACK for the originals,
+            // or the probe's answer with the packet at `comp` lost. Probe that packet.
+            self.req.probe = Some(Probe {
+                psn: comp,
+                sent: false,
+                ..p
+            });
+        }
+    }
+}
