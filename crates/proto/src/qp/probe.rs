@@ -15,7 +15,8 @@
 //!   spurious, nothing more is resent;
 //! - it acknowledges exactly `p` while later PSNs are outstanding: the responder had nothing
 //!   after `p` (it drops what follows a gap), so the packets after it were lost too: go back
-//!   N from `p + 1` and halve the window, as every loss event does;
+//!   N from `p + 1`, from the smallest window (`Window::on_timeout_loss`, TCP's loss window:
+//!   no NAK got through, so the loss is heavy);
 //! - it acknowledges past `p` but not everything: either a late ACK for originals still in
 //!   flight, or the probe's answer with the packet after it lost. The packet at the new
 //!   oldest PSN is probed the same way: a duplicate if the originals are arriving, the lost
@@ -23,7 +24,8 @@
 //!
 //! A wrong guess costs time or a duplicate, never data: the responder takes only in-order
 //! PSNs and NAKs the first packet after a gap. A timeout with one PSN outstanding, or a READ
-//! at `p` (its responses acknowledge it packet by packet), is the plain go-back-N.
+//! or atomic at `p` (their answers carry their own PSNs, see `probe_tells`), is the plain
+//! go-back-N.
 
 use std::net::SocketAddr;
 
@@ -31,7 +33,6 @@ use uroce_wire::Psn;
 
 use super::{Qp, QpState};
 use crate::device::Ctx;
-use crate::wr::SendOp;
 
 /// A timeout's probe: the PSN it resends, and whether it has gone out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +52,7 @@ impl Qp {
     pub(crate) fn retry_after_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let at = self.req.comp_psn;
         self.req.rewound_to = None;
-        let read_at = self
-            .sq
-            .iter()
-            .find(|w| !w.done)
-            .is_some_and(|w| w.started && matches!(w.wr.op, SendOp::RdmaRead { .. }));
-        if self.req.next_psn.diff(at) > 1 && !read_at {
+        if self.probe_tells() {
             self.req.probe = Some(Probe {
                 psn: at,
                 sent: false,
@@ -66,6 +62,20 @@ impl Qp {
             self.req.window.on_loss(self.max_unacked(ctx.config));
             self.rewind(at);
         }
+    }
+
+    /// Whether a probe of the oldest unacknowledged PSN can tell a loss from lateness: more
+    /// than one PSN is outstanding and the oldest is a SEND's or WRITE's packet, which the
+    /// responder answers, if it already had it, with the newest PSN it has (a duplicate's
+    /// re-ACK, rxe's `duplicate_request`). A READ's responses and an atomic's replayed ACK
+    /// carry their own PSNs instead.
+    fn probe_tells(&self) -> bool {
+        self.req.next_psn.diff(self.req.comp_psn) > 1
+            && self
+                .sq
+                .iter()
+                .find(|w| !w.done)
+                .is_some_and(|w| w.started && !w.wr.op.is_read_or_atomic())
     }
 
     /// Whether a probe waits to be built.
@@ -148,9 +158,11 @@ impl Qp {
             self.counters.spurious_timeouts += 1;
         } else if comp == p.psn.add(1) {
             self.counters.probe_losses += 1;
-            self.req.window.on_loss(self.max_unacked(ctx.config));
+            self.req
+                .window
+                .on_timeout_loss(self.max_unacked(ctx.config));
             self.rewind(comp);
-        } else {
+        } else if self.probe_tells() {
             // Past the probe but short of what was outstanding: a late ACK for the originals,
             // or the probe's answer with the packet at `comp` lost. Probe that packet.
             self.req.probe = Some(Probe {
@@ -159,5 +171,7 @@ impl Qp {
                 ..p
             });
         }
+        // Otherwise a READ or atomic is the oldest: its response, or the next timeout's
+        // go-back-N, settles it.
     }
 }

@@ -5,9 +5,11 @@
 //! costs a retransmission of the whole window, so on a lossy path a large fixed window
 //! multiplies the traffic (measured against the kernel's rxe with 1 % loss: 33× the data).
 //! So the window adapts like TCP Reno: it starts at the configured maximum, halves on each loss
-//! event (a NAK sequence error, an implicit NAK, a local ACK timeout — not an RNR NAK, which
-//! says nothing about the path), grows by the PSNs acknowledged while below the threshold set
-//! at the last loss, and by about one PSN per window above it.
+//! event (a NAK sequence error, an implicit NAK, a local ACK timeout that resends the window —
+//! not an RNR NAK, which says nothing about the path), grows by the PSNs acknowledged while
+//! below the threshold set at the last loss, and by about one PSN per window above it. A loss
+//! that a timeout's probe found (probe.rs) restarts from the smallest window instead, as TCP
+//! does after its retransmission timeout: loss heavy enough that no NAK got through.
 
 /// The smallest window: enough to keep a few MTU-sized packets in flight.
 pub(crate) const MIN_WINDOW: u32 = 16;
@@ -38,6 +40,15 @@ impl Window {
         let cur = self.limit(max);
         self.cwnd = (cur / 2).max(MIN_WINDOW.min(max));
         self.ssthresh = self.cwnd;
+        self.acc = 0;
+    }
+
+    /// A loss found after a local ACK timeout: the threshold halves and the window restarts
+    /// from the smallest (TCP's loss window after a retransmission timeout, RFC 5681 §3.1).
+    pub fn on_timeout_loss(&mut self, max: u32) {
+        let cur = self.limit(max);
+        self.ssthresh = (cur / 2).max(MIN_WINDOW.min(max));
+        self.cwnd = MIN_WINDOW.min(max);
         self.acc = 0;
     }
 
@@ -84,5 +95,24 @@ mod tests {
             w.on_acked(4096, 2048);
         }
         assert_eq!(w.limit(2048), 2048);
+    }
+
+    #[test]
+    fn a_loss_after_a_timeout_restarts_from_the_smallest_window_with_half_the_threshold() {
+        let mut w = Window::default();
+        w.on_timeout_loss(2048);
+        assert_eq!(w.limit(2048), MIN_WINDOW);
+        // Slow start: doubles per window acknowledged up to the threshold (1024)...
+        let mut windows = 0;
+        while w.limit(2048) < 1024 {
+            let cur = w.limit(2048);
+            w.on_acked(cur, 2048);
+            windows += 1;
+        }
+        assert_eq!(windows, 6, "16 → 1024 in six doublings");
+        assert_eq!(w.limit(2048), 1024);
+        // ...then about one PSN per window.
+        w.on_acked(1024, 2048);
+        assert_eq!(w.limit(2048), 1025);
     }
 }
