@@ -8,7 +8,8 @@
 //! arrives, only late, and must not flood the path with copies of what is still queued. A
 //! go-back-N on every timeout (IBTA §9.7.5.1.3, as rxe does it) queued the window again
 //! behind the packets in flight: 2 637 packets resent for these 1 024. A timeout now resends
-//! one probe packet and goes back N only when the probe's ACK shows a loss (probe.rs): 31.
+//! one probe packet (twice) and goes back N only when the probe's ACK shows a loss
+//! (probe.rs): 62.
 
 use std::time::Duration;
 
@@ -62,8 +63,8 @@ fn a_path_slower_than_the_ack_timeout_completes_with_correct_data() {
         qa.timeouts > 0,
         "no ACK timeout: the path is not slow enough\n{what}"
     );
-    // ...every one of them spurious, so about one probe per timeout is resent (31 for 16
-    // timeouts when this was written; 2 637 with go-back-N on each).
+    // ...every one of them spurious, so about one probe per timeout is resent, twice (62 for
+    // 16 timeouts when this was written; 2 637 with go-back-N on each).
     assert!(
         qa.spurious_timeouts > 0,
         "no timeout found spurious\n{what}"

@@ -1,7 +1,7 @@
 //! The local ACK timeout resends one probe packet and goes back N only when the probe's ACK
 //! shows the rest was lost (crates/proto/src/qp/probe.rs). A lost tail, which no NAK can
-//! report (nothing follows it), is found by the probes and resent once; packets that were
-//! only late are not resent at all.
+//! report (nothing follows it), is found by the probes and resent once; of packets that were
+//! only late, only the probe is resent.
 
 use std::time::Duration;
 
@@ -78,15 +78,16 @@ fn a_lost_tail_is_found_by_the_probes_and_resent_once() {
     assert_eq!(b.read(0, LEN as usize), data);
     let q = a.counters(&sim);
     // One timeout: a probe of the first packet (B's ACK says it has four), a probe of the
-    // fifth (B takes it and ACKs exactly it: a loss), then the last three go back N.
+    // fifth (B takes it and ACKs exactly it: a loss), each sent twice, then the last three go
+    // back N.
     assert_eq!(q.timeouts, 1, "{q:?}");
     assert_eq!(q.probe_losses, 1, "{q:?}");
     assert_eq!(q.spurious_timeouts, 0, "{q:?}");
-    assert_eq!(q.retransmits, 5, "{q:?}");
+    assert_eq!(q.retransmits, 2 + 2 + 3, "{q:?}");
 }
 
 #[test]
-fn a_timeout_while_the_packets_are_only_late_resends_one_packet() {
+fn a_timeout_while_the_packets_are_only_late_resends_only_the_probe() {
     let mut sim = Sim::new(4, quiet_link());
     let (a, b, data) = send_eight(&mut sim);
     // Everything B sends back is held until A's ACK timer has fired and its probe went out.
@@ -106,7 +107,11 @@ fn a_timeout_while_the_packets_are_only_late_resends_one_packet() {
     });
     assert!(fired, "A's ACK timer fired and it probed");
     assert_eq!(b.read(0, LEN as usize), data, "B has the message");
-    assert_eq!(a.counters(&sim).retransmits, 1, "one probe, not the window");
+    assert_eq!(
+        a.counters(&sim).retransmits,
+        2,
+        "one probe (sent twice), not the window"
+    );
     // The late ACK arrives: it covers everything, and nothing more is resent.
     assert!(!held.is_empty(), "B acknowledged the message");
     let now = sim.now;
@@ -120,7 +125,7 @@ fn a_timeout_while_the_packets_are_only_late_resends_one_packet() {
     });
     assert!(ok && got[0].status == WcStatus::Success, "{got:?}");
     let q = a.counters(&sim);
-    assert_eq!(q.retransmits, 1, "{q:?}");
+    assert_eq!(q.retransmits, 2, "{q:?}");
     assert_eq!(q.timeouts, 1, "{q:?}");
     assert_eq!(q.spurious_timeouts, 1, "{q:?}");
     assert_eq!(q.probe_losses, 0, "{q:?}");

@@ -8,8 +8,9 @@
 //! (`crates/sim/tests/rc_slow_path.rs`: 2 637 packets resent for 1 024).
 //!
 //! So, as TCP's F-RTO (RFC 5682) decides after a retransmission timeout: the timeout resends
-//! only the packet at the oldest unacknowledged PSN `p`, with AckReq, and leaves the send
-//! position where it was. The first acknowledgement that moves past `p` decides:
+//! only the packet at the oldest unacknowledged PSN `p`, with AckReq and twice (a lost probe
+//! or a lost answer would cost another whole timeout), and leaves the send position where it
+//! was. The first acknowledgement that moves past `p` decides:
 //!
 //! - it covers every PSN sent when the timer fired: the originals arrived, the timeout was
 //!   spurious, nothing more is resent;
@@ -34,12 +35,18 @@ use uroce_wire::Psn;
 use super::{Qp, QpState};
 use crate::device::Ctx;
 
+/// Copies of each probe packet: one lost probe (or its lost ACK) would cost a whole ACK
+/// timeout more.
+const PROBE_COPIES: u8 = 2;
+
 /// A timeout's probe: the PSN it resends, and whether it has gone out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Probe {
     /// The oldest unacknowledged PSN when the timer fired.
     pub psn: Psn,
-    /// The probe packet was built; the next acknowledgement past `psn` decides.
+    /// Copies of the probe packet still to build.
+    pub to_send: u8,
+    /// A copy was built; the next acknowledgement past `psn` decides.
     pub sent: bool,
     /// One past the newest PSN sent when the timer fired: the probes end when an
     /// acknowledgement reaches it.
@@ -55,6 +62,7 @@ impl Qp {
         if self.probe_tells() {
             self.req.probe = Some(Probe {
                 psn: at,
+                to_send: PROBE_COPIES,
                 sent: false,
                 until: self.req.next_psn,
             });
@@ -80,7 +88,7 @@ impl Qp {
 
     /// Whether a probe waits to be built.
     pub(crate) fn probe_pending(&self) -> bool {
-        self.req.probe.is_some_and(|p| !p.sent)
+        self.req.probe.is_some_and(|p| p.to_send > 0)
     }
 
     /// Builds the probe packet into `buf`: the packet at the probe's PSN, as a rewind would
@@ -117,8 +125,9 @@ impl Qp {
         // Ask for the ACK that decides (READs and atomics always ask).
         self.req.since_ack_req = u32::MAX / 2;
         probe.sent = true;
+        probe.to_send -= 1;
         self.req.probe = Some(probe);
-        let r = self.emit_request(buf, ctx);
+        let r = self.emit_at_cursor(buf, ctx);
         if !matches!(self.state, QpState::Rts | QpState::Sqd) {
             // A local error while building it failed the QP: nothing to restore.
             return r;
@@ -131,10 +140,11 @@ impl Qp {
             w.sent = sent;
             w.all_sent = all_sent;
         }
+        self.req.probe_emitted = r.is_some();
         if r.is_none() {
             // Did not fit `buf`: build it next time.
             self.req.probe = Some(Probe {
-                sent: false,
+                to_send: probe.to_send + 1,
                 ..probe
             });
         }
@@ -167,6 +177,7 @@ impl Qp {
             // or the probe's answer with the packet at `comp` lost. Probe that packet.
             self.req.probe = Some(Probe {
                 psn: comp,
+                to_send: PROBE_COPIES,
                 sent: false,
                 ..p
             });

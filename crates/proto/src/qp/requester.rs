@@ -54,6 +54,8 @@ pub(crate) struct Requester {
     pub share: u32,
     /// The local ACK timeout's probe, until an acknowledgement decides it (probe.rs).
     pub probe: Option<super::probe::Probe>,
+    /// The packet just built was a probe: the device ends its GSO batch there.
+    pub probe_emitted: bool,
 }
 
 impl Requester {
@@ -374,6 +376,15 @@ impl Qp {
         if self.probe_pending() {
             return self.emit_probe(buf, ctx);
         }
+        self.emit_at_cursor(buf, ctx)
+    }
+
+    /// Builds the packet at the send position (`cursor`, `next_psn`) into `buf`.
+    pub(crate) fn emit_at_cursor(
+        &mut self,
+        buf: &mut [u8],
+        ctx: &mut Ctx<'_>,
+    ) -> Option<(usize, SocketAddr)> {
         // Oversized UD WQEs complete here without a packet. They used to end this call with
         // `None`, which stalled the WQEs behind them: the device re-polls only a QP that
         // emitted something, so nothing woke the QP again until the next post_send.
