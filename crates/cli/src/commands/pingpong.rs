@@ -908,10 +908,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             .qps
             .iter()
             .filter_map(QueuePair::counters)
-            .fold((0, 0), |(r, t), q| (r + q.retransmits, t + q.timeouts));
+            .fold((0, 0, 0), |(r, t, s), q| {
+                (r + q.retransmits, t + q.timeouts, s + q.spurious_timeouts)
+            });
         eprintln!(
             "counters: rx {} packets ({} ICRC exact, {} with a solved IPv4 ID, {} ICRC drops, {} malformed), \
-             tx {} packets in {} datagrams, {} retransmitted, {} ACK timeouts; {:?}",
+             tx {} packets in {} datagrams, {} retransmitted, {} ACK timeouts ({} found spurious by their probe); {:?}",
             c.rx_packets,
             c.rx_packets.saturating_sub(c.icrc_solved_id + c.icrc_drops + c.malformed),
             c.icrc_solved_id,
@@ -921,6 +923,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             c.tx_datagrams,
             q.0,
             q.1,
+            q.2,
             c
         );
         if let Some(l) = super::steer_line(&ctx.dev) {
