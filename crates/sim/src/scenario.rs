@@ -221,6 +221,26 @@ impl Endpoint {
     }
 }
 
+/// A SEND of `len` bytes at offset `off` of `a`'s region into a receive `b` posts first, at
+/// the same offset of its region; both work requests get `wr_id`. Nothing is transmitted yet.
+pub fn post_send_recv(sim: &mut Sim, a: &Endpoint, b: &Endpoint, wr_id: u64, off: u64, len: u32) {
+    sim.dev(b.host)
+        .post_recv(
+            b.qpn,
+            uroce_proto::RecvWr {
+                wr_id,
+                sgl: vec![b.sge(off, len)],
+            },
+        )
+        .expect("post_recv");
+    let wr = uroce_proto::SendWr::new(
+        wr_id,
+        uroce_proto::SendOp::Send,
+        uroce_proto::Payload::Sgl(vec![a.sge(off, len)]),
+    );
+    sim.post_send(a.host, a.qpn, wr).expect("post_send");
+}
+
 /// `len` bytes of a pattern that differs per `seed` and has no short period.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -14,9 +14,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use uroce_proto::{Payload, RecvWr, SendOp, SendWr, WcOpcode, WcStatus};
+use uroce_proto::{WcOpcode, WcStatus};
 use uroce_sim::scenario::{
-    drain, drop_in_flight, drop_new_in_flight, opcode_of, pair, psn_of, transmit_now, PairOpts,
+    drain, drop_in_flight, drop_new_in_flight, opcode_of, pair, post_send_recv, psn_of,
+    transmit_now, PairOpts,
 };
 use uroce_sim::{Link, Sim};
 use uroce_wire::Opcode;
@@ -45,17 +46,7 @@ fn ack_for_a_rewound_message_completes_it_and_the_next_message_gets_fresh_psns()
     let b_addr = SocketAddr::new(sim.hosts[b.host].ip, 4791);
     let a_ip = sim.hosts[a.host].ip;
     let data = a.fill(0, LEN as usize, 7);
-    sim.dev(b.host)
-        .post_recv(
-            b.qpn,
-            RecvWr {
-                wr_id: 1,
-                sgl: vec![b.sge(0, LEN)],
-            },
-        )
-        .expect("post_recv");
-    let wr = SendWr::new(1, SendOp::Send, Payload::Sgl(vec![a.sge(0, LEN)]));
-    sim.post_send(a.host, a.qpn, wr).expect("post_send");
+    post_send_recv(&mut sim, &a, &b, 1, 0, LEN);
 
     // The fourth packet is lost: B NAKs it and drops the rest of the burst.
     transmit_now(&mut sim);
@@ -143,17 +134,7 @@ fn ack_for_a_rewound_message_completes_it_and_the_next_message_gets_fresh_psns()
 
     // The next message takes the PSNs after the first one's and arrives intact.
     let data2 = a.fill(LEN as usize, LEN as usize, 9);
-    sim.dev(b.host)
-        .post_recv(
-            b.qpn,
-            RecvWr {
-                wr_id: 2,
-                sgl: vec![b.sge(LEN as u64, LEN)],
-            },
-        )
-        .expect("post_recv");
-    let wr = SendWr::new(2, SendOp::Send, Payload::Sgl(vec![a.sge(LEN as u64, LEN)]));
-    sim.post_send(a.host, a.qpn, wr).expect("post_send");
+    post_send_recv(&mut sim, &a, &b, 2, LEN as u64, LEN);
     transmit_now(&mut sim);
     let mut next = Vec::new();
     drop_in_flight(&mut sim, |_, to, p| {

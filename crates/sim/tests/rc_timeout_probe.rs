@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use uroce_proto::{Payload, RecvWr, SendOp, SendWr, WcStatus};
-use uroce_sim::scenario::{drain, drop_in_flight, pair, psn_of, transmit_now, PairOpts};
+use uroce_proto::WcStatus;
+use uroce_sim::scenario::{
+    drain, drop_in_flight, pair, post_send_recv, psn_of, transmit_now, PairOpts,
+};
 use uroce_sim::{Link, Sim};
 
 /// Eight 1 KiB packets.
@@ -22,17 +24,7 @@ fn send_eight(
 ) {
     let (a, b) = pair(sim, &PairOpts::default());
     let data = a.fill(0, LEN as usize, 5);
-    sim.dev(b.host)
-        .post_recv(
-            b.qpn,
-            RecvWr {
-                wr_id: 1,
-                sgl: vec![b.sge(0, LEN)],
-            },
-        )
-        .expect("post_recv");
-    let wr = SendWr::new(1, SendOp::Send, Payload::Sgl(vec![a.sge(0, LEN)]));
-    sim.post_send(a.host, a.qpn, wr).expect("post_send");
+    post_send_recv(sim, &a, &b, 1, 0, LEN);
     transmit_now(sim);
     (a, b, data)
 }

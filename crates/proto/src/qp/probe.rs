@@ -99,6 +99,7 @@ impl Qp {
         ctx: &mut Ctx<'_>,
     ) -> Option<(usize, SocketAddr)> {
         let mut probe = self.req.probe?;
+        let was_sent = probe.sent;
         let Some(i) = self
             .sq
             .iter()
@@ -145,6 +146,7 @@ impl Qp {
             // Did not fit `buf`: build it next time.
             self.req.probe = Some(Probe {
                 to_send: probe.to_send + 1,
+                sent: was_sent,
                 ..probe
             });
         }
