@@ -279,6 +279,18 @@ pub fn transmit_now(sim: &mut Sim) {
     sim.transmit_all();
 }
 
+/// The PSNs of the packets in flight to host `to`, in the order they were sent (none removed).
+pub fn psns_in_flight(sim: &mut Sim, to: usize) -> Vec<u32> {
+    let mut psns = Vec::new();
+    drop_in_flight(sim, |_, host, p| {
+        if host == to {
+            psns.extend(psn_of(p));
+        }
+        false
+    });
+    psns
+}
+
 /// Removes in-flight packets for which `f(source, destination host, UDP payload)` holds (a
 /// targeted loss, e.g. one ACK or one middle packet); returns how many were removed.
 pub fn drop_in_flight(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use uroce_proto::{WcOpcode, WcStatus};
 use uroce_sim::scenario::{
     drain, drop_in_flight, drop_new_in_flight, opcode_of, pair, post_send_recv, psn_of,
-    transmit_now, PairOpts,
+    psns_in_flight, transmit_now, PairOpts,
 };
 use uroce_sim::{Link, Sim};
 use uroce_wire::Opcode;
@@ -50,13 +50,7 @@ fn ack_for_a_rewound_message_completes_it_and_the_next_message_gets_fresh_psns()
 
     // The fourth packet is lost: B NAKs it and drops the rest of the burst.
     transmit_now(&mut sim);
-    let mut psns = Vec::new();
-    drop_in_flight(&mut sim, |_, to, p| {
-        if to == b.host {
-            psns.extend(psn_of(p));
-        }
-        false
-    });
+    let psns = psns_in_flight(&mut sim, b.host);
     assert_eq!(psns.len(), 8, "one burst of eight packets");
     let first = psns[0];
     let last = (first + 7) & 0xFF_FFFF;
@@ -136,13 +130,7 @@ fn ack_for_a_rewound_message_completes_it_and_the_next_message_gets_fresh_psns()
     let data2 = a.fill(LEN as usize, LEN as usize, 9);
     post_send_recv(&mut sim, &a, &b, 2, LEN as u64, LEN);
     transmit_now(&mut sim);
-    let mut next = Vec::new();
-    drop_in_flight(&mut sim, |_, to, p| {
-        if to == b.host {
-            next.extend(psn_of(p));
-        }
-        false
-    });
+    let next = psns_in_flight(&mut sim, b.host);
     assert_eq!(next.first(), Some(&((last + 1) & 0xFF_FFFF)));
     let mut got = Vec::new();
     let ok = sim.run_until(Duration::from_secs(1), |s| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use uroce_proto::WcStatus;
 use uroce_sim::scenario::{
-    drain, drop_in_flight, pair, post_send_recv, psn_of, transmit_now, PairOpts,
+    drain, drop_in_flight, pair, post_send_recv, psn_of, psns_in_flight, transmit_now, PairOpts,
 };
 use uroce_sim::{Link, Sim};
 
@@ -41,13 +41,7 @@ fn a_lost_tail_is_found_by_the_probes_and_resent_once() {
     let mut sim = Sim::new(3, quiet_link());
     let (a, b, data) = send_eight(&mut sim);
     // The last four packets are lost: B sees no gap, so it sends no NAK.
-    let mut psns = Vec::new();
-    drop_in_flight(&mut sim, |_, to, p| {
-        if to == b.host {
-            psns.extend(psn_of(p));
-        }
-        false
-    });
+    let psns = psns_in_flight(&mut sim, b.host);
     assert_eq!(psns.len(), 8, "one burst of eight packets");
     let tail: Vec<u32> = psns[4..].to_vec();
     assert_eq!(
