@@ -39,18 +39,32 @@ use crate::device::Ctx;
 /// timeout more.
 const PROBE_COPIES: u8 = 2;
 
-/// A timeout's probe: the PSN it resends, and whether it has gone out.
+/// A timeout's probe: the PSN it resends, and how many copies are still to go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Probe {
     /// The oldest unacknowledged PSN when the timer fired.
     pub psn: Psn,
     /// Copies of the probe packet still to build.
     pub to_send: u8,
-    /// A copy was built; the next acknowledgement past `psn` decides.
-    pub sent: bool,
     /// One past the newest PSN sent when the timer fired: the probes end when an
     /// acknowledgement reaches it.
     pub until: Psn,
+}
+
+impl Probe {
+    /// A probe of `psn`, none of its copies built yet.
+    fn new(psn: Psn, until: Psn) -> Self {
+        Probe {
+            psn,
+            to_send: PROBE_COPIES,
+            until,
+        }
+    }
+
+    /// A copy was built: the next acknowledgement past `psn` decides.
+    fn sent(&self) -> bool {
+        self.to_send < PROBE_COPIES
+    }
 }
 
 impl Qp {
@@ -60,12 +74,7 @@ impl Qp {
         let at = self.req.comp_psn;
         self.req.rewound_to = None;
         if self.probe_tells() {
-            self.req.probe = Some(Probe {
-                psn: at,
-                to_send: PROBE_COPIES,
-                sent: false,
-                until: self.req.next_psn,
-            });
+            self.req.probe = Some(Probe::new(at, self.req.next_psn));
         } else {
             self.req.window.on_loss(self.max_unacked(ctx.config));
             self.rewind(at);
@@ -99,12 +108,7 @@ impl Qp {
         ctx: &mut Ctx<'_>,
     ) -> Option<(usize, SocketAddr)> {
         let mut probe = self.req.probe?;
-        let was_sent = probe.sent;
-        let Some(i) = self
-            .sq
-            .iter()
-            .position(|w| !w.done && w.started && probe.psn.diff(w.last_psn()) <= 0)
-        else {
+        let Some(i) = self.wqe_holding(probe.psn) else {
             // Nothing holds the PSN any more (acknowledged meanwhile): no probe.
             self.req.probe = None;
             return None;
@@ -125,7 +129,6 @@ impl Qp {
         self.req.next_psn = at;
         // Ask for the ACK that decides (READs and atomics always ask).
         self.req.since_ack_req = u32::MAX / 2;
-        probe.sent = true;
         probe.to_send -= 1;
         self.req.probe = Some(probe);
         let r = self.emit_at_cursor(buf, ctx);
@@ -146,7 +149,6 @@ impl Qp {
             // Did not fit `buf`: build it next time.
             self.req.probe = Some(Probe {
                 to_send: probe.to_send + 1,
-                sent: was_sent,
                 ..probe
             });
         }
@@ -162,7 +164,7 @@ impl Qp {
             return;
         }
         self.req.probe = None;
-        if !p.sent {
+        if !p.sent() {
             return;
         }
         if comp.diff(p.until) >= 0 {
@@ -177,12 +179,7 @@ impl Qp {
         } else if self.probe_tells() {
             // Past the probe but short of what was outstanding: a late ACK for the originals,
             // or the probe's answer with the packet at `comp` lost. Probe that packet.
-            self.req.probe = Some(Probe {
-                psn: comp,
-                to_send: PROBE_COPIES,
-                sent: false,
-                ..p
-            });
+            self.req.probe = Some(Probe::new(comp, p.until));
         }
         // Otherwise a READ or atomic is the oldest: its response, or the next timeout's
         // go-back-N, settles it.

@@ -629,11 +629,7 @@ impl Qp {
     pub(crate) fn rewind(&mut self, psn: Psn) {
         // A go-back-N makes a timeout's probe pointless.
         self.req.probe = None;
-        let Some(first) = self
-            .sq
-            .iter()
-            .position(|w| !w.done && w.started && psn.diff(w.last_psn()) <= 0)
-        else {
+        let Some(first) = self.wqe_holding(psn) else {
             return;
         };
         let (sent, at) = self.resend_point(first, psn);
@@ -652,6 +648,14 @@ impl Qp {
         self.req.next_psn = at;
         self.req.rewound_to = Some(at);
         self.req.since_ack_req = 0;
+    }
+
+    /// The index of the outstanding (started, not done) WQE that holds `psn`, or the first one
+    /// after it; none if every outstanding WQE ends before `psn`.
+    pub(crate) fn wqe_holding(&self, psn: Psn) -> Option<usize> {
+        self.sq
+            .iter()
+            .position(|w| !w.done && w.started && psn.diff(w.last_psn()) <= 0)
     }
 
     /// Where resending `psn` starts in the (started) WQE at `i`: the bytes counted as sent
