@@ -1038,41 +1038,32 @@ impl Device {
                 // host): a GSO datagram is steered to one socket as a whole by the receiving
                 // kernel, which picks it by the first packet's DestQP (docs/ARCHITECTURE.md).
                 let d = (d, dest_qp(&buf[off..off + len]));
-                if std::mem::take(&mut qp.req.probe_emitted) {
-                    // A timeout's probe goes alone (each copy): it repeats a PSN, and a
-                    // receiver plans zero-copy placement of a datagram's segments as
-                    // consecutive PSNs from the first.
-                    if dst.is_none() {
-                        dst = Some(d);
-                        seg = len;
-                        n = 1;
-                        off += len;
-                    } else {
-                        self.staged.dst = Some(d.0);
-                        self.staged.bytes.clear();
-                        self.staged.bytes.extend_from_slice(&buf[off..off + len]);
-                    }
-                    break;
-                }
+                // A timeout's probe goes alone (each copy): it repeats a PSN, and a receiver
+                // plans zero-copy placement of a datagram's segments as consecutive PSNs from
+                // the first.
+                let alone = std::mem::take(&mut qp.req.probe_emitted);
                 match dst {
                     None => {
                         dst = Some(d);
                         seg = len;
                         n = 1;
                         off += len;
+                        if alone {
+                            break;
+                        }
                     }
-                    Some(d0) if d0 == d && len == seg => {
+                    Some(d0) if !alone && d0 == d && len == seg => {
                         n += 1;
                         off += len;
                     }
-
-                    Some(d0) if d0 == d && len < seg => {
+                    Some(d0) if !alone && d0 == d && len < seg => {
                         n += 1;
                         off += len;
                         break;
                     }
                     _ => {
-                        // Larger than the batch's segments or for another peer: send it next.
+                        // Larger than the batch's segments, for another peer, or a probe:
+                        // send it next.
                         self.staged.dst = Some(d.0);
                         self.staged.bytes.clear();
                         self.staged.bytes.extend_from_slice(&buf[off..off + len]);
