@@ -241,6 +241,24 @@ pub fn post_send_recv(sim: &mut Sim, a: &Endpoint, b: &Endpoint, wr_id: u64, off
     sim.post_send(a.host, a.qpn, wr).expect("post_send");
 }
 
+/// `count` RDMA WRITEs of `size` bytes, all posted at once: WRITE `i` (wr_id `i`) copies slot
+/// `i` (offset `i * size`) of `a`'s region to the same slot of `b`'s. Nothing is transmitted
+/// yet.
+pub fn post_write_slots(sim: &mut Sim, a: &Endpoint, b: &Endpoint, count: usize, size: usize) {
+    for i in 0..count {
+        let off = (i * size) as u64;
+        let w = uroce_proto::SendWr::new(
+            i as u64,
+            uroce_proto::SendOp::RdmaWrite {
+                remote_addr: b.base + off,
+                rkey: b.keys.rkey,
+            },
+            uroce_proto::Payload::Sgl(vec![a.sge(off, size as u32)]),
+        );
+        sim.post_send(a.host, a.qpn, w).expect("post_send");
+    }
+}
+
 /// `len` bytes of a pattern that differs per `seed` and has no short period.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use uroce_proto::{Mtu, Payload, RegionMemory, SendOp, SendWr, WcStatus};
-use uroce_sim::scenario::{pair, pattern, wait_completions, PairOpts};
+use uroce_proto::{Mtu, RegionMemory, WcStatus};
+use uroce_sim::scenario::{pair, pattern, post_write_slots, wait_completions, PairOpts};
 use uroce_sim::{Link, Sim};
 
 const TOTAL: usize = 4 << 20;
@@ -34,18 +34,7 @@ fn goodput(loss: f64, size: usize, seed: u64) -> f64 {
     a.mem.write(0, &data);
     let n = TOTAL / size;
     let start = sim.now;
-    for i in 0..n {
-        let off = (i * size) as u64;
-        let w = SendWr::new(
-            i as u64,
-            SendOp::RdmaWrite {
-                remote_addr: b.base + off,
-                rkey: b.keys.rkey,
-            },
-            Payload::Sgl(vec![a.sge(off, size as u32)]),
-        );
-        sim.post_send(a.host, a.qpn, w).unwrap();
-    }
+    post_write_slots(&mut sim, &a, &b, n, size);
     let c = wait_completions(&mut sim, &a, n, Duration::from_secs(60));
     assert!(
         c.iter()

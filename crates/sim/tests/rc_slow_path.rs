@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use uroce_proto::{Payload, RegionMemory, SendOp, SendWr, WcStatus};
-use uroce_sim::scenario::{pair, pattern, wait_completions, PairOpts};
+use uroce_proto::{RegionMemory, WcStatus};
+use uroce_sim::scenario::{pair, pattern, post_write_slots, wait_completions, PairOpts};
 use uroce_sim::{Link, Sim};
 
 const MSG: usize = 1 << 20;
@@ -40,18 +40,7 @@ fn a_path_slower_than_the_ack_timeout_completes_with_correct_data() {
     let (a, b) = pair(&mut sim, &o);
     let data = pattern(MSG * MSGS, 3);
     a.mem.write(0, &data);
-    for i in 0..MSGS {
-        let off = (i * MSG) as u64;
-        let w = SendWr::new(
-            i as u64,
-            SendOp::RdmaWrite {
-                remote_addr: b.base + off,
-                rkey: b.keys.rkey,
-            },
-            Payload::Sgl(vec![a.sge(off, MSG as u32)]),
-        );
-        sim.post_send(a.host, a.qpn, w).expect("post_send");
-    }
+    post_write_slots(&mut sim, &a, &b, MSGS, MSG);
     let c = wait_completions(&mut sim, &a, MSGS, Duration::from_secs(120));
     let (qa, qb) = (a.counters(&sim), b.counters(&sim));
     let what = format!("requester {qa:?}\nresponder {qb:?}\ncompletions {c:?}");
