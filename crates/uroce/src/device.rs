@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::driver::{
     uring::UringBackend,
     Backend, BackendKind, DriverFeatures, DriverStats,
 };
+use crate::engine_lock::{EngineLock, HAND_OVER};
 use crate::{Error, Result};
 
 /// Who drives progress.
@@ -263,7 +264,7 @@ impl Inner {
 }
 
 pub(crate) struct Shared {
-    inner: Mutex<Inner>,
+    inner: EngineLock<Inner>,
     epoch: std::time::Instant,
     wake: EventFd,
     stop: AtomicBool,
@@ -280,7 +281,7 @@ impl Shared {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
     /// Locks the engine and reads the clock, in that order, so that the engine's `now` never
@@ -425,7 +426,7 @@ impl Device {
         };
         let wait = backend.wait_fd()?;
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
+            inner: EngineLock::new(Inner {
                 eng: uroce_proto::Device::new(ecfg),
                 backend,
                 capture,
@@ -618,6 +619,9 @@ impl Drop for Device {
 /// The progress thread: wait for the socket, a wake-up or the next timer; then pump.
 fn progress_loop(s: &Shared, wait: OwnedFd) {
     while !s.stop.load(Ordering::Acquire) {
+        // An application thread blocked on the lock gets it before the next pass
+        // (engine_lock.rs: std's Mutex would give it back to this thread).
+        s.inner.hand_over(HAND_OVER);
         let until = {
             let (mut g, now) = s.lock_now();
             // Sleep at most 100 ms so a stop request is seen even without a wake-up. The

@@ -17,6 +17,7 @@
 mod coord;
 pub mod device;
 pub mod driver;
+mod engine_lock;
 pub mod error;
 pub mod events;
 mod membership;
