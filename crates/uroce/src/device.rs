@@ -27,7 +27,7 @@ use crate::driver::{
     uring::UringBackend,
     Backend, BackendKind, DriverFeatures, DriverStats,
 };
-use crate::engine_lock::{EngineLock, HAND_OVER};
+use crate::engine_lock::{EngineLock, HAND_OVER, PATIENCE};
 use crate::{Error, Result};
 
 /// Who drives progress.
@@ -619,9 +619,11 @@ impl Drop for Device {
 /// The progress thread: wait for the socket, a wake-up or the next timer; then pump.
 fn progress_loop(s: &Shared, wait: OwnedFd) {
     while !s.stop.load(Ordering::Acquire) {
-        // An application thread blocked on the lock gets it before the next pass
+        // Threads that have waited long for the lock get it before the next pass
         // (engine_lock.rs: std's Mutex would give it back to this thread).
-        s.inner.hand_over(HAND_OVER);
+        if s.inner.waited_longer_than(PATIENCE) {
+            s.inner.hand_over(HAND_OVER);
+        }
         let until = {
             let (mut g, now) = s.lock_now();
             // Sleep at most 100 ms so a stop request is seen even without a wake-up. The

@@ -5,15 +5,20 @@
 //! a waiter that the release has only just woken. A busy progress thread does exactly that, pass
 //! after pass, while data flows, so an application's post or CQ poll waited for its turn:
 //! measured on a 1 MiB WRITE stream with thread progress (session 20), the client's
-//! application thread spent 0.76–1.0 s of each second waiting for the lock, up to 57 ms at a
-//! time. So threads that block on the lock are counted, and the progress thread, before it
-//! takes the lock for its next pass, yields the CPU until they have had it or a bound
-//! ([`HAND_OVER`]) has passed: a waiter gets a turn, and the progress thread is never kept
-//! off the engine for more than the bound.
+//! application thread spent 0.7–1.0 s of each second waiting for the lock, up to 90 ms at a
+//! time. So the lock counts the threads blocked on it and notes when the current stretch of
+//! waiting began. Once someone has waited longer than [`PATIENCE`], the progress thread,
+//! before it takes the lock for its next pass, yields the CPU until the waiters have had it or
+//! [`HAND_OVER`] has passed. Shorter waits are left alone: on a ping-pong the waiter is often
+//! still waking up when the progress thread has a packet in hand, and yielding to it would
+//! delay that packet (docs/PERFORMANCE.md, "The engine lock hands over", has the measurements).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
+
+/// How long threads may have waited for the lock before the progress thread hands it over.
+pub(crate) const PATIENCE: Duration = Duration::from_millis(1);
 
 /// How long the progress thread yields to waiting threads before each pass at most. Long
 /// enough for a waiter on the same CPU to run (a `sched_yield` away); a waiter on the other
@@ -27,6 +32,14 @@ pub(crate) struct EngineLock<T> {
     inner: Mutex<T>,
     /// Threads inside [`EngineLock::lock`] that found the lock taken and have not got it yet.
     waiters: AtomicU32,
+    /// When `waiters` last rose from zero ([`stamp`]; 0 while nobody waits).
+    waiting_since: AtomicU64,
+}
+
+/// Nanoseconds since the first call in this process, plus one (so that 0 means "never").
+fn stamp() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
 impl<T> EngineLock<T> {
@@ -34,6 +47,7 @@ impl<T> EngineLock<T> {
         EngineLock {
             inner: Mutex::new(value),
             waiters: AtomicU32::new(0),
+            waiting_since: AtomicU64::new(0),
         }
     }
 
@@ -44,9 +58,13 @@ impl<T> EngineLock<T> {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                self.waiters.fetch_add(1, Ordering::AcqRel);
+                if self.waiters.fetch_add(1, Ordering::AcqRel) == 0 {
+                    self.waiting_since.store(stamp(), Ordering::Release);
+                }
                 let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-                self.waiters.fetch_sub(1, Ordering::AcqRel);
+                if self.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.waiting_since.store(0, Ordering::Release);
+                }
                 g
             }
         }
@@ -55,6 +73,26 @@ impl<T> EngineLock<T> {
     /// Threads blocked on the lock right now.
     pub(crate) fn waiters(&self) -> u32 {
         self.waiters.load(Ordering::Acquire)
+    }
+
+    /// Whether threads have been waiting for the lock for longer than `patience`, without a
+    /// moment in which none waited.
+    pub(crate) fn waited_longer_than(&self, patience: Duration) -> bool {
+        let since = self.waiting_since.load(Ordering::Acquire);
+        if since == 0 {
+            // A thread that started waiting just as the last one got the lock can see its
+            // stamp cleared by that one: start the clock now, one pass late.
+            if self.waiters() > 0 {
+                let _ = self.waiting_since.compare_exchange(
+                    0,
+                    stamp(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            return false;
+        }
+        stamp().saturating_sub(since) > patience.as_nanos() as u64
     }
 
     /// Yields the CPU while threads wait for the lock, for at most `limit`. Returns whether
@@ -102,6 +140,10 @@ mod tests {
                 took.store(true, Ordering::Release);
             });
             until("the thread to block on the lock", || lock.waiters() == 1);
+            until("the wait to outlast a patience of 1 ms", || {
+                lock.waited_longer_than(Duration::from_millis(1))
+            });
+            assert!(!lock.waited_longer_than(Duration::from_secs(3600)));
             // Still held: the waiter cannot take it, so the hand-over gives up at its bound.
             assert!(!lock.hand_over(Duration::from_millis(1)));
             drop(held);
@@ -110,6 +152,10 @@ mod tests {
                 "the waiter takes the lock while the releasing thread yields"
             );
             assert_eq!(lock.waiters(), 0);
+            assert!(
+                !lock.waited_longer_than(Duration::ZERO),
+                "nobody waits: the stretch of waiting is over"
+            );
             // The waiter took the lock before this thread asks again, so this one gets it
             // only after the waiter's increment.
             assert_eq!(*lock.lock(), 1);
@@ -121,5 +167,6 @@ mod tests {
     fn with_no_waiter_the_hand_over_returns_at_once() {
         let lock = EngineLock::new(());
         assert!(lock.hand_over(Duration::ZERO));
+        assert!(!lock.waited_longer_than(Duration::ZERO));
     }
 }
