@@ -15,12 +15,12 @@ use common::netns::{need_root, Netns};
 use common::{spawn, strings, Proc};
 
 /// `uroce bench`'s QP attributes (crates/cli/src/commands/bench/ctx.rs).
-const ACK_TIMEOUT_CODE: u32 = 14;
+const ACK_TIMEOUT_CODE: u8 = 14;
 const RETRY_CNT: u32 = 7;
 
-/// The local ACK timeout of code `c`: 4.096 µs × 2^c.
-fn ack_timeout(c: u32) -> Duration {
-    Duration::from_nanos(4096 << c)
+/// The local ACK timeout of `uroce bench`'s QPs (4.096 µs × 2^14).
+fn ack_timeout() -> Duration {
+    uroce::ack_timeout(ACK_TIMEOUT_CODE).expect("code 14 is a finite timeout")
 }
 
 /// Slack for a loaded machine: timer wake-up latency of the progress thread, the CQ poll that
@@ -63,7 +63,7 @@ fn running(ns: &Netns, n: u8, port: u16) -> (Proc, Proc) {
 /// Waits for the client's error completion after the fault at `t0`; checks it came within the
 /// bound, and the client then exits (no hang). Returns the time from the fault to the error.
 fn expect_retry_exceeded(mut client: Proc, t0: Instant, what: &str) -> Duration {
-    let bound = ack_timeout(ACK_TIMEOUT_CODE) * (RETRY_CNT + 1);
+    let bound = ack_timeout() * (RETRY_CNT + 1);
     let seen = client.wait_for_stderr("RetryExcErr", bound + SLACK + Duration::from_secs(10));
     let took = t0.elapsed();
     let end = Instant::now() + Duration::from_secs(20);
@@ -85,7 +85,7 @@ fn expect_retry_exceeded(mut client: Proc, t0: Instant, what: &str) -> Duration 
     );
     // Not earlier than the retries allow: the requester really retried 7 times (the last ACK
     // came at most one ACK timeout before the fault).
-    let floor = ack_timeout(ACK_TIMEOUT_CODE) * RETRY_CNT;
+    let floor = ack_timeout() * RETRY_CNT;
     assert!(
         took >= floor.saturating_sub(Duration::from_millis(20)),
         "{what}: error after only {took:?}\n{out}"
