@@ -201,6 +201,8 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "udp-per-packet",
             "udp-gso-gro",
             "udp-uring-gso-gro",
+            // Two pairs at once: the ceiling of engines sending from two threads.
+            "udp-uring-gso-gro-x2",
             "udp-uring-gso-gro-zc",
             "udp-uring-small",
             // The paired round's ceiling probe (with the paired WRITE run), and the ceiling
