@@ -294,6 +294,13 @@ impl Shared {
         (g, self.now())
     }
 
+    /// [`Shared::lock_now`] for the progress thread, whose waits are not the application's
+    /// ([`crate::LockWaits`]).
+    fn lock_now_progress(&self) -> (MutexGuard<'_, Inner>, Instant) {
+        let g = self.inner.lock_progress();
+        (g, self.now())
+    }
+
     /// Wakes the progress thread if the engine now wants a timer earlier than it sleeps
     /// until, or the back end holds received data its descriptor no longer signals.
     fn wake_if_needed(&self, g: &Inner) {
@@ -517,6 +524,13 @@ impl Device {
         self.shared.lock().eng.counters()
     }
 
+    /// How often and how long the application's calls waited for the engine lock, which the
+    /// progress thread holds while it receives and sends (thread progress; in polled mode
+    /// only application threads contend). Read without the lock.
+    pub fn lock_waits(&self) -> crate::LockWaits {
+        self.shared.inner.waits()
+    }
+
     /// The device's limits (`ibv_query_device`); verbs beyond them fail with
     /// [`uroce_proto::Error::Limit`].
     pub fn query_device(&self) -> uroce_proto::DeviceAttr {
@@ -625,7 +639,7 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
             s.inner.hand_over(HAND_OVER);
         }
         let until = {
-            let (mut g, now) = s.lock_now();
+            let (mut g, now) = s.lock_now_progress();
             // Sleep at most 100 ms so a stop request is seen even without a wake-up. The
             // deadline is published under the lock, so a call that arms an earlier timer sees
             // it and wakes us.

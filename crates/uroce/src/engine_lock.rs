@@ -26,6 +26,19 @@ pub(crate) const PATIENCE: Duration = Duration::from_millis(1);
 /// lock at the next pass.
 pub(crate) const HAND_OVER: Duration = Duration::from_micros(50);
 
+/// How often and how long threads other than the progress thread waited for a device's
+/// engine lock (`Device::lock_waits`): what an application's verbs lost to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockWaits {
+    /// Calls that found the lock held and waited for it.
+    pub waits: u64,
+    /// Time spent waiting, in all, in nanoseconds.
+    pub total_ns: u64,
+    /// The longest single wait, in nanoseconds.
+    pub longest_ns: u64,
+}
+
 /// A mutex that knows how many threads are blocked on it.
 #[derive(Debug)]
 pub(crate) struct EngineLock<T> {
@@ -34,6 +47,10 @@ pub(crate) struct EngineLock<T> {
     waiters: AtomicU32,
     /// When `waiters` last rose from zero ([`stamp`]; 0 while nobody waits).
     waiting_since: AtomicU64,
+    /// [`LockWaits`] of [`EngineLock::lock`]'s callers.
+    waits: AtomicU64,
+    total_ns: AtomicU64,
+    longest_ns: AtomicU64,
 }
 
 /// Nanoseconds since the first call in this process, plus one (so that 0 means "never").
@@ -48,16 +65,30 @@ impl<T> EngineLock<T> {
             inner: Mutex::new(value),
             waiters: AtomicU32::new(0),
             waiting_since: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            total_ns: AtomicU64::new(0),
+            longest_ns: AtomicU64::new(0),
         }
     }
 
-    /// Takes the lock, counted as a waiter while it is held by another thread. A panic while
-    /// locked does not make the engine unusable (the poison is ignored, as before).
+    /// Takes the lock, counted as a waiter while it is held by another thread, and its wait
+    /// counted in [`LockWaits`]. A panic while locked does not make the engine unusable (the
+    /// poison is ignored, as before).
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.take(true)
+    }
+
+    /// [`EngineLock::lock`] for the progress thread: its own waits are not in [`LockWaits`].
+    pub(crate) fn lock_progress(&self) -> MutexGuard<'_, T> {
+        self.take(false)
+    }
+
+    fn take(&self, counted: bool) -> MutexGuard<'_, T> {
         match self.inner.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
+                let start = Instant::now();
                 if self.waiters.fetch_add(1, Ordering::AcqRel) == 0 {
                     self.waiting_since.store(stamp(), Ordering::Release);
                 }
@@ -65,8 +96,23 @@ impl<T> EngineLock<T> {
                 if self.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.waiting_since.store(0, Ordering::Release);
                 }
+                if counted {
+                    let ns = start.elapsed().as_nanos() as u64;
+                    self.waits.fetch_add(1, Ordering::Relaxed);
+                    self.total_ns.fetch_add(ns, Ordering::Relaxed);
+                    self.longest_ns.fetch_max(ns, Ordering::Relaxed);
+                }
                 g
             }
+        }
+    }
+
+    /// The waits of [`EngineLock::lock`]'s callers so far.
+    pub(crate) fn waits(&self) -> LockWaits {
+        LockWaits {
+            waits: self.waits.load(Ordering::Relaxed),
+            total_ns: self.total_ns.load(Ordering::Relaxed),
+            longest_ns: self.longest_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -160,6 +206,13 @@ mod tests {
             // only after the waiter's increment.
             assert_eq!(*lock.lock(), 1);
             assert!(took.load(Ordering::Acquire));
+            // One wait counted, of at least the 1 ms it was seen to outlast.
+            let w = lock.waits();
+            assert_eq!(w.waits, 1, "{w:?}");
+            assert!(
+                w.longest_ns >= 1_000_000 && w.total_ns >= w.longest_ns,
+                "{w:?}"
+            );
         });
     }
 
@@ -168,5 +221,20 @@ mod tests {
         let lock = EngineLock::new(());
         assert!(lock.hand_over(Duration::ZERO));
         assert!(!lock.waited_longer_than(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_progress_threads_own_waits_are_not_counted() {
+        let lock = EngineLock::new(());
+        std::thread::scope(|s| {
+            let held = lock.lock();
+            let h = s.spawn(|| drop(lock.lock_progress()));
+            until("the progress thread to block on the lock", || {
+                lock.waiters() == 1
+            });
+            drop(held);
+            h.join().unwrap();
+        });
+        assert_eq!(lock.waits(), LockWaits::default());
     }
 }

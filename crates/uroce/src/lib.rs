@@ -30,6 +30,7 @@ pub mod verbs;
 pub use device::{Device, DeviceConfig, Progress};
 pub use driver::faults::{FaultCounters, Faults};
 pub use driver::{BackendKind, DriverFeatures, DriverStats};
+pub use engine_lock::LockWaits;
 pub use error::{Error, Result};
 pub use events::{AsyncEvent, AsyncEvents};
 pub use steer::{SteerCounters, SteerInfo};

@@ -929,6 +929,13 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         if let Some(l) = super::steer_line(&ctx.dev) {
             eprintln!("{l}");
         }
+        let w = ctx.dev.lock_waits();
+        eprintln!(
+            "engine lock: the application waited {} times, {:.3} ms in all, longest {:.3} ms",
+            w.waits,
+            w.total_ns as f64 / 1e6,
+            w.longest_ns as f64 / 1e6
+        );
     }
 
     // As the examples: float microseconds, bytes both ways.

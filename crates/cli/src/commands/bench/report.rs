@@ -54,6 +54,13 @@ pub struct Health {
     pub placed: u64,
     /// Placed packets that were not the predicted ones and were copied after all.
     pub place_misses: u64,
+    /// The application's calls that waited for the engine lock (`Device::lock_waits`), and
+    /// their total wait in µs: reported alongside, not part of `clean`.
+    pub app_lock_waits: u64,
+    /// See `app_lock_waits`.
+    pub app_lock_wait_us: u64,
+    /// The longest of those waits in µs, over the device's life so far (not a difference).
+    pub app_lock_longest_us: u64,
 }
 
 impl Health {
@@ -84,6 +91,10 @@ impl Health {
             + dev.steer_info().map_or(0, |i| i.counters.foreign_drops);
         h.placed = d.rx_placed;
         h.place_misses = d.rx_place_misses;
+        let w = dev.lock_waits();
+        h.app_lock_waits = w.waits;
+        h.app_lock_wait_us = w.total_ns / 1000;
+        h.app_lock_longest_us = w.longest_ns / 1000;
         h
     }
 
@@ -103,6 +114,11 @@ impl Health {
             rx_drops: self.rx_drops.saturating_sub(before.rx_drops),
             placed: self.placed.saturating_sub(before.placed),
             place_misses: self.place_misses.saturating_sub(before.place_misses),
+            app_lock_waits: self.app_lock_waits.saturating_sub(before.app_lock_waits),
+            app_lock_wait_us: self
+                .app_lock_wait_us
+                .saturating_sub(before.app_lock_wait_us),
+            app_lock_longest_us: self.app_lock_longest_us,
         }
     }
 
@@ -135,6 +151,9 @@ impl Health {
             "rx_drops": self.rx_drops,
             "placed": self.placed,
             "place_misses": self.place_misses,
+            "app_lock_waits": self.app_lock_waits,
+            "app_lock_wait_us": self.app_lock_wait_us,
+            "app_lock_longest_us": self.app_lock_longest_us,
             "clean": self.clean(),
         })
     }
@@ -560,6 +579,29 @@ mod tests {
         };
         assert!(!h2.clean());
         assert_eq!(h.since(&h).retransmits, 0);
+    }
+
+    #[test]
+    fn lock_waits_are_reported_not_judged_and_the_longest_is_not_a_difference() {
+        let before = Health {
+            app_lock_waits: 10,
+            app_lock_wait_us: 500,
+            app_lock_longest_us: 90,
+            ..Health::default()
+        };
+        let after = Health {
+            app_lock_waits: 25,
+            app_lock_wait_us: 2500,
+            app_lock_longest_us: 4000,
+            ..Health::default()
+        };
+        let d = after.since(&before);
+        assert!(d.clean(), "waiting for the lock loses no data");
+        assert_eq!(
+            (d.app_lock_waits, d.app_lock_wait_us, d.app_lock_longest_us),
+            (15, 2000, 4000)
+        );
+        assert_eq!(d.json()["app_lock_longest_us"], 4000);
     }
 
     #[test]
