@@ -141,6 +141,9 @@ pub struct Run {
     /// Packets whose payload the kernel placed straight into the region (zero-copy receive),
     /// both sides.
     pub placed: u64,
+    /// The longest wait of an application call for the engine lock, µs, on either side
+    /// (`health.app_lock_longest_us` of `uroce bench`; `None` where no side reported it).
+    pub app_lock_longest_us: Option<u64>,
     /// No data lost, no error: the run counts as a result.
     pub valid: bool,
     /// Why it is INVALID.
@@ -247,6 +250,7 @@ impl Results {
                 "cdf": cdf_json(&r.cdf), "retransmits": r.retransmits,
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
                 "kernel_udp_drops": r.kernel_udp_drops, "placed": r.placed,
+                "app_lock_longest_us": r.app_lock_longest_us,
                 "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
@@ -336,6 +340,7 @@ impl Results {
                     errors: u(r, "errors"),
                     kernel_udp_drops: u(r, "kernel_udp_drops"),
                     placed: u(r, "placed"),
+                    app_lock_longest_us: r["app_lock_longest_us"].as_u64(),
                     valid: b(r, "valid"),
                     reason: s(r, "reason"),
                 })
@@ -440,6 +445,9 @@ pub fn run_from_bench(
                 + u(h, "rx_drops");
             run.errors += u(h, "io_errors");
             run.placed += u(h, "placed");
+            if let Some(w) = h["app_lock_longest_us"].as_u64() {
+                run.app_lock_longest_us = Some(run.app_lock_longest_us.unwrap_or(0).max(w));
+            }
             if !b(h, "clean") {
                 reasons.push(format!("{side}: link not clean ({h})"));
             }
@@ -546,6 +554,25 @@ mod tests {
         assert!((r.cpu_s - 1.0).abs() < 1e-12);
         assert!((r.cpu_s_per_gb - 1.0 / (1000.0 * 1048576.0 / 1e9)).abs() < 1e-9);
         assert_eq!(r.drops, 2);
+    }
+
+    #[test]
+    fn the_longest_lock_wait_is_the_larger_sides_and_absent_when_unreported() {
+        let with = |us: u64| {
+            let mut l = line(0, true, "verified");
+            l["health"]["app_lock_longest_us"] = json!(us);
+            l
+        };
+        let both = run_from_bench(bw(), &[with(4000)], &[with(90)], (true, true));
+        assert_eq!(both.app_lock_longest_us, Some(4000));
+        assert!(both.valid, "lock waits do not judge a run: {}", both.reason);
+        let old = run_from_bench(
+            bw(),
+            &[line(0, true, "verified")],
+            &[line(0, true, "verified")],
+            (true, true),
+        );
+        assert_eq!(old.app_lock_longest_us, None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub const QPS_THREADS: u32 = 2;
 pub const LAT_SIZE: u64 = 8;
 
 /// The CSV columns of `uroce.csv` (`threads` last, so older columns keep their place).
-pub const RUN_COLUMNS: [&str; 25] = [
+pub const RUN_COLUMNS: [&str; 26] = [
     "group",
     "test",
     "kind",
@@ -53,6 +53,7 @@ pub const RUN_COLUMNS: [&str; 25] = [
     "status",
     "reason",
     "threads",
+    "app_lock_longest_us",
 ];
 
 /// One target of the issue, evaluated.
@@ -852,6 +853,8 @@ pub fn runs_csv(r: &Results) -> String {
             if x.valid { "ok" } else { "INVALID" }.to_string(),
             x.reason.clone(),
             x.threads.max(1).to_string(),
+            x.app_lock_longest_us
+                .map_or(String::new(), |w| w.to_string()),
         ]);
     }
     o
@@ -1343,7 +1346,8 @@ pub fn markdown(r: &Results, link: &str) -> String {
     let _ = writeln!(o, "### Latency, message rate, QP scaling\n");
     let _ = writeln!(
         o,
-        "| run | back end | result | CPU-s/GB | retransmits | status |\n|---|---|---|---|---|---|"
+        "| run | back end | result | CPU-s/GB | retransmits | longest app lock wait | status \
+         |\n|---|---|---|---|---|---|---|"
     );
     for x in r.runs.iter().filter(|x| x.group != "size") {
         let what = match x.group.as_str() {
@@ -1382,7 +1386,7 @@ pub fn markdown(r: &Results, link: &str) -> String {
         };
         let _ = writeln!(
             o,
-            "| {what} | {} | {result} | {} | {} | {} |",
+            "| {what} | {} | {result} | {} | {} | {} | {} |",
             x.backend,
             if x.kind == "bw" && x.valid {
                 format!("{:.3}", x.cpu_s_per_gb)
@@ -1390,6 +1394,8 @@ pub fn markdown(r: &Results, link: &str) -> String {
                 String::new()
             },
             x.retransmits,
+            x.app_lock_longest_us
+                .map_or(String::new(), |w| format!("{:.2} ms", w as f64 / 1000.0)),
             if x.valid { "ok" } else { "INVALID" }
         );
     }

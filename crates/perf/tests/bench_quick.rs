@@ -114,6 +114,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "status",
             "reason",
             "threads",
+            "app_lock_longest_us",
         ],
     );
     // Both back ends, all three operations, both path MTUs, and every other group ran.
