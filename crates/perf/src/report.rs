@@ -1840,22 +1840,31 @@ mod tests {
     /// cores bound would claim; the goal is out of reach by the ceilings instead (1.6 × 27.20
     /// = 43.5 Gbit/s against 36.49). With ceilings that leave room, the refuted cores bound is
     /// not claimed and the goal stays a plain FAIL.
-    #[test]
-    fn qp_scaling_is_out_of_reach_by_the_ceilings_not_by_a_refuted_cores_bound() {
+    /// Sets the mode's ceiling of `r` to `g` Gbit/s.
+    fn set_ceiling(r: &mut Results, mode: &str, g: f64) {
+        r.udp.iter_mut().find(|u| u.mode == mode).unwrap().gbit_s = g;
+    }
+
+    /// The sample on 2 cores with the one-flow ceilings `uring`/`gso` (Gbit/s) and the QP
+    /// scaling runs (Gbit/s, CPU-s/GB) of one QP and of 4 QPs on engine threads.
+    fn qp_sample(uring: f64, gso: f64, one: (f64, f64), four: (f64, f64)) -> Results {
         let mut r = sample();
-        let set = |r: &mut Results, mode: &str, g: f64| {
-            r.udp.iter_mut().find(|u| u.mode == mode).unwrap().gbit_s = g;
-        };
-        set(&mut r, "uring-gso-gro", 36.49);
-        set(&mut r, "gso-gro", 35.01);
+        set_ceiling(&mut r, "uring-gso-gro", uring);
+        set_ceiling(&mut r, "gso-gro", gso);
         r.machine.cores = 2;
         for x in &mut r.runs {
             match (x.group.as_str(), x.backend.as_str(), x.qps, x.threads) {
-                ("qps", "uring", 1, _) => (x.gbit_s, x.cpu_s_per_gb) = (27.20, 0.487),
-                ("qps", "uring", 4, t) if t > 1 => (x.gbit_s, x.cpu_s_per_gb) = (36.06, 0.433),
+                ("qps", "uring", 1, _) => (x.gbit_s, x.cpu_s_per_gb) = one,
+                ("qps", "uring", 4, t) if t > 1 => (x.gbit_s, x.cpu_s_per_gb) = four,
                 _ => {}
             }
         }
+        r
+    }
+
+    #[test]
+    fn qp_scaling_is_out_of_reach_by_the_ceilings_not_by_a_refuted_cores_bound() {
+        let mut r = qp_sample(36.49, 35.01, (27.20, 0.487), (36.06, 0.433));
         let get = |r: &Results| targets(r).swap_remove(11);
         let t = get(&r);
         assert_eq!(t.ratio, "1.33");
@@ -1865,7 +1874,7 @@ mod tests {
             why.contains("43.5 Gbit/s is above every raw UDP ceiling") && !why.contains("cores"),
             "{why}"
         );
-        set(&mut r, "uring-gso-gro", 60.0);
+        set_ceiling(&mut r, "uring-gso-gro", 60.0);
         let t = get(&r);
         assert_eq!(t.result(), "FAIL", "{t:?}");
         assert!(t.reach.is_none(), "{t:?}");
@@ -1876,20 +1885,7 @@ mod tests {
     /// bound nothing about that run, so 1.47× one QP is a plain FAIL, not out of reach.
     #[test]
     fn qp_scaling_above_every_probe_is_not_out_of_reach_by_the_probes() {
-        let mut r = sample();
-        let set = |r: &mut Results, mode: &str, g: f64| {
-            r.udp.iter_mut().find(|u| u.mode == mode).unwrap().gbit_s = g;
-        };
-        set(&mut r, "uring-gso-gro", 38.17);
-        set(&mut r, "gso-gro", 38.85);
-        r.machine.cores = 2;
-        for x in &mut r.runs {
-            match (x.group.as_str(), x.backend.as_str(), x.qps, x.threads) {
-                ("qps", "uring", 1, _) => (x.gbit_s, x.cpu_s_per_gb) = (27.49, 0.452),
-                ("qps", "uring", 4, t) if t > 1 => (x.gbit_s, x.cpu_s_per_gb) = (40.41, 0.384),
-                _ => {}
-            }
-        }
+        let r = qp_sample(38.17, 38.85, (27.49, 0.452), (40.41, 0.384));
         let t = targets(&r).swap_remove(11);
         assert_eq!(t.ratio, "1.47");
         assert_eq!(t.result(), "FAIL", "{t:?}");
@@ -1902,21 +1898,17 @@ mod tests {
     /// one-flow probes alone would call 3 × TCP out of reach.
     #[test]
     fn the_two_flow_ceiling_keeps_goals_below_it_in_reach() {
-        let mut r = sample();
-        let set = |r: &mut Results, mode: &str, g: f64| {
-            r.udp.iter_mut().find(|u| u.mode == mode).unwrap().gbit_s = g;
-        };
-        set(&mut r, "uring-gso-gro", 38.17);
-        set(&mut r, "gso-gro", 38.85);
+        let mut r = qp_sample(38.17, 38.85, (27.49, 0.452), (36.0, 0.45));
         r.tcp.gbit_s = 19.0;
         for x in &mut r.runs {
-            match (x.group.as_str(), x.backend.as_str(), x.qps, x.threads) {
-                ("size", "uring", 1, _) if x.size == 1 << 20 && x.test == "write" => {
-                    (x.gbit_s, x.cpu_s_per_gb) = (26.68, 0.566);
-                }
-                ("qps", "uring", 1, _) => (x.gbit_s, x.cpu_s_per_gb) = (27.49, 0.452),
-                ("qps", "uring", 4, t) if t > 1 => (x.gbit_s, x.cpu_s_per_gb) = (36.0, 0.45),
-                _ => {}
+            if (
+                x.group.as_str(),
+                x.backend.as_str(),
+                x.test.as_str(),
+                x.size,
+            ) == ("size", "uring", "write", 1 << 20)
+            {
+                (x.gbit_s, x.cpu_s_per_gb) = (26.68, 0.566);
             }
         }
         let tcp = |r: &Results| targets(r).swap_remove(2);

@@ -577,16 +577,8 @@ impl Suite {
             cpu += rv["cpu_s"].as_f64().unwrap_or(0.0) + sv["cpu_s"].as_f64().unwrap_or(0.0);
         }
         r.gbit_s = gbit;
-        r.cpu_s_per_gb = if bytes > 0.0 {
-            cpu / (bytes / 1e9)
-        } else {
-            0.0
-        };
-        r.loss = if sent > 0.0 {
-            (1.0 - got / sent).max(0.0)
-        } else {
-            0.0
-        };
+        r.cpu_s_per_gb = per_gb(cpu, bytes);
+        r.loss = loss(got, sent);
         r.valid = ok;
         r.note = format!(
             "{flows} pairs at once, each as uring-gso-gro on its own port (4154 B datagrams, \
@@ -935,22 +927,32 @@ fn udp_bw_from(r: &mut UdpBw, rv: &Value, sv: &Value) {
     let (got, sent) = (bytes_total(rv), bytes_total(sv));
     let cpu = rv["cpu_s"].as_f64().unwrap_or(0.0) + sv["cpu_s"].as_f64().unwrap_or(0.0);
     r.gbit_s = rv["gbit_s"].as_f64().unwrap_or(0.0);
-    r.cpu_s_per_gb = if bytes > 0.0 {
-        cpu / (bytes / 1e9)
-    } else {
-        0.0
-    };
+    r.cpu_s_per_gb = per_gb(cpu, bytes);
     let secs = rv["seconds"].as_f64().unwrap_or(0.0);
     r.mdgram_s = if secs > 0.0 {
         rv["datagrams"].as_f64().unwrap_or(0.0) / secs / 1e6
     } else {
         0.0
     };
-    r.loss = if sent > 0.0 {
+    r.loss = loss(got, sent);
+}
+
+/// CPU seconds per GB of `bytes` (0 for none).
+fn per_gb(cpu: f64, bytes: f64) -> f64 {
+    if bytes > 0.0 {
+        cpu / (bytes / 1e9)
+    } else {
+        0.0
+    }
+}
+
+/// The share of `sent` bytes that were not `got` (UDP has no flow control).
+fn loss(got: f64, sent: f64) -> f64 {
+    if sent > 0.0 {
         (1.0 - got / sent).max(0.0)
     } else {
         0.0
-    };
+    }
 }
 
 fn sockaddr(ip: &str, port: &str) -> String {
