@@ -40,6 +40,11 @@ pub struct Options {
 
 /// The message-rate ceiling's datagram: a 64-byte WRITE packet (BTH 12 + RETH 16 + 64 +
 /// ICRC 4), [`SMALL_GSO`] per GSO send.
+/// The bandwidth probes' datagram: a 4096-byte RoCE payload with its headers and ICRC.
+const CEILING_DGRAM: u32 = 4154;
+/// Datagrams per GSO send of the io_uring ceiling probe (and of the plain GSO/GRO one).
+const CEILING_GSO: u32 = 15;
+
 const SMALL_DGRAM: u32 = 96;
 /// Datagrams per GSO send of the message-rate ceiling. Kept at 64, the limit every kernel
 /// with `UDP_SEGMENT` accepts, so the ceiling means the same on every kernel and stays
@@ -376,7 +381,7 @@ impl Suite {
         let (size, gso) = if mode == "uring-small" {
             (SMALL_DGRAM, SMALL_GSO)
         } else {
-            (4154, 15)
+            (CEILING_DGRAM, CEILING_GSO)
         };
         let (port, how) = match mode {
             "per-packet" => ("47910", "one per send/recv syscall"),
@@ -471,18 +476,12 @@ impl Suite {
             );
         }
         // The io_uring probes must have run in the ceiling's shape.
-        if mode.starts_with("uring-") {
-            let shape = rv["driver"]["multishot_recv"] == true
-                && rv["driver"]["gro"] == true
-                && sv["driver"]["gso"] == true
-                && sv["gso"] == gso;
-            if !shape {
-                r.valid = false;
-                note += &format!(
-                    "; NOT the ceiling's shape: receiver {}, sender {} × {}",
-                    rv["driver"], sv["driver"], sv["gso"]
-                );
-            }
+        if mode.starts_with("uring-") && !ceiling_shape(rv, sv, gso) {
+            r.valid = false;
+            note += &format!(
+                "; NOT the ceiling's shape: receiver {}, sender {} × {}",
+                rv["driver"], sv["driver"], sv["gso"]
+            );
         }
         r.note = note;
         r
@@ -519,7 +518,7 @@ impl Suite {
                 }
             }
         }
-        let size = 4154.to_string();
+        let (size, gso) = (CEILING_DGRAM.to_string(), CEILING_GSO.to_string());
         let sends: Vec<_> = addrs
             .iter()
             .map(|a| {
@@ -528,7 +527,7 @@ impl Suite {
                     "--backend",
                     "uring",
                     "--gso",
-                    "15",
+                    &gso,
                     "--depth",
                     "16",
                     "--to",
@@ -565,11 +564,8 @@ impl Suite {
                 r.note = format!("no result: {} {}", rd.stderr.trim(), sd.stderr.trim());
                 return r;
             };
-            let shape = rv["driver"]["multishot_recv"] == true
-                && rv["driver"]["gro"] == true
-                && sv["driver"]["gso"] == true;
             let g = rv["gbit_s"].as_f64().unwrap_or(0.0);
-            ok &= rd.ok && sd.ok && g > 0.0 && shape;
+            ok &= rd.ok && sd.ok && g > 0.0 && ceiling_shape(rv, sv, CEILING_GSO);
             gbit += g;
             bytes += rv["bytes"].as_f64().unwrap_or(0.0);
             got += bytes_total(rv);
@@ -912,8 +908,6 @@ fn udp_rcvbuf_errors(ns: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Goodput, CPU and loss of a bandwidth probe from its receiver's and sender's JSON lines.
-/// Loss compares the totals (`bytes_total`; older probes printed only the timed `bytes`).
 /// Bytes a probe side moved in all (`bytes_total`, else `bytes`).
 fn bytes_total(v: &Value) -> f64 {
     v.get("bytes_total")
@@ -922,6 +916,17 @@ fn bytes_total(v: &Value) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Whether an io_uring probe ran in the ceiling's shape: a multishot receive with GRO, and
+/// GSO sends of `gso` datagrams.
+fn ceiling_shape(rv: &Value, sv: &Value, gso: u32) -> bool {
+    rv["driver"]["multishot_recv"] == true
+        && rv["driver"]["gro"] == true
+        && sv["driver"]["gso"] == true
+        && sv["gso"] == gso
+}
+
+/// Goodput, CPU and loss of a bandwidth probe from its receiver's and sender's JSON lines.
+/// Loss compares the totals (`bytes_total`; older probes printed only the timed `bytes`).
 fn udp_bw_from(r: &mut UdpBw, rv: &Value, sv: &Value) {
     let bytes = rv["bytes"].as_f64().unwrap_or(0.0);
     let (got, sent) = (bytes_total(rv), bytes_total(sv));
