@@ -53,10 +53,18 @@ pub(crate) struct EngineLock<T> {
     longest_ns: AtomicU64,
 }
 
-/// Nanoseconds since the first call in this process, plus one (so that 0 means "never").
-fn stamp() -> u64 {
+/// `at` in nanoseconds since the first call in this process, plus one (so that 0 means
+/// "never").
+fn stamp_at(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+    at.saturating_duration_since(*EPOCH.get_or_init(|| at))
+        .as_nanos() as u64
+        + 1
+}
+
+/// [`stamp_at`] now.
+fn stamp() -> u64 {
+    stamp_at(Instant::now())
 }
 
 impl<T> EngineLock<T> {
@@ -90,7 +98,8 @@ impl<T> EngineLock<T> {
             Err(TryLockError::WouldBlock) => {
                 let start = Instant::now();
                 if self.waiters.fetch_add(1, Ordering::AcqRel) == 0 {
-                    self.waiting_since.store(stamp(), Ordering::Release);
+                    // The clock read once for both the stamp and this call's wait.
+                    self.waiting_since.store(stamp_at(start), Ordering::Release);
                 }
                 let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
                 if self.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
