@@ -189,7 +189,7 @@ mod tests {
         std::thread::scope(|s| {
             let held = lock.lock();
             assert_eq!(lock.waiters(), 0, "an uncontended lock counts no waiter");
-            s.spawn(|| {
+            let waiter = s.spawn(|| {
                 let mut g = lock.lock();
                 *g += 1;
                 took.store(true, Ordering::Release);
@@ -211,11 +211,12 @@ mod tests {
                 !lock.waited_longer_than(Duration::ZERO),
                 "nobody waits: the stretch of waiting is over"
             );
-            // The waiter took the lock before this thread asks again, so this one gets it
-            // only after the waiter's increment.
+            // The waiter took the lock before this thread asks again; once it is done, this
+            // thread takes the lock without a wait of its own and sees the increment.
+            waiter.join().unwrap();
             assert_eq!(*lock.lock(), 1);
             assert!(took.load(Ordering::Acquire));
-            // One wait counted, of at least the 1 ms it was seen to outlast.
+            // One wait counted (the waiter's), of at least the 1 ms it was seen to outlast.
             let w = lock.waits();
             assert_eq!(w.waits, 1, "{w:?}");
             assert!(
