@@ -117,9 +117,9 @@ fn floor_of(r: &Results) -> Option<Floor> {
     // The two-flow probe counts too: with both CPUs sending, the kernel spent less per GB
     // than with one flow and an idle-then-woken receiver (0.242 against 0.312-0.327 CPU-s/GB
     // in session 20's run), and the floor is the least that was measured.
-    let kernel = ["uring-gso-gro", "gso-gro", crate::suite::TWO_FLOWS]
+    let kernel = GSO_GRO_PROBES
         .iter()
-        .filter_map(|m| r.udp(m).map(|u| u.cpu_s_per_gb))
+        .filter_map(|(_, mode)| r.udp(mode).map(|u| u.cpu_s_per_gb))
         .filter(|k| *k > 0.0)
         .reduce(f64::min)?;
     let cores = r.machine.cores;
@@ -405,23 +405,28 @@ fn above_ceilings(k: f64, base: f64, top: Option<f64>) -> Option<String> {
     })
 }
 
+/// The raw UDP GSO/GRO probes, each with the name the report gives it: together they bound
+/// what any software RoCE over the kernel's UDP can move ([`targets`]' best ceiling) and the
+/// least it must spend (the floor's kernel share), and they say how much room QP scaling has.
+const GSO_GRO_PROBES: [(&str, &str); 3] = [
+    ("io_uring", "uring-gso-gro"),
+    ("plain-syscall", "gso-gro"),
+    ("two-flow io_uring", crate::suite::TWO_FLOWS),
+];
+
 /// "1.6 × one QP fits under the ceiling?" for a one-QP rate of `one` Gbit/s.
 fn ceiling_room(r: &Results, one: f64) -> String {
-    let room: Vec<String> = [
-        ("io_uring", "uring-gso-gro"),
-        ("plain-syscall", "gso-gro"),
-        ("two-flow io_uring", crate::suite::TWO_FLOWS),
-    ]
-    .iter()
-    .filter_map(|(name, mode)| {
-        r.udp(mode).map(|u| {
-            format!(
-                "the {name} UDP ceiling allows {:.2}× one QP",
-                u.gbit_s / one
-            )
+    let room: Vec<String> = GSO_GRO_PROBES
+        .iter()
+        .filter_map(|(name, mode)| {
+            r.udp(mode).map(|u| {
+                format!(
+                    "the {name} UDP ceiling allows {:.2}× one QP",
+                    u.gbit_s / one
+                )
+            })
         })
-    })
-    .collect();
+        .collect();
     room.join("; ")
 }
 
@@ -434,9 +439,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let gso = r.udp("gso-gro");
     // The best raw UDP ceiling of the run: no goal above it can be met here. The two-flow
     // probe counts: a design that sends one QP's packets from two threads is not ruled out.
-    let top = [ring, gso, r.udp(crate::suite::TWO_FLOWS)]
+    let top = GSO_GRO_PROBES
         .iter()
-        .flatten()
+        .filter_map(|(_, mode)| r.udp(mode))
         .map(|u| u.gbit_s)
         .reduce(f64::max);
     let tcp = r.tcp.valid.then_some(&r.tcp);
