@@ -283,6 +283,28 @@ fn write_bw_all_sizes() {
     assert!(c.iter().all(|v| data(v) == "verified-by-peer"), "{c:?}");
 }
 
+/// `--sqpoll`: the device's ring has a kernel submission thread, which the result reports
+/// (`sq_poll`), and WRITE, READ and SEND move every size intact through it.
+#[test]
+fn bw_with_a_kernel_submission_thread() {
+    for (id, test) in [(81, "write"), (82, "read"), (83, "send")] {
+        bw(id, test, 100, &[64, 4096, 1 << 20], &["--sqpoll"]);
+    }
+    let (s, c) = run_pair(
+        84,
+        "write",
+        "bw",
+        &["-n", "50", "--sqpoll", "--sqpoll-idle-ms", "5"],
+    );
+    for v in s.iter().chain(&c) {
+        assert_eq!(v["sq_poll"], true, "{v}");
+    }
+    let (s, c) = run_pair(85, "write", "bw", &["-n", "50"]);
+    for v in s.iter().chain(&c) {
+        assert_eq!(v["sq_poll"], false, "{v}");
+    }
+}
+
 #[test]
 fn refuses_what_it_does_not_do() {
     for args in [

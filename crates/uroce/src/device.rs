@@ -75,6 +75,14 @@ pub struct DeviceConfig {
     /// keep polling for this long after its last receive (as it must anyway to answer a
     /// retransmission). Keep it far below the peers' local ACK timeout.
     pub ack_delay: Option<Duration>,
+    /// io_uring back end: have a kernel thread take the ring's submissions (`SQPOLL`),
+    /// polling for this long after each before it sleeps (`None`: off, the default;
+    /// `UROCE_SQPOLL_MS` sets it). For a device that sends bulk data with a progress thread:
+    /// the kernel's share of each send then runs on another CPU than the engine, and a
+    /// 1 MiB WRITE stream moves more (docs/PERFORMANCE.md, "A kernel thread for the
+    /// sends"). The polling costs CPU time; a device that mostly receives, or waits for
+    /// single small messages, is better off without it.
+    pub sq_poll: Option<Duration>,
 }
 
 impl DeviceConfig {
@@ -95,6 +103,10 @@ impl DeviceConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_micros),
+            sq_poll: std::env::var("UROCE_SQPOLL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
         }
     }
 }
@@ -383,7 +395,11 @@ impl Device {
             }
             BackendKind::Uring => {
                 let (sock, features) = socket(true)?;
-                match UringBackend::new(sock, features.gro) {
+                let opts = crate::driver::uring::Options {
+                    sq_poll: cfg.sq_poll,
+                    ..Default::default()
+                };
+                match UringBackend::with_options(sock, features.gro, opts) {
                     Ok(b) => Box::new(b),
                     Err((sock, e)) => {
                         tracing::warn!(

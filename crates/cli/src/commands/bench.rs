@@ -136,6 +136,14 @@ pub struct Args {
     /// Progress: thread, or polled (busy polling, the latency mode).
     #[arg(long, value_enum, default_value = "thread")]
     pub progress: ProgressMode,
+    /// io_uring back end: a kernel thread takes the submissions (SQPOLL). For the sending
+    /// side of a bulk transfer (the WRITE/SEND client, the READ server): the kernel's send
+    /// work then runs beside the engine, at the cost of the thread's polling.
+    #[arg(long)]
+    pub sqpoll: bool,
+    /// How long the `--sqpoll` thread polls after its last submission before it sleeps.
+    #[arg(long, value_name = "MS", default_value_t = 1, requires = "sqpoll")]
+    pub sqpoll_idle_ms: u64,
     /// QPs, all used at once (perftest's -q).
     #[arg(short = 'q', long = "qps", visible_alias = "qp", default_value_t = 1)]
     pub qps: u32,
@@ -343,6 +351,7 @@ impl Opts {
                 udp_port: a.udp_port,
                 timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout)),
                 steer: a.steer,
+                sq_poll: a.sqpoll.then(|| Duration::from_millis(a.sqpoll_idle_ms)),
             },
         })
     }
@@ -1253,6 +1262,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             peer,
             backend: o.dev.backend.name(),
             progress: if o.dev.polled { "polled" } else { "thread" },
+            sq_poll: c.dev.driver_features().sq_poll,
             qps: o.qps as usize,
             mtu: mtu.bytes(),
             report_gbits: args.report_gbits,

@@ -59,6 +59,9 @@ pub struct DriverFeatures {
     pub gro: bool,
     /// Sends of several packets go out as one UDP GSO `sendmsg`.
     pub gso: bool,
+    /// io_uring submissions are taken by a kernel thread (`SQPOLL`, see
+    /// [`crate::DeviceConfig::sq_poll`]).
+    pub sq_poll: bool,
 }
 
 /// Counters of the driver (the engine's own are in [`crate::DeviceCounters`]).

@@ -275,6 +275,7 @@ impl Backend for SyscallBackend {
             multishot_recv: false,
             gro: self.gro,
             gso: false,
+            sq_poll: false,
         }
     }
 

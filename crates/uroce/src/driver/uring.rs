@@ -21,6 +21,16 @@
 //! the syscall back end), and a buffer ring plus a multishot `RECVMSG` are tried (armed and
 //! cancelled); without them the back end receives with `recvmsg` syscalls, and says so once.
 //!
+//! `SQPOLL` ([`Options::sq_poll`], `DeviceConfig::sq_poll`, off by default): a kernel thread
+//! takes the submissions, so the kernel's work of a send (copying the datagrams into socket
+//! buffers, the UDP and IP stack, veth) runs on another CPU than the progress thread that
+//! builds the next batch. A bulk sender is CPU-bound on one thread, most of it that kernel
+//! work (docs/PERFORMANCE.md, "A kernel thread for the sends"). The thread polls the ring
+//! for its idle time after each submission, and that polling is CPU time the process pays
+//! for; a receiving device gains nothing from it (measured slower). Submitting then only
+//! publishes the ring's tail, and a syscall is made only to wake a thread that went to
+//! sleep. Sends stay in order: the one kernel thread issues them as queued.
+//!
 //! `SINGLE_ISSUER`/`DEFER_TASKRUN` (and `COOP_TASKRUN`) are not used. In thread mode both the
 //! progress thread and application threads submit; in polled mode whichever application thread
 //! polls a CQ submits, since a device may be shared between threads. A second submitter would
@@ -148,6 +158,10 @@ pub(crate) struct Options {
     /// Zero-copy receive while an inbound message is in progress (`driver/place.rs`); on
     /// unless `UROCE_ZCRX=0`, which keeps the copying multishot receive (for A/B runs).
     pub place: bool,
+    /// Set the ring up with `SQPOLL`, its kernel thread polling this long before it sleeps
+    /// (the kernel rounds up to whole jiffies). Falls back to a plain ring, with a warning,
+    /// where the kernel refuses it.
+    pub sq_poll: Option<Duration>,
 }
 
 impl Default for Options {
@@ -156,6 +170,7 @@ impl Default for Options {
             multishot: true,
             send_zc: false,
             place: std::env::var_os("UROCE_ZCRX").is_none_or(|v| v != "0"),
+            sq_poll: None,
         }
     }
 }
@@ -514,8 +529,23 @@ fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
 
-/// Sets up the ring with the most useful flags this kernel accepts.
-fn build_ring() -> io::Result<(IoUring, &'static str)> {
+static WARN_SQPOLL: Once = Once::new();
+
+/// Sets up the ring with the most useful flags this kernel accepts (`SQPOLL` only when
+/// asked for).
+fn build_ring(sq_poll: Option<Duration>) -> io::Result<(IoUring, &'static str)> {
+    if let Some(idle) = sq_poll {
+        let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut b = IoUring::builder();
+        b.setup_sqpoll(ms).setup_cqsize(CQ_ENTRIES);
+        match b.build(SQ_ENTRIES) {
+            Ok(r) => return Ok((r, "SQPOLL|CQSIZE")),
+            // Refused (an old kernel, or a sandbox): the plain ring works the same, slower.
+            Err(e) => WARN_SQPOLL.call_once(|| {
+                tracing::warn!("io_uring: SQPOLL refused ({e}); submitting from the caller")
+            }),
+        }
+    }
     let mut b = IoUring::builder();
     b.setup_submit_all().setup_cqsize(CQ_ENTRIES);
     match b.build(SQ_ENTRIES) {
@@ -544,7 +574,7 @@ impl UringBackend {
         gro: bool,
         opts: Options,
     ) -> Result<Self, (UdpSocket, io::Error)> {
-        let (ring, flags) = match build_ring() {
+        let (ring, flags) = match build_ring(opts.sq_poll) {
             Ok(r) => r,
             Err(e) => return Err((sock, e)),
         };
@@ -732,7 +762,20 @@ impl UringBackend {
                 return Ok(());
             }
             self.submit()?;
+            if self.sq_poll() && self.ring.submission().is_full() {
+                // The kernel thread has not taken the entries yet: sleep until it has.
+                match self.ring.submitter().squeue_wait() {
+                    Ok(_) => {}
+                    Err(e) if errno(&e) == libc::EINTR => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
+    }
+
+    /// The ring's submissions are taken by a kernel thread (`SQPOLL`).
+    fn sq_poll(&self) -> bool {
+        self.ring.params().is_setup_sqpoll()
     }
 
     /// Submits what is queued.
@@ -743,6 +786,9 @@ impl UringBackend {
             }
             self.stats.ring_enters += 1;
             match self.ring.submit() {
+                // The kernel thread takes the entries in its own time; `submit` woke it
+                // if it slept.
+                Ok(_) if self.sq_poll() => return Ok(()),
                 Ok(_) => {}
                 Err(e) if errno(&e) == libc::EINTR => {}
                 // Completions must be reaped first.
@@ -1302,6 +1348,7 @@ impl Backend for UringBackend {
             multishot_recv: self.rx.is_some(),
             gro: self.gro,
             gso: self.gso.on,
+            sq_poll: self.sq_poll(),
         }
     }
 
@@ -1650,6 +1697,60 @@ mod tests {
         assert_eq!(shape, want);
         assert_eq!(tx.stats().tx_gso_sends, 7);
         assert!(tx.features().gso);
+    }
+
+    /// Under `SQPOLL` the kernel thread takes the sends: more batches than send buffers (so
+    /// the sender waits for completions the thread posts) arrive whole and in order, also
+    /// after the thread went to sleep and had to be woken by the next submission.
+    #[test]
+    fn sq_poll_sends_arrive_in_order_and_wake_the_thread() {
+        let mut rx = backend("127.0.40.13", Options::default());
+        let sq = Options {
+            sq_poll: Some(Duration::from_millis(1)),
+            ..Options::default()
+        };
+        let mut tx = backend("127.0.40.14", sq);
+        assert!(tx.features().sq_poll && !rx.features().sq_poll);
+        let dst = rx.sock.local_addr().unwrap();
+        // Batch `b` holds 4 datagrams of 200 bytes, each starting with its number 4b + i.
+        let batch = |b: u32| -> Vec<u8> {
+            (0..4u32)
+                .flat_map(|i| {
+                    let mut d = vec![(b % 251) as u8; 200];
+                    d[..4].copy_from_slice(&(4 * b + i).to_le_bytes());
+                    d
+                })
+                .collect()
+        };
+        let batches = 3 * TX_SLOTS as u32;
+        for b in 0..batches {
+            tx.send(dst, &batch(b), Some(200)).unwrap();
+        }
+        tx.flush().unwrap();
+        let mut got = collect(&mut rx, 4 * batches as usize);
+        // Wait (bounded) until the thread sleeps; the next submission must wake it.
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !tx.ring.submission().need_wakeup() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            tx.ring.submission().need_wakeup(),
+            "the SQ thread never slept"
+        );
+        for b in batches..batches + 4 {
+            tx.send(dst, &batch(b), Some(200)).unwrap();
+        }
+        tx.flush().unwrap();
+        got.extend(collect(&mut rx, 16));
+        let numbers: Vec<u32> = got
+            .iter()
+            .map(|(_, _, d)| {
+                assert_eq!(d.len(), 200);
+                u32::from_le_bytes(d[..4].try_into().unwrap())
+            })
+            .collect();
+        assert_eq!(numbers, (0..4 * (batches + 4)).collect::<Vec<u32>>());
+        assert_eq!(tx.stats().tx_gso_sends, u64::from(batches + 4));
     }
 
     #[test]

@@ -228,6 +228,8 @@ pub struct DevOpts {
     pub timeout: Option<Duration>,
     /// Share the address (QPN-steered receive).
     pub steer: bool,
+    /// io_uring `SQPOLL` with this idle time (`None`: as `UROCE_SQPOLL_MS` says).
+    pub sq_poll: Option<Duration>,
 }
 
 /// The verbs objects. Fields drop in order: QPs before the queues they use, the device last.
@@ -264,6 +266,9 @@ impl Ctx {
         cfg.backend = d.backend;
         cfg.steer |= d.steer;
         cfg.ack_delay.get_or_insert(d.ack_delay);
+        if d.sq_poll.is_some() {
+            cfg.sq_poll = d.sq_poll;
+        }
         cfg.progress = if d.polled {
             Progress::Polled
         } else {

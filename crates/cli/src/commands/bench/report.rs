@@ -296,6 +296,8 @@ pub struct Context {
     pub backend: &'static str,
     /// Progress mode.
     pub progress: &'static str,
+    /// The device's io_uring submissions are taken by a kernel thread (`--sqpoll`).
+    pub sq_poll: bool,
     /// QPs.
     pub qps: usize,
     /// Path MTU.
@@ -332,6 +334,7 @@ impl<'a> Reporter<'a> {
             "peer": c.peer,
             "backend": c.backend,
             "progress": c.progress,
+            "sq_poll": c.sq_poll,
             "qps": c.qps,
             "mtu": c.mtu,
             "report_gbits": c.report_gbits,
@@ -614,6 +617,7 @@ mod tests {
             peer: "uroce".into(),
             backend: "uring",
             progress: "thread",
+            sq_poll: false,
             qps: 1,
             mtu: 4096,
             report_gbits: false,
@@ -638,6 +642,7 @@ mod tests {
             peer: "uroce".into(),
             backend: "uring",
             progress: "polled",
+            sq_poll: false,
             qps: 1,
             mtu: 4096,
             report_gbits: false,
