@@ -144,6 +144,9 @@ pub struct Run {
     /// The longest wait of an application call for the engine lock, µs, on either side
     /// (`health.app_lock_longest_us` of `uroce bench`; `None` where no side reported it).
     pub app_lock_longest_us: Option<u64>,
+    /// A side's io_uring submissions were taken by a kernel thread (`uroce bench --sqpoll`,
+    /// as the bench reported it).
+    pub sq_poll: bool,
     /// No data lost, no error: the run counts as a result.
     pub valid: bool,
     /// Why it is INVALID.
@@ -250,7 +253,7 @@ impl Results {
                 "cdf": cdf_json(&r.cdf), "retransmits": r.retransmits,
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
                 "kernel_udp_drops": r.kernel_udp_drops, "placed": r.placed,
-                "app_lock_longest_us": r.app_lock_longest_us,
+                "app_lock_longest_us": r.app_lock_longest_us, "sq_poll": r.sq_poll,
                 "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
@@ -341,6 +344,7 @@ impl Results {
                     kernel_udp_drops: u(r, "kernel_udp_drops"),
                     placed: u(r, "placed"),
                     app_lock_longest_us: r["app_lock_longest_us"].as_u64(),
+                    sq_poll: b(r, "sq_poll"),
                     valid: b(r, "valid"),
                     reason: s(r, "reason"),
                 })
@@ -445,6 +449,7 @@ pub fn run_from_bench(
                 + u(h, "rx_drops");
             run.errors += u(h, "io_errors");
             run.placed += u(h, "placed");
+            run.sq_poll |= b(l, "sq_poll");
             if let Some(w) = h["app_lock_longest_us"].as_u64() {
                 run.app_lock_longest_us = Some(run.app_lock_longest_us.unwrap_or(0).max(w));
             }

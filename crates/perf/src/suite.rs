@@ -286,6 +286,8 @@ struct Cfg<'a> {
     size: u64,
     iters: u64,
     extra: &'a [&'a str],
+    /// Options of the sending side only: the client of WRITE and SEND, the server of READ.
+    sender_extra: &'a [&'a str],
     /// Pin the server to CPU [`PIN`].0 and the client to [`PIN`].1 (busy-polling runs).
     pin: bool,
 }
@@ -305,6 +307,7 @@ impl<'a> Cfg<'a> {
             size,
             iters,
             extra: &[],
+            sender_extra: &[],
             pin: false,
         }
     }
@@ -332,22 +335,24 @@ fn lat_cfg(backend: &str, quick: bool) -> Cfg<'_> {
 const ATTEMPTS: usize = 2;
 
 impl Suite {
-    /// One paired round: `probe` (a baseline) and the uroce run `c`, the probe first in even
-    /// rounds (counting from 0) and last in odd ones, so that a steady drift of the machine
-    /// over the rounds cancels in their median. No second attempt: an INVALID run leaves its
-    /// round out of the target.
+    /// One paired round: `probe` (a baseline) and the uroce runs `cs`, the probe first in
+    /// even rounds (counting from 0) and last in odd ones, the runs then in reverse, so that a
+    /// steady drift of the machine over the rounds cancels in their median. No second
+    /// attempt: an INVALID run leaves its round out of the target. The runs come back in the
+    /// order of `cs`.
     fn paired<T>(
         &mut self,
         round: usize,
-        c: Cfg<'_>,
+        cs: &[Cfg<'_>],
         probe: impl FnOnce(&mut Self) -> T,
-    ) -> (T, Run) {
+    ) -> (T, Vec<Run>) {
         if round % 2 == 0 {
             let p = probe(self);
-            (p, self.bench(c))
+            (p, cs.iter().map(|&c| self.bench(c)).collect())
         } else {
-            let run = self.bench(c);
-            (probe(self), run)
+            let mut runs: Vec<Run> = cs.iter().rev().map(|&c| self.bench(c)).collect();
+            runs.reverse();
+            (probe(self), runs)
         }
     }
 
@@ -796,6 +801,11 @@ impl Suite {
         }
         args.extend(strings(c.extra));
         let mut cargs = args.clone();
+        if c.test == "read" {
+            args.extend(strings(c.sender_extra));
+        } else {
+            cargs.extend(strings(c.sender_extra));
+        }
         cargs.extend(strings(&["--connect-timeout", "30", &self.o.server_ip]));
         let run = Run {
             group: c.group.into(),
@@ -1073,19 +1083,25 @@ pub fn run(o: Options) -> Results {
         let tag = |note: &str| format!("paired round {}; {note}", round + 1);
         let n = s.iters(HEADLINE_SIZE);
         let c = Cfg::bw(PAIRED, "write", "uring", HEADLINE_SIZE, n);
-        let (mut u, run) = s.paired(round, c, |s| s.udp_bw("uring-gso-gro"));
+        // The same WRITE with the sender's submissions on a kernel thread (SQPOLL).
+        let sq = Cfg {
+            group: PAIRED_SQPOLL,
+            sender_extra: &["--sqpoll"],
+            ..c
+        };
+        let (mut u, runs) = s.paired(round, &[c, sq], |s| s.udp_bw("uring-gso-gro"));
         u.mode = PAIRED_PROBE.into();
         u.note = tag(&u.note);
         res.udp.push(u);
-        res.runs.push(run);
+        res.runs.extend(runs);
         let c = Cfg {
             group: LAT_PAIRED,
             ..lat_cfg("uring", s.o.quick)
         };
-        let (mut u, run) = s.paired(round, c, |s| s.udp_rtt(None));
+        let (mut u, runs) = s.paired(round, &[c], |s| s.udp_rtt(None));
         u.note = tag(&u.note);
         res.rtt_paired.push(u);
-        res.runs.push(run);
+        res.runs.extend(runs);
     }
     // The ceiling again, last: the VM changes speed within minutes (ceilings of 21 and 36
     // Gbit/s in one evening), and a ratio to a ceiling measured in another phase means
@@ -1113,6 +1129,11 @@ pub const CEILING_END: &str = "uring-gso-gro-end";
 /// The group of the paired rounds' WRITE runs: the k-th run of this group pairs with the k-th
 /// probe of mode [`PAIRED_PROBE`].
 pub const PAIRED: &str = "paired";
+
+/// The group of the paired rounds' WRITE runs whose sender has a kernel submission thread
+/// (`uroce bench --sqpoll`); the k-th pairs with the k-th probe of mode [`PAIRED_PROBE`], as
+/// the k-th of [`PAIRED`] does.
+pub const PAIRED_SQPOLL: &str = "paired-sqpoll";
 
 /// The mode of the paired rounds' ceiling probes.
 pub const PAIRED_PROBE: &str = "uring-gso-gro-paired";

@@ -115,6 +115,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "reason",
             "threads",
             "app_lock_longest_us",
+            "sq_poll",
         ],
     );
     // Both back ends, all three operations, both path MTUs, and every other group ran.
@@ -157,6 +158,17 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             .any(|r| r[0] == "paired" && r[1] == "write" && r[3] == "uring"),
         "no paired WRITE run"
     );
+    // ... and the same WRITE with the sender on SQPOLL, which the bench reported it had.
+    assert!(
+        runs.iter().any(|r| r[0] == "paired-sqpoll"
+            && r[1] == "write"
+            && r[3] == "uring"
+            && r[26] == "true"),
+        "no paired WRITE run with SQPOLL"
+    );
+    for r in runs.iter().filter(|r| r[0] != "paired-sqpoll") {
+        assert_eq!(r[26], "false", "SQPOLL where not asked for: {r:?}");
+    }
     assert!(
         runs.iter()
             .any(|r| r[0] == "lat-paired" && r[2] == "lat" && r[3] == "uring"),
