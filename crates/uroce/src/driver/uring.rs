@@ -538,9 +538,6 @@ fn build_ring(sq_poll: Option<Duration>) -> io::Result<(IoUring, &'static str)> 
         let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
         let mut b = IoUring::builder();
         b.setup_sqpoll(ms).setup_cqsize(CQ_ENTRIES);
-        if let Some(c) = std::env::var("UROCE_SQAFF").ok().and_then(|v| v.parse().ok()) {
-            b.setup_sqpoll_cpu(c);
-        }
         match b.build(SQ_ENTRIES) {
             Ok(r) => return Ok((r, "SQPOLL|CQSIZE")),
             // Refused (an old kernel, or a sandbox): the plain ring works the same, slower.
