@@ -1800,6 +1800,16 @@ mod tests {
         }
     }
 
+    /// A valid ceiling probe of a paired round that moved `gbit_s`.
+    fn paired_probe(gbit_s: f64) -> UdpBw {
+        UdpBw {
+            mode: crate::suite::PAIRED_PROBE.into(),
+            gbit_s,
+            valid: true,
+            ..UdpBw::default()
+        }
+    }
+
     /// The WRITE goal from the paired rounds: the median of the valid rounds' own ratios (an
     /// invalid round is left out), not the sweep's WRITE against the start's ceiling.
     #[test]
@@ -1816,12 +1826,7 @@ mod tests {
                 gbit_s: w,
                 ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, valid)
             });
-            r.udp.push(UdpBw {
-                mode: crate::suite::PAIRED_PROBE.into(),
-                gbit_s: c,
-                valid: true,
-                ..UdpBw::default()
-            });
+            r.udp.push(paired_probe(c));
         }
         let t = targets(&r).swap_remove(0);
         // Ratios 26/35 = 0.743, 27.5/36 = 0.764, 28/35 = 0.800: median 0.764.
@@ -1859,12 +1864,7 @@ mod tests {
                         ..paired_run(crate::suite::PAIRED_SQPOLL, "bw", HEADLINE_SIZE, true)
                     });
                 }
-                r.udp.push(UdpBw {
-                    mode: crate::suite::PAIRED_PROBE.into(),
-                    gbit_s: c,
-                    valid: true,
-                    ..UdpBw::default()
-                });
+                r.udp.push(paired_probe(c));
             }
         };
         let mut plain = r.clone();
