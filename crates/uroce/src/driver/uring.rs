@@ -537,7 +537,9 @@ fn build_ring(sq_poll: Option<Duration>) -> io::Result<(IoUring, &'static str)> 
     if let Some(idle) = sq_poll {
         let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
         let mut b = IoUring::builder();
-        b.setup_sqpoll(ms).setup_submit_all().setup_cqsize(CQ_ENTRIES);
+        b.setup_sqpoll(ms)
+            .setup_submit_all()
+            .setup_cqsize(CQ_ENTRIES);
         match b.build(SQ_ENTRIES) {
             Ok(r) => return Ok((r, "SQPOLL|SUBMIT_ALL|CQSIZE")),
             // Refused (an old kernel, or a sandbox): the plain ring works the same, slower.
