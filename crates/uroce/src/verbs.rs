@@ -364,6 +364,16 @@ impl SharedReceiveQueue {
     pub fn post_recv(&self, wr: RecvWr) -> Result<()> {
         Ok(self.shared.lock().eng.post_srq_recv(self.h, wr)?)
     }
+
+    /// Posts several receive WRs in order under one lock of the engine, as
+    /// [`QueuePair::post_recv_batch`] does.
+    pub fn post_recv_batch(&self, wrs: impl IntoIterator<Item = RecvWr>) -> Result<()> {
+        let mut g = self.shared.lock();
+        for wr in wrs {
+            g.eng.post_srq_recv(self.h, wr)?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for SharedReceiveQueue {
@@ -542,6 +552,18 @@ impl QueuePair {
     /// Posts a receive WR.
     pub fn post_recv(&self, wr: RecvWr) -> Result<()> {
         Ok(self.shared.lock().eng.post_recv(self.qpn, wr)?)
+    }
+
+    /// Posts several receive WRs in order under one lock of the engine (one `ibv_post_recv`
+    /// call with a chain): a receiver reposting a batch of completions does not queue for
+    /// the lock once per WR behind a busy progress thread. Stops at the first WR that fails
+    /// and returns its error; the WRs before it stay posted, as verbs reports `bad_wr`.
+    pub fn post_recv_batch(&self, wrs: impl IntoIterator<Item = RecvWr>) -> Result<()> {
+        let mut g = self.shared.lock();
+        for wr in wrs {
+            g.eng.post_recv(self.qpn, wr)?;
+        }
+        Ok(())
     }
 
     /// Current state.

@@ -609,3 +609,65 @@ fn rc_survives_injected_faults_on_real_sockets() {
         );
     }
 }
+
+/// Receives posted as one batch (one engine lock) are consumed in order, like single posts;
+/// a batch stops at the first WR the QP refuses (more SGEs than `max_recv_sge`), the WRs
+/// before it posted, the rest not.
+#[test]
+fn a_batch_of_receives_is_posted_in_order_and_stops_at_a_refused_wr() {
+    let a = side(
+        "127.0.96.1",
+        BackendKind::Uring,
+        Progress::Thread,
+        QpType::Rc,
+        None,
+    );
+    let b = side(
+        "127.0.96.2",
+        BackendKind::Uring,
+        Progress::Thread,
+        QpType::Rc,
+        None,
+    );
+    connect(&a, &b);
+    let recv = |id: u64| RecvWr {
+        wr_id: id,
+        sgl: vec![b.mr.sge(id << 12, 4096)],
+    };
+    b.qp.post_recv_batch((1..=3).map(recv)).unwrap();
+    let too_many_sges = RecvWr {
+        wr_id: 99,
+        sgl: vec![b.mr.sge(0, 8); 5],
+    };
+    assert!(b
+        .qp
+        .post_recv_batch([recv(4), too_many_sges, recv(5)])
+        .is_err());
+    // Five SENDs: the first four land in receives 1..=4; the fifth finds none (receive 5
+    // was never posted) until receive 6 is posted, after receive 4 completed.
+    for k in 1..=5u8 {
+        a.qp.post_send(SendWr::new(
+            u64::from(k),
+            SendOp::Send,
+            Payload::Inline(vec![k; 100]),
+        ))
+        .unwrap();
+    }
+    for id in 1..=4 {
+        let r = one_ok(&b, WcOpcode::Recv);
+        assert_eq!((r.wr_id, r.byte_len), (id, 100));
+        let mut got = vec![0; 100];
+        b.mr.read((id as usize) << 12, &mut got);
+        assert_eq!(got, vec![id as u8; 100]);
+    }
+    b.qp.post_recv_batch([recv(6)]).unwrap();
+    let r = one_ok(&b, WcOpcode::Recv);
+    assert_eq!(
+        (r.wr_id, r.byte_len),
+        (6, 100),
+        "receive 5 was posted after all"
+    );
+    for _ in 1..=5 {
+        one_ok(&a, WcOpcode::Send);
+    }
+}

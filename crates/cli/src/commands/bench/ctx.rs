@@ -663,14 +663,19 @@ impl Ctx {
     /// advertised area, so message `p` lands where the sender's slot `p` is (bandwidth tests;
     /// latency tests use offset 0, as perftest steps addresses in bandwidth tests only).
     fn post_recv(&self, q: u64, p: u64, size: u64, cycle: bool) -> Result<(), CliError> {
+        self.qps[q as usize]
+            .post_recv(self.recv_wr(q, p, size, cycle))
+            .map_err(|e| fail(format!("Couldn't post recv Qp={q}: {e}")))
+    }
+
+    /// Receive number `p` of QP `q` ([`Ctx::post_recv`]).
+    fn recv_wr(&self, q: u64, p: u64, size: u64, cycle: bool) -> RecvWr {
         let slot = if cycle { self.geo.slot(size, p) } else { 0 };
         let off = self.geo.remote(q) + slot;
-        self.qps[q as usize]
-            .post_recv(RecvWr {
-                wr_id: (q << QP_SHIFT) | p,
-                sgl: vec![self.mr.sge(off, size as u32)],
-            })
-            .map_err(|e| fail(format!("Couldn't post recv Qp={q}: {e}")))
+        RecvWr {
+            wr_id: (q << QP_SHIFT) | p,
+            sgl: vec![self.mr.sge(off, size as u32)],
+        }
     }
 
     /// `ctx_set_recv_wqes`: `count` receives on every QP, before the handshake that lets the
@@ -701,6 +706,9 @@ impl Ctx {
         let total = iters * n as u64;
         let mut done = 0u64;
         let mut first: Option<Instant> = None;
+        // The receives to post again, per QP, posted together after each batch of
+        // completions (one engine lock per QP and batch, not one per receive).
+        let mut repost: Vec<Vec<RecvWr>> = vec![Vec::new(); n];
         while done < total {
             for c in self.wait_some(64, label)? {
                 Self::check_wc(&c, WcOpcode::Recv, label)?;
@@ -718,8 +726,15 @@ impl Ctx {
                 rcnt[q] += 1;
                 done += 1;
                 if posted[q] < iters {
-                    self.post_recv(q as u64, posted[q], size, true)?;
+                    repost[q].push(self.recv_wr(q as u64, posted[q], size, true));
                     posted[q] += 1;
+                }
+            }
+            for (q, wrs) in repost.iter_mut().enumerate() {
+                if !wrs.is_empty() {
+                    self.qps[q]
+                        .post_recv_batch(wrs.drain(..))
+                        .map_err(|e| fail(format!("Couldn't post recv Qp={q}: {e}")))?;
                 }
             }
             tick.tick(label, done, Some(total), done * size);
