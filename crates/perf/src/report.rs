@@ -184,26 +184,29 @@ impl Floor {
     /// below the estimate refutes it as a floor).
     fn copying_note(&self, goal: f64, spent: f64) -> Option<String> {
         let floor = self.design_copying();
-        (spent >= floor && goal > self.gbit(floor)).then(|| {
-            format!(
-                "beyond this design: {} cores at its floor with a copying receive (steered \
-                 devices do not place) of {floor:.3} CPU-s/GB move at most {:.1} Gbit/s; this \
-                 run spent {spent:.3}",
-                self.cores,
-                self.gbit(floor)
-            )
-        })
+        self.beyond(
+            floor,
+            " with a copying receive (steered devices do not place)",
+            spent >= floor,
+            goal,
+        )
+        .map(|n| format!("{n}; this run spent {spent:.3}"))
     }
 
     /// A remark when `goal` Gbit/s is beyond this design's floor only.
     fn design_note(&self, goal: f64) -> Option<String> {
-        (self.holds(self.design()) && goal > self.gbit(self.design())).then(|| {
+        self.beyond(self.design(), "", self.holds(self.design()), goal)
+    }
+
+    /// "Beyond this design" when `goal` Gbit/s is more than the cores move at `floor`
+    /// CPU-s/GB (`which` names the floor) and the floor `holds` for the run in question.
+    fn beyond(&self, floor: f64, which: &str, holds: bool, goal: f64) -> Option<String> {
+        (holds && goal > self.gbit(floor)).then(|| {
             format!(
-                "beyond this design: {} cores at its floor of {:.3} CPU-s/GB move at most \
-                 {:.1} Gbit/s",
+                "beyond this design: {} cores at its floor{which} of {floor:.3} CPU-s/GB move \
+                 at most {:.1} Gbit/s",
                 self.cores,
-                self.design(),
-                self.gbit(self.design())
+                self.gbit(floor)
             )
         })
     }
