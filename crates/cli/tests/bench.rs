@@ -287,21 +287,30 @@ fn write_bw_all_sizes() {
 /// (`sq_poll`), and WRITE, READ and SEND move every size intact through it.
 #[test]
 fn bw_with_a_kernel_submission_thread() {
-    for (id, test) in [(81, "write"), (82, "read"), (83, "send")] {
-        bw(id, test, 100, &[64, 4096, 1 << 20], &["--sqpoll"]);
+    bw_with_a_sending_option(80, "--sqpoll", "sq_poll", &["--sqpoll-idle-ms", "5"]);
+}
+
+/// `--tx-thread`: the device's sends are made by a send thread, which the result reports
+/// (`tx_thread`), and WRITE, READ and SEND move every size intact through it.
+#[test]
+fn bw_with_a_send_thread() {
+    bw_with_a_sending_option(85, "--tx-thread", "tx_thread", &[]);
+}
+
+/// With `flag` on both sides (ids `base + 1 ..= base + 5`), WRITE, READ and SEND move every
+/// size intact and every result says `key`; without it, a WRITE's results do not.
+fn bw_with_a_sending_option(base: u8, flag: &str, key: &str, more: &[&str]) {
+    for (i, test) in [(1, "write"), (2, "read"), (3, "send")] {
+        bw(base + i, test, 100, &[64, 4096, 1 << 20], &[flag]);
     }
-    let (s, c) = run_pair(
-        84,
-        "write",
-        "bw",
-        &["-n", "50", "--sqpoll", "--sqpoll-idle-ms", "5"],
-    );
+    let args: Vec<&str> = ["-n", "50", flag].iter().chain(more).copied().collect();
+    let (s, c) = run_pair(base + 4, "write", "bw", &args);
     for v in s.iter().chain(&c) {
-        assert_eq!(v["sq_poll"], true, "{v}");
+        assert_eq!(v[key], true, "{v}");
     }
-    let (s, c) = run_pair(85, "write", "bw", &["-n", "50"]);
+    let (s, c) = run_pair(base + 5, "write", "bw", &["-n", "50"]);
     for v in s.iter().chain(&c) {
-        assert_eq!(v["sq_poll"], false, "{v}");
+        assert_eq!(v[key], false, "{v}");
     }
 }
 

@@ -83,6 +83,13 @@ pub struct DeviceConfig {
     /// sends"). The polling costs CPU time; a device that mostly receives, or waits for
     /// single small messages, is better off without it.
     pub sq_poll: Option<Duration>,
+    /// io_uring back end: hand the sends to a thread of the back end's own, which makes them
+    /// with `sendmsg` while the progress thread builds the next batch (off by default;
+    /// `UROCE_TXTHREAD=1` sets it; `sq_poll` is then not used). Like `sq_poll`, for a device
+    /// that streams bulk data out: the kernel's share of the sends runs on another CPU, and
+    /// the thread sleeps when there is nothing to send instead of polling
+    /// (docs/PERFORMANCE.md, "A user-space send thread").
+    pub tx_thread: bool,
 }
 
 impl DeviceConfig {
@@ -107,6 +114,7 @@ impl DeviceConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
+            tx_thread: std::env::var("UROCE_TXTHREAD").is_ok_and(|v| !v.is_empty() && v != "0"),
         }
     }
 }
@@ -397,6 +405,7 @@ impl Device {
                 let (sock, features) = socket(true)?;
                 let opts = crate::driver::uring::Options {
                     sq_poll: cfg.sq_poll,
+                    tx_thread: cfg.tx_thread,
                     ..Default::default()
                 };
                 match UringBackend::with_options(sock, features.gro, opts) {

@@ -144,6 +144,12 @@ pub struct Args {
     /// How long the `--sqpoll` thread polls after its last submission before it sleeps.
     #[arg(long, value_name = "MS", default_value_t = 1, requires = "sqpoll")]
     pub sqpoll_idle_ms: u64,
+    /// io_uring back end: a thread of uroce's own makes the sends (`sendmsg`) while the
+    /// progress thread builds the next batch, and sleeps when there is nothing to send. For
+    /// the sending side of a bulk transfer, like `--sqpoll` (which it replaces when both are
+    /// given).
+    #[arg(long)]
+    pub tx_thread: bool,
     /// QPs, all used at once (perftest's -q).
     #[arg(short = 'q', long = "qps", visible_alias = "qp", default_value_t = 1)]
     pub qps: u32,
@@ -352,6 +358,7 @@ impl Opts {
                 timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout)),
                 steer: a.steer,
                 sq_poll: a.sqpoll.then(|| Duration::from_millis(a.sqpoll_idle_ms)),
+                tx_thread: a.tx_thread,
             },
         })
     }
@@ -1263,6 +1270,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             backend: o.dev.backend.name(),
             progress: if o.dev.polled { "polled" } else { "thread" },
             sq_poll: c.dev.driver_features().sq_poll,
+            tx_thread: c.dev.driver_features().tx_thread,
             qps: o.qps as usize,
             mtu: mtu.bytes(),
             report_gbits: args.report_gbits,

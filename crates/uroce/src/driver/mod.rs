@@ -5,6 +5,7 @@ pub mod faults;
 pub(crate) mod place;
 pub mod raw;
 pub(crate) mod syscall;
+pub(crate) mod tx_thread;
 pub(crate) mod uring;
 
 use std::io;
@@ -62,6 +63,9 @@ pub struct DriverFeatures {
     /// io_uring submissions are taken by a kernel thread (`SQPOLL`, see
     /// [`crate::DeviceConfig::sq_poll`]).
     pub sq_poll: bool,
+    /// Sends are made by a send thread of the back end's own (see
+    /// [`crate::DeviceConfig::tx_thread`]).
+    pub tx_thread: bool,
 }
 
 /// Counters of the driver (the engine's own are in [`crate::DeviceCounters`]).

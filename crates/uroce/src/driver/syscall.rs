@@ -276,6 +276,7 @@ impl Backend for SyscallBackend {
             gro: self.gro,
             gso: false,
             sq_poll: false,
+            tx_thread: false,
         }
     }
 

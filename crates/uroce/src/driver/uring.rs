@@ -31,6 +31,11 @@
 //! publishes the ring's tail, and a syscall is made only to wake a thread that went to
 //! sleep. Sends stay in order: the one kernel thread issues them as queued.
 //!
+//! A send thread ([`Options::tx_thread`], `DeviceConfig::tx_thread`, off by default;
+//! `tx_thread.rs`) does the same from user space: the queued slots go to a thread of the back
+//! end's own instead of the ring, and come back with their results through `reap`. It sleeps
+//! when idle instead of polling, and `SQPOLL` is then not set up.
+//!
 //! `SINGLE_ISSUER`/`DEFER_TASKRUN` (and `COOP_TASKRUN`) are not used. In thread mode both the
 //! progress thread and application threads submit; in polled mode whichever application thread
 //! polls a CQ submits, since a device may be shared between threads. A second submitter would
@@ -74,6 +79,7 @@ use nix::sys::socket::{setsockopt, sockopt, SockaddrLike, SockaddrStorage};
 
 use super::place::{PlacingRx, Received};
 use super::syscall::{deliver, send_one, SyscallRx};
+use super::tx_thread::TxThread;
 use super::{Backend, BackendKind, DriverFeatures, DriverStats, Sink};
 
 /// Submission queue entries: every send buffer plus the receive and a cancellation fit.
@@ -162,6 +168,9 @@ pub(crate) struct Options {
     /// (the kernel rounds up to whole jiffies). Falls back to a plain ring, with a warning,
     /// where the kernel refuses it.
     pub sq_poll: Option<Duration>,
+    /// Hand the sends to a thread of the back end's own (`tx_thread.rs`) instead of
+    /// submitting them on the ring; `sq_poll` is then not used.
+    pub tx_thread: bool,
 }
 
 impl Default for Options {
@@ -171,6 +180,7 @@ impl Default for Options {
             send_zc: false,
             place: std::env::var_os("UROCE_ZCRX").is_none_or(|v| v != "0"),
             sq_poll: None,
+            tx_thread: false,
         }
     }
 }
@@ -371,6 +381,31 @@ impl SendSlot {
 }
 
 impl SendSlot {
+    /// Counts the result of this slot's send (`res`: bytes sent, or `-errno`), as its
+    /// completion or the send thread reports it.
+    fn sent(&self, res: i32, sock: &UdpSocket, gso: &mut GsoState, stats: &mut DriverStats) {
+        if res >= 0 {
+            stats.tx_bytes += res as u64;
+            return;
+        }
+        let e = -res;
+        match e {
+            // Lost like on a network (RC retransmits).
+            libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED => stats.tx_dropped += 1,
+            // Cancelled at shutdown.
+            libc::ECANCELED => {}
+            // The route's device cannot segment (no checksum offload) or take this segment
+            // size: send this batch and every later one packet by packet.
+            libc::EIO | libc::EINVAL if self.segment.is_some() => {
+                let why = io::Error::from_raw_os_error(e);
+                if self.resend_unsegmented(sock, gso, &why, stats).is_err() {
+                    stats.tx_errors += 1;
+                }
+            }
+            _ => stats.tx_errors += 1,
+        }
+    }
+
     /// After a GSO send of this slot failed with `e` (the route's device cannot segment, or
     /// not this segment size): turns GSO off for good (`gso`) and sends the slot's packets
     /// one by one with `sendmsg`.
@@ -516,6 +551,12 @@ pub(crate) struct UringBackend {
     hold_arm: bool,
     /// Datagrams in a row the placing receive took without a plan.
     unplanned: usize,
+    /// The send thread, which then takes every queued send ([`Options::tx_thread`]).
+    tx: Option<TxThread>,
+    /// Slots the send thread handed back, being reaped.
+    tx_done: Vec<(usize, i32)>,
+    /// Slots handed to the send thread and not yet reaped.
+    tx_held: usize,
 }
 
 // SAFETY: the raw pointers inside (`RxRing`, the `msghdr`s and iovecs of the send slots) point
@@ -576,7 +617,10 @@ impl UringBackend {
         gro: bool,
         opts: Options,
     ) -> Result<Self, (UdpSocket, io::Error)> {
-        let (ring, flags) = match build_ring(opts.sq_poll) {
+        // With a send thread the ring submits no sends: a kernel thread polling it would
+        // only burn CPU.
+        let sq_poll = opts.sq_poll.filter(|_| !opts.tx_thread);
+        let (ring, flags) = match build_ring(sq_poll) {
             Ok(r) => r,
             Err(e) => return Err((sock, e)),
         };
@@ -601,6 +645,14 @@ impl UringBackend {
         let local_default = match sock.local_addr() {
             Ok(a) => a.ip(),
             Err(e) => return Err((sock, e)),
+        };
+        let tx = if opts.tx_thread {
+            match sock.try_clone().and_then(TxThread::start) {
+                Ok(t) => Some(t),
+                Err(e) => return Err((sock, e)),
+            }
+        } else {
+            None
         };
         let mut b = UringBackend {
             ring,
@@ -630,6 +682,9 @@ impl UringBackend {
             cancelling: false,
             hold_arm: false,
             unplanned: 0,
+            tx,
+            tx_done: Vec::with_capacity(TX_SLOTS),
+            tx_held: 0,
         };
         let rx = if opts.multishot {
             b.probe_multishot()
@@ -719,11 +774,22 @@ impl UringBackend {
             if std::time::Instant::now() >= end {
                 return Err("operations still in flight".into());
             }
-            self.wait_cqe(Duration::from_millis(10));
+            self.wait_completion(Duration::from_millis(10));
         }
     }
 
-    /// Waits up to `timeout` for a completion.
+    /// Waits up to `timeout` for a completion: a slot from the send thread while it holds
+    /// any, else a completion on the ring.
+    fn wait_completion(&mut self, timeout: Duration) {
+        if let Some(t) = self.tx.as_ref().filter(|_| self.tx_held > 0) {
+            if t.wait_done(timeout).is_ok() {
+                return;
+            }
+        }
+        self.wait_cqe(timeout);
+    }
+
+    /// Waits up to `timeout` for a completion on the ring.
     fn wait_cqe(&mut self, timeout: Duration) {
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
@@ -812,6 +878,9 @@ impl UringBackend {
             gso,
             stats,
             poll_armed,
+            tx,
+            tx_done,
+            tx_held,
             ..
         } = self;
         for cqe in ring.completion() {
@@ -838,30 +907,19 @@ impl UringBackend {
             }
             // A zero-copy send's result: the notification frees the slot.
             let notif_follows = cqueue::more(cqe.flags());
-            if res >= 0 {
-                stats.tx_bytes += res as u64;
-            } else {
-                let e = -res;
-                match e {
-                    // Lost like on a network (RC retransmits).
-                    libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED => stats.tx_dropped += 1,
-                    // Cancelled at shutdown.
-                    libc::ECANCELED => {}
-                    // The route's device cannot segment (no checksum offload) or take this
-                    // segment size: send this batch and every later one packet by packet.
-                    libc::EIO | libc::EINVAL if slot.segment.is_some() => {
-                        if slot
-                            .resend_unsegmented(sock, gso, &io::Error::from_raw_os_error(e), stats)
-                            .is_err()
-                        {
-                            stats.tx_errors += 1;
-                        }
-                    }
-                    _ => stats.tx_errors += 1,
-                }
-            }
+            slot.sent(res, sock, gso, stats);
             if !notif_follows {
                 free.push(i);
+            }
+        }
+        if let Some(t) = tx {
+            t.take_done(tx_done);
+            *tx_held -= tx_done.len();
+            for (i, res) in tx_done.drain(..) {
+                if let Some(slot) = slots.get(i) {
+                    slot.sent(res, sock, gso, stats);
+                    free.push(i);
+                }
             }
         }
     }
@@ -873,6 +931,11 @@ impl UringBackend {
             self.reap();
         }
         while self.free.is_empty() {
+            if let Some(t) = &self.tx {
+                t.wait_done(Duration::from_millis(100))?;
+                self.reap();
+                continue;
+            }
             self.stats.ring_enters += 1;
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -971,6 +1034,16 @@ impl UringBackend {
         let fd = types::Fd(self.sock.as_raw_fd());
         let send_zc = self.send_zc;
         let slot = self.prepare_slot(i, dst, len, segment);
+        let msg: *const libc::msghdr = &slot.msg;
+        if let Some(t) = &self.tx {
+            // SAFETY: slot `i` is boxed (its address never changes) and is neither written
+            // nor freed until the thread hands it back: it returns to `free` only in `reap`,
+            // from `take_done`, and `Drop` stops and joins the thread before the slots go.
+            unsafe { t.send(i, msg) };
+            self.tx_held += 1;
+            return Ok(());
+        }
+        let slot = &*self.slots[i];
         let entry = if send_zc {
             opcode::SendMsgZc::new(fd, &slot.msg)
                 .ioprio(SEND_ZC_REPORT_USAGE)
@@ -1161,7 +1234,7 @@ impl Backend for UringBackend {
             if std::time::Instant::now() >= end {
                 return Ok(false);
             }
-            self.wait_cqe(Duration::from_millis(10));
+            self.wait_completion(Duration::from_millis(10));
         }
     }
 
@@ -1351,6 +1424,7 @@ impl Backend for UringBackend {
             gro: self.gro,
             gso: self.gso.on,
             sq_poll: self.sq_poll(),
+            tx_thread: self.tx.is_some(),
         }
     }
 
@@ -1361,6 +1435,10 @@ impl Backend for UringBackend {
 
 impl Drop for UringBackend {
     fn drop(&mut self) {
+        if let Some(t) = &mut self.tx {
+            // Its last sends are handed back before it ends, and reaped by `settle`.
+            t.stop();
+        }
         if let Some(i) = self.current.take() {
             self.free.push(i);
         }
@@ -1714,16 +1792,6 @@ mod tests {
         let mut tx = backend("127.0.40.14", sq);
         assert!(tx.features().sq_poll && !rx.features().sq_poll);
         let dst = rx.sock.local_addr().unwrap();
-        // Batch `b` holds 4 datagrams of 200 bytes, each starting with its number 4b + i.
-        let batch = |b: u32| -> Vec<u8> {
-            (0..4u32)
-                .flat_map(|i| {
-                    let mut d = vec![(b % 251) as u8; 200];
-                    d[..4].copy_from_slice(&(4 * b + i).to_le_bytes());
-                    d
-                })
-                .collect()
-        };
         let batches = 3 * TX_SLOTS as u32;
         for b in 0..batches {
             tx.send(dst, &batch(b), Some(200)).unwrap();
@@ -1744,15 +1812,66 @@ mod tests {
         }
         tx.flush().unwrap();
         got.extend(collect(&mut rx, 16));
-        let numbers: Vec<u32> = got
-            .iter()
+        assert_eq!(numbers(&got), (0..4 * (batches + 4)).collect::<Vec<u32>>());
+        assert_eq!(tx.stats().tx_gso_sends, u64::from(batches + 4));
+    }
+
+    /// Batch `b` of the ordering tests: 4 datagrams of 200 bytes, each starting with its
+    /// number 4b + i.
+    fn batch(b: u32) -> Vec<u8> {
+        (0..4u32)
+            .flat_map(|i| {
+                let mut d = vec![(b % 251) as u8; 200];
+                d[..4].copy_from_slice(&(4 * b + i).to_le_bytes());
+                d
+            })
+            .collect()
+    }
+
+    /// The numbers of datagrams received from [`batch`]es, in order.
+    fn numbers(got: &[(SocketAddr, IpAddr, Vec<u8>)]) -> Vec<u32> {
+        got.iter()
             .map(|(_, _, d)| {
                 assert_eq!(d.len(), 200);
                 u32::from_le_bytes(d[..4].try_into().unwrap())
             })
-            .collect();
-        assert_eq!(numbers, (0..4 * (batches + 4)).collect::<Vec<u32>>());
-        assert_eq!(tx.stats().tx_gso_sends, u64::from(batches + 4));
+            .collect()
+    }
+
+    /// The send thread (`tx_thread`, which replaces `SQPOLL`): batches through every slot
+    /// arrive in order, each slot comes back with its result counted (the bytes, or the error
+    /// of a send the kernel refuses), and sends queued just before the back end is dropped
+    /// still go out.
+    #[test]
+    fn tx_thread_sends_in_order_counts_results_and_sends_the_rest_at_drop() {
+        let mut rx = backend("127.0.40.15", Options::default());
+        let opts = Options {
+            tx_thread: true,
+            sq_poll: Some(Duration::from_millis(1)),
+            ..Options::default()
+        };
+        let mut tx = backend("127.0.40.16", opts);
+        assert!(tx.features().tx_thread && !tx.features().sq_poll);
+        let dst = rx.sock.local_addr().unwrap();
+        let batches = 3 * TX_SLOTS as u32;
+        for b in 0..batches {
+            tx.send(dst, &batch(b), Some(200)).unwrap();
+        }
+        tx.flush().unwrap();
+        let mut got = collect(&mut rx, 4 * batches as usize);
+        // Longer than an IPv4 datagram can be: the thread's `sendmsg` fails with EMSGSIZE.
+        tx.send(dst, &vec![7; 65_520], None).unwrap();
+        assert!(tx.drain_sends(Duration::from_secs(5)).unwrap());
+        let st = tx.stats();
+        assert_eq!((st.tx_errors, st.tx_dropped), (1, 0));
+        assert_eq!(st.tx_bytes, u64::from(batches) * 800);
+        assert_eq!(tx.free.len(), TX_SLOTS);
+        for b in batches..batches + 8 {
+            tx.send(dst, &batch(b), Some(200)).unwrap();
+        }
+        drop(tx);
+        got.extend(collect(&mut rx, 32));
+        assert_eq!(numbers(&got), (0..4 * (batches + 8)).collect::<Vec<u32>>());
     }
 
     #[test]

@@ -230,6 +230,8 @@ pub struct DevOpts {
     pub steer: bool,
     /// io_uring `SQPOLL` with this idle time (`None`: as `UROCE_SQPOLL_MS` says).
     pub sq_poll: Option<Duration>,
+    /// A send thread (`false`: as `UROCE_TXTHREAD` says).
+    pub tx_thread: bool,
 }
 
 /// The verbs objects. Fields drop in order: QPs before the queues they use, the device last.
@@ -269,6 +271,7 @@ impl Ctx {
         if d.sq_poll.is_some() {
             cfg.sq_poll = d.sq_poll;
         }
+        cfg.tx_thread |= d.tx_thread;
         cfg.progress = if d.polled {
             Progress::Polled
         } else {

@@ -298,6 +298,8 @@ pub struct Context {
     pub progress: &'static str,
     /// The device's io_uring submissions are taken by a kernel thread (`--sqpoll`).
     pub sq_poll: bool,
+    /// The device's sends are made by a send thread (`--tx-thread`).
+    pub tx_thread: bool,
     /// QPs.
     pub qps: usize,
     /// Path MTU.
@@ -335,6 +337,7 @@ impl<'a> Reporter<'a> {
             "backend": c.backend,
             "progress": c.progress,
             "sq_poll": c.sq_poll,
+            "tx_thread": c.tx_thread,
             "qps": c.qps,
             "mtu": c.mtu,
             "report_gbits": c.report_gbits,
@@ -618,6 +621,7 @@ mod tests {
             backend: "uring",
             progress: "thread",
             sq_poll: false,
+            tx_thread: false,
             qps: 1,
             mtu: 4096,
             report_gbits: false,
@@ -643,6 +647,7 @@ mod tests {
             backend: "uring",
             progress: "polled",
             sq_poll: false,
+            tx_thread: false,
             qps: 1,
             mtu: 4096,
             report_gbits: false,
