@@ -147,6 +147,9 @@ pub struct Run {
     /// A side's io_uring submissions were taken by a kernel thread (`uroce bench --sqpoll`,
     /// as the bench reported it).
     pub sq_poll: bool,
+    /// A side's sends were made by a send thread (`uroce bench --tx-thread`, as the bench
+    /// reported it).
+    pub tx_thread: bool,
     /// No data lost, no error: the run counts as a result.
     pub valid: bool,
     /// Why it is INVALID.
@@ -254,7 +257,7 @@ impl Results {
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
                 "kernel_udp_drops": r.kernel_udp_drops, "placed": r.placed,
                 "app_lock_longest_us": r.app_lock_longest_us, "sq_poll": r.sq_poll,
-                "valid": r.valid, "reason": r.reason,
+                "tx_thread": r.tx_thread, "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
         })
@@ -345,6 +348,7 @@ impl Results {
                     placed: u(r, "placed"),
                     app_lock_longest_us: r["app_lock_longest_us"].as_u64(),
                     sq_poll: b(r, "sq_poll"),
+                    tx_thread: b(r, "tx_thread"),
                     valid: b(r, "valid"),
                     reason: s(r, "reason"),
                 })
@@ -450,6 +454,7 @@ pub fn run_from_bench(
             run.errors += u(h, "io_errors");
             run.placed += u(h, "placed");
             run.sq_poll |= b(l, "sq_poll");
+            run.tx_thread |= b(l, "tx_thread");
             if let Some(w) = h["app_lock_longest_us"].as_u64() {
                 run.app_lock_longest_us = Some(run.app_lock_longest_us.unwrap_or(0).max(w));
             }

@@ -27,7 +27,7 @@ pub const QPS_THREADS: u32 = 2;
 pub const LAT_SIZE: u64 = 8;
 
 /// The CSV columns of `uroce.csv` (columns added later come last, so older ones keep their place).
-pub const RUN_COLUMNS: [&str; 27] = [
+pub const RUN_COLUMNS: [&str; 28] = [
     "group",
     "test",
     "kind",
@@ -55,6 +55,7 @@ pub const RUN_COLUMNS: [&str; 27] = [
     "threads",
     "app_lock_longest_us",
     "sq_poll",
+    "tx_thread",
 ];
 
 /// One target of the issue, evaluated.
@@ -220,6 +221,22 @@ fn with_note(note: &str, extra: Option<String>) -> String {
         None => note.to_string(),
     }
 }
+
+/// The configurations of the paired WRITE rounds: the runs' group, what the target's note
+/// calls it, and its option as the note writes it (empty, or "`--flag`, ").
+const PAIRED_ARMS: [(&str, &str, &str); 3] = [
+    (crate::suite::PAIRED, "the default configuration", ""),
+    (
+        crate::suite::PAIRED_SQPOLL,
+        "the sender with SQPOLL",
+        "`--sqpoll`, ",
+    ),
+    (
+        crate::suite::PAIRED_TXTHREAD,
+        "the sender with a send thread",
+        "`--tx-thread`, ",
+    ),
+];
 
 /// The names of all targets, in table order (the test checks every one has a row).
 pub const TARGET_NAMES: [&str; 13] = [
@@ -514,37 +531,46 @@ pub fn targets(r: &Results) -> Vec<Target> {
     }
     // The paired rounds, when the suite ran them, replace the single WRITE against the start's
     // ceiling: the same ratio, measured within a minute, three times. Each round has the WRITE
-    // as configured by default and with the sender's submissions on a kernel thread
-    // (`--sqpoll`); the target takes the configuration with the better median ratio, as the
-    // message rate takes the faster progress mode, and the note gives both.
-    let plain = Paired::of(&paired_rounds(r, crate::suite::PAIRED));
-    let sq = Paired::of(&paired_rounds(r, crate::suite::PAIRED_SQPOLL));
-    let sq_wins = match (&plain, &sq) {
-        (Some(p), Some(s)) => s.ratio > p.ratio,
-        (None, Some(_)) => true,
-        _ => false,
-    };
-    let (best, other) = if sq_wins { (sq, plain) } else { (plain, sq) };
-    if let Some(p) = best {
-        let (this, that) = if sq_wins {
-            (
-                "the sender with SQPOLL (`--sqpoll`, the better here)",
-                "the default configuration",
-            )
+    // as configured by default, with the sender's submissions on a kernel thread (`--sqpoll`)
+    // and with its sends on a send thread (`--tx-thread`); the target takes the configuration
+    // with the best median ratio (the default on a tie), as the message rate takes the faster
+    // progress mode, and the note gives the others.
+    let arms: Vec<(&str, &str, Paired)> = PAIRED_ARMS
+        .iter()
+        .filter_map(|&(group, what, flag)| {
+            Paired::of(&paired_rounds(r, group)).map(|p| (what, flag, p))
+        })
+        .collect();
+    let best = (0..arms.len()).reduce(|b, i| {
+        if arms[i].2.ratio > arms[b].2.ratio {
+            i
         } else {
-            (
-                "the default configuration (the better here)",
-                "the sender with SQPOLL (`--sqpoll`)",
-            )
-        };
+            b
+        }
+    });
+    if let Some(b) = best {
+        let (what, flag, p) = &arms[b];
+        let best_word = if arms.len() > 2 { "best" } else { "better" };
         let mut note = format!(
             "the issue's ceiling; {} (the io_uring ceiling probe and WRITE 1 MiB within a \
-             minute of each other, in ABBA order), {this}: ratios {}, WRITE {}, ceilings {}",
+             minute of each other, in ABBA order), {what} ({flag}the {best_word} here): ratios \
+             {}, WRITE {}, ceilings {}",
             p.what, p.ratios, p.values, p.baselines
         );
-        if let Some(o) = other {
+        for (what, flag, o) in arms
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != b)
+            .map(|(_, a)| a)
+        {
+            let flag = flag.trim_end_matches(", ");
+            let what = if flag.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what} ({flag})")
+            };
             note.push_str(&format!(
-                "; {that}: {:.2} (ratios {}, WRITE {})",
+                "; {what}: {:.2} (ratios {}, WRITE {})",
                 o.ratio, o.ratios, o.values
             ));
         }
@@ -919,6 +945,7 @@ pub fn runs_csv(r: &Results) -> String {
             x.app_lock_longest_us
                 .map_or(String::new(), |w| w.to_string()),
             x.sq_poll.to_string(),
+            x.tx_thread.to_string(),
         ]);
     }
     o
@@ -1428,6 +1455,15 @@ pub fn markdown(r: &Results, link: &str) -> String {
                 "WRITE {}, paired with a ceiling probe (issue 6's first target)",
                 size_label(x.size as f64)
             ),
+            crate::suite::PAIRED_TXTHREAD => format!(
+                "WRITE {}, the sender {}, paired with a ceiling probe",
+                size_label(x.size as f64),
+                if x.tx_thread {
+                    "with a send thread"
+                } else {
+                    "asked for a send thread but without it"
+                }
+            ),
             crate::suite::PAIRED_SQPOLL => format!(
                 "WRITE {}, the sender {}, paired with a ceiling probe",
                 size_label(x.size as f64),
@@ -1873,10 +1909,11 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
     }
 
-    /// Each paired round also runs the WRITE with the sender on SQPOLL: the target takes the
-    /// configuration with the better median ratio, names it, and gives the other's numbers.
+    /// Each paired round also runs the WRITE with the sender on SQPOLL and with a send thread:
+    /// the target takes the configuration with the best median ratio, names it, and gives the
+    /// others' numbers.
     #[test]
-    fn paired_rounds_take_the_better_of_default_and_sqpoll() {
+    fn paired_rounds_take_the_best_of_default_sqpoll_and_send_thread() {
         let mut r = sample();
         let rounds = [(20.0, 30.0, 40.0), (21.0, 27.0, 36.0), (19.0, 18.0, 38.0)];
         let add = |r: &mut Results, sq: bool| {
@@ -1917,6 +1954,35 @@ mod tests {
         let md = markdown(&r, "perf");
         assert!(
             md.contains("WRITE 1 MiB, the sender with SQPOLL, paired"),
+            "{md}"
+        );
+        assert_eq!(Results::from_json(&r.to_json()), r);
+        // The same rounds with a send thread as well: 32/40, 28/36, 20/38, median 0.78, the
+        // best of three, and the note gives the two others.
+        for w in [32.0, 28.0, 20.0] {
+            r.runs.push(Run {
+                gbit_s: w,
+                tx_thread: true,
+                ..paired_run(crate::suite::PAIRED_TXTHREAD, "bw", HEADLINE_SIZE, true)
+            });
+        }
+        let t = targets(&r).swap_remove(0);
+        assert_eq!(
+            (t.ratio.as_str(), t.value.clone()),
+            ("0.78", gb(28.0)),
+            "{t:?}"
+        );
+        assert!(
+            t.note.contains(
+                "the sender with a send thread (`--tx-thread`, the best here): ratios 0.80, 0.78, 0.53"
+            ) && t.note.contains("the default configuration: 0.50 (ratios 0.50, 0.58, 0.50")
+                && t.note.contains("the sender with SQPOLL (`--sqpoll`): 0.75 (ratios 0.75, 0.75, 0.47"),
+            "{}",
+            t.note
+        );
+        let md = markdown(&r, "perf");
+        assert!(
+            md.contains("WRITE 1 MiB, the sender with a send thread, paired"),
             "{md}"
         );
         assert_eq!(Results::from_json(&r.to_json()), r);

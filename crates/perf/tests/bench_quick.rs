@@ -116,6 +116,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "threads",
             "app_lock_longest_us",
             "sq_poll",
+            "tx_thread",
         ],
     );
     // Both back ends, all three operations, both path MTUs, and every other group ran.
@@ -168,6 +169,17 @@ fn bench_sh_quick_writes_well_formed_outputs() {
     );
     for r in runs.iter().filter(|r| r[0] != "paired-sqpoll") {
         assert_eq!(r[26], "false", "SQPOLL where not asked for: {r:?}");
+    }
+    // ... and with the sender's send thread.
+    assert!(
+        runs.iter().any(|r| r[0] == "paired-txthread"
+            && r[1] == "write"
+            && r[3] == "uring"
+            && r[27] == "true"),
+        "no paired WRITE run with a send thread"
+    );
+    for r in runs.iter().filter(|r| r[0] != "paired-txthread") {
+        assert_eq!(r[27], "false", "a send thread where not asked for: {r:?}");
     }
     assert!(
         runs.iter()
