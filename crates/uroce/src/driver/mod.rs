@@ -112,6 +112,9 @@ pub struct DriverStats {
     pub tx_errors: u64,
     /// `io_uring_enter` calls made to submit or wait.
     pub ring_enters: u64,
+    /// Times a send found every send buffer in flight and waited for one to come back: the
+    /// kernel's sends (or the send thread) could not keep up with the engine.
+    pub tx_slot_waits: u64,
     /// What fault injection did to outgoing packets (all zero without `UROCE_FAULTS`).
     pub faults: faults::FaultCounters,
 }

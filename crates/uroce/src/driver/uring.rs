@@ -929,6 +929,9 @@ impl UringBackend {
         if self.free.is_empty() {
             self.submit()?;
             self.reap();
+            if self.free.is_empty() {
+                self.stats.tx_slot_waits += 1;
+            }
         }
         while self.free.is_empty() {
             if let Some(t) = &self.tx {

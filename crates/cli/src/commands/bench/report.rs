@@ -61,6 +61,9 @@ pub struct Health {
     pub app_lock_wait_us: u64,
     /// The longest of those waits in µs, over the device's life so far (not a difference).
     pub app_lock_longest_us: u64,
+    /// Times a send waited for a free send buffer (`DriverStats::tx_slot_waits`): the
+    /// kernel's sends were the bottleneck. Reported alongside, not part of `clean`.
+    pub send_buffer_waits: u64,
 }
 
 impl Health {
@@ -83,6 +86,7 @@ impl Health {
         h.io_errors = dev.io_errors();
         let s = dev.driver_stats();
         h.socket_drops = s.tx_dropped + s.rx_truncated;
+        h.send_buffer_waits = s.tx_slot_waits;
         h.rx_drops = d.malformed
             + d.unknown_qp
             + d.wrong_qp
@@ -119,6 +123,9 @@ impl Health {
                 .app_lock_wait_us
                 .saturating_sub(before.app_lock_wait_us),
             app_lock_longest_us: self.app_lock_longest_us,
+            send_buffer_waits: self
+                .send_buffer_waits
+                .saturating_sub(before.send_buffer_waits),
         }
     }
 
@@ -154,6 +161,7 @@ impl Health {
             "app_lock_waits": self.app_lock_waits,
             "app_lock_wait_us": self.app_lock_wait_us,
             "app_lock_longest_us": self.app_lock_longest_us,
+            "send_buffer_waits": self.send_buffer_waits,
             "clean": self.clean(),
         })
     }
@@ -588,17 +596,19 @@ mod tests {
     }
 
     #[test]
-    fn lock_waits_are_reported_not_judged_and_the_longest_is_not_a_difference() {
+    fn lock_and_send_buffer_waits_are_reported_not_judged_and_the_longest_is_not_a_difference() {
         let before = Health {
             app_lock_waits: 10,
             app_lock_wait_us: 500,
             app_lock_longest_us: 90,
+            send_buffer_waits: 3,
             ..Health::default()
         };
         let after = Health {
             app_lock_waits: 25,
             app_lock_wait_us: 2500,
             app_lock_longest_us: 4000,
+            send_buffer_waits: 7,
             ..Health::default()
         };
         let d = after.since(&before);
@@ -608,6 +618,7 @@ mod tests {
             (15, 2000, 4000)
         );
         assert_eq!(d.json()["app_lock_longest_us"], 4000);
+        assert_eq!(d.json()["send_buffer_waits"], 4, "a difference");
     }
 
     #[test]
