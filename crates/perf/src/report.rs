@@ -1939,24 +1939,19 @@ mod tests {
         assert_eq!(t.ratio, "0.50", "{t:?}");
         assert!(!t.note.contains("SQPOLL"), "{}", t.note);
         add(&mut r, true);
-        let t = targets(&r).swap_remove(0);
-        // 30/40 = 0.75, 27/36 = 0.75, 18/38 = 0.47: median 0.75, above the default's 0.50.
-        assert_eq!(t.ratio, "0.75", "{t:?}");
+        // 30/40 = 0.75, 27/36 = 0.75, 18/38 = 0.47: median 0.75, above the default's 0.50;
+        // the table names the sender's SQPOLL as the bench reported it.
+        let t = best_paired(
+            &r,
+            ("0.75", 27.0),
+            &[
+                "the sender with SQPOLL (`--sqpoll`, the better here): ratios 0.75, 0.75, 0.47",
+                "the default configuration: 0.50 (ratios 0.50, 0.58, 0.50, WRITE 20.00, 21.00, \
+                 19.00)",
+            ],
+            "WRITE 1 MiB, the sender with SQPOLL, paired",
+        );
         assert_eq!(t.result(), "PASS", "{t:?}");
-        assert_eq!(t.value, gb(27.0));
-        assert!(
-            t.note.contains("the sender with SQPOLL (`--sqpoll`, the better here): ratios 0.75, 0.75, 0.47")
-                && t.note.contains("the default configuration: 0.50 (ratios 0.50, 0.58, 0.50, WRITE 20.00, 21.00, 19.00)"),
-            "{}",
-            t.note
-        );
-        // The table names the sender's SQPOLL as the bench reported it.
-        let md = markdown(&r, "perf");
-        assert!(
-            md.contains("WRITE 1 MiB, the sender with SQPOLL, paired"),
-            "{md}"
-        );
-        assert_eq!(Results::from_json(&r.to_json()), r);
         // The same rounds with a send thread as well: 32/40, 28/36, 20/38, median 0.78, the
         // best of three, and the note gives the two others.
         for w in [32.0, 28.0, 20.0] {
@@ -1966,26 +1961,35 @@ mod tests {
                 ..paired_run(crate::suite::PAIRED_TXTHREAD, "bw", HEADLINE_SIZE, true)
             });
         }
-        let t = targets(&r).swap_remove(0);
+        best_paired(
+            &r,
+            ("0.78", 28.0),
+            &[
+                "the sender with a send thread (`--tx-thread`, the best here): ratios 0.80, 0.78, \
+                 0.53",
+                "the default configuration: 0.50 (ratios 0.50, 0.58, 0.50",
+                "the sender with SQPOLL (`--sqpoll`): 0.75 (ratios 0.75, 0.75, 0.47",
+            ],
+            "WRITE 1 MiB, the sender with a send thread, paired",
+        );
+    }
+
+    /// The WRITE target of `r`, checked: its ratio and value are `want`, its note has every one
+    /// of `parts`, the table has a row with `row`, and the results survive their JSON.
+    fn best_paired(r: &Results, want: (&str, f64), parts: &[&str], row: &str) -> Target {
+        let t = targets(r).swap_remove(0);
         assert_eq!(
             (t.ratio.as_str(), t.value.clone()),
-            ("0.78", gb(28.0)),
+            (want.0, gb(want.1)),
             "{t:?}"
         );
-        assert!(
-            t.note.contains(
-                "the sender with a send thread (`--tx-thread`, the best here): ratios 0.80, 0.78, 0.53"
-            ) && t.note.contains("the default configuration: 0.50 (ratios 0.50, 0.58, 0.50")
-                && t.note.contains("the sender with SQPOLL (`--sqpoll`): 0.75 (ratios 0.75, 0.75, 0.47"),
-            "{}",
-            t.note
-        );
-        let md = markdown(&r, "perf");
-        assert!(
-            md.contains("WRITE 1 MiB, the sender with a send thread, paired"),
-            "{md}"
-        );
-        assert_eq!(Results::from_json(&r.to_json()), r);
+        for p in parts {
+            assert!(t.note.contains(p), "{p:?} not in {}", t.note);
+        }
+        let md = markdown(r, "perf");
+        assert!(md.contains(row), "{md}");
+        assert_eq!(&Results::from_json(&r.to_json()), r);
+        t
     }
 
     /// The latency goal from the paired rounds: the median of the valid rounds' own ratios.

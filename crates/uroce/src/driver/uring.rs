@@ -1787,20 +1787,14 @@ mod tests {
     /// after the thread went to sleep and had to be woken by the next submission.
     #[test]
     fn sq_poll_sends_arrive_in_order_and_wake_the_thread() {
-        let mut rx = backend("127.0.40.13", Options::default());
         let sq = Options {
             sq_poll: Some(Duration::from_millis(1)),
             ..Options::default()
         };
-        let mut tx = backend("127.0.40.14", sq);
+        let (mut rx, mut tx, mut got) = batches_through("127.0.40.13", "127.0.40.14", sq);
         assert!(tx.features().sq_poll && !rx.features().sq_poll);
         let dst = rx.sock.local_addr().unwrap();
         let batches = 3 * TX_SLOTS as u32;
-        for b in 0..batches {
-            tx.send(dst, &batch(b), Some(200)).unwrap();
-        }
-        tx.flush().unwrap();
-        let mut got = collect(&mut rx, 4 * batches as usize);
         // Wait (bounded) until the thread sleeps; the next submission must wake it.
         let end = std::time::Instant::now() + Duration::from_secs(5);
         while !tx.ring.submission().need_wakeup() && std::time::Instant::now() < end {
@@ -1817,6 +1811,29 @@ mod tests {
         got.extend(collect(&mut rx, 16));
         assert_eq!(numbers(&got), (0..4 * (batches + 4)).collect::<Vec<u32>>());
         assert_eq!(tx.stats().tx_gso_sends, u64::from(batches + 4));
+    }
+
+    /// What [`collect`] returns.
+    type Got = Vec<(SocketAddr, IpAddr, Vec<u8>)>;
+
+    /// A receiving back end on `rx_ip` and a sending one on `tx_ip` with `opts`, and what the
+    /// receiver got of 3 × [`TX_SLOTS`] [`batch`]es sent (more than there are send buffers,
+    /// so the sender waits for its sends to complete).
+    fn batches_through(
+        rx_ip: &str,
+        tx_ip: &str,
+        opts: Options,
+    ) -> (UringBackend, UringBackend, Got) {
+        let mut rx = backend(rx_ip, Options::default());
+        let mut tx = backend(tx_ip, opts);
+        let dst = rx.sock.local_addr().unwrap();
+        let batches = 3 * TX_SLOTS as u32;
+        for b in 0..batches {
+            tx.send(dst, &batch(b), Some(200)).unwrap();
+        }
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 4 * batches as usize);
+        (rx, tx, got)
     }
 
     /// Batch `b` of the ordering tests: 4 datagrams of 200 bytes, each starting with its
@@ -1847,21 +1864,15 @@ mod tests {
     /// still go out.
     #[test]
     fn tx_thread_sends_in_order_counts_results_and_sends_the_rest_at_drop() {
-        let mut rx = backend("127.0.40.15", Options::default());
         let opts = Options {
             tx_thread: true,
             sq_poll: Some(Duration::from_millis(1)),
             ..Options::default()
         };
-        let mut tx = backend("127.0.40.16", opts);
+        let (mut rx, mut tx, mut got) = batches_through("127.0.40.15", "127.0.40.16", opts);
         assert!(tx.features().tx_thread && !tx.features().sq_poll);
         let dst = rx.sock.local_addr().unwrap();
         let batches = 3 * TX_SLOTS as u32;
-        for b in 0..batches {
-            tx.send(dst, &batch(b), Some(200)).unwrap();
-        }
-        tx.flush().unwrap();
-        let mut got = collect(&mut rx, 4 * batches as usize);
         // Longer than an IPv4 datagram can be: the thread's `sendmsg` fails with EMSGSIZE.
         tx.send(dst, &vec![7; 65_520], None).unwrap();
         assert!(tx.drain_sends(Duration::from_secs(5)).unwrap());
