@@ -1455,24 +1455,22 @@ pub fn markdown(r: &Results, link: &str) -> String {
                 "WRITE {}, paired with a ceiling probe (issue 6's first target)",
                 size_label(x.size as f64)
             ),
-            crate::suite::PAIRED_TXTHREAD => format!(
-                "WRITE {}, the sender {}, paired with a ceiling probe",
-                size_label(x.size as f64),
-                if x.tx_thread {
-                    "with a send thread"
+            g @ (crate::suite::PAIRED_SQPOLL | crate::suite::PAIRED_TXTHREAD) => {
+                let (had, what) = if g == crate::suite::PAIRED_SQPOLL {
+                    (x.sq_poll, "SQPOLL")
                 } else {
-                    "asked for a send thread but without it"
-                }
-            ),
-            crate::suite::PAIRED_SQPOLL => format!(
-                "WRITE {}, the sender {}, paired with a ceiling probe",
-                size_label(x.size as f64),
-                if x.sq_poll {
-                    "with SQPOLL"
-                } else {
-                    "asked for SQPOLL but without it"
-                }
-            ),
+                    (x.tx_thread, "a send thread")
+                };
+                format!(
+                    "WRITE {}, the sender {}, paired with a ceiling probe",
+                    size_label(x.size as f64),
+                    if had {
+                        format!("with {what}")
+                    } else {
+                        format!("asked for {what} but without it")
+                    }
+                )
+            }
             _ if x.threads > 1 => format!(
                 "WRITE {} × {} QPs, {} engine threads",
                 size_label(x.size as f64),
