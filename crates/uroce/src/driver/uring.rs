@@ -914,7 +914,7 @@ impl UringBackend {
         }
         if let Some(t) = tx {
             t.take_done(tx_done);
-            *tx_held -= tx_done.len();
+            *tx_held = tx_held.saturating_sub(tx_done.len());
             for (i, res) in tx_done.drain(..) {
                 if let Some(slot) = slots.get(i) {
                     slot.sent(res, sock, gso, stats);
