@@ -41,7 +41,9 @@ const SIZE: usize = 8;
 /// Where a side's message comes from, and where the peer's lands (perftest's two halves).
 const POST_OFF: usize = 0;
 const POLL_OFF: usize = 64;
-/// A back end send buffer (the io_uring back end's slots are 64 KiB).
+/// A back end send buffer (the io_uring back end's slots are 64 KiB). Datagram `i` of a
+/// transmit goes into slot `i`, so a ping-pong reuses the same slots, as the back end's
+/// stack of free slots does once each send has completed.
 const TX_BUF: usize = 64 << 10;
 
 /// What a run measured, in nanoseconds per half round trip.
@@ -115,7 +117,6 @@ struct Side {
     addr: SocketAddr,
     tx: Vec<u8>,
     out: Vec<Sent>,
-    out_len: usize,
     /// Messages posted; the next post carries `sent + 1`.
     sent: u64,
     /// Completions taken.
@@ -183,7 +184,6 @@ impl Side {
             addr: SocketAddr::new(IpAddr::V4(ip), uroce_wire::ROCE_UDP_PORT),
             tx: vec![0; 2 * TX_BUF],
             out: Vec::with_capacity(8),
-            out_len: 0,
             sent: 0,
             done: 0,
             seen: 0,
@@ -227,21 +227,19 @@ impl Side {
     /// `Inner::transmit`: everything ready into the send buffer, then the event queues.
     fn transmit(&mut self, now: Instant) {
         loop {
-            // Each datagram gets a fresh slot, as from the back end; wrap when full (the
-            // peer has taken the earlier ones by then).
-            if self.out_len + TX_BUF > self.tx.len() {
-                self.out_len = 0;
+            // The next free slot (the peer has taken the datagrams of earlier calls).
+            let off = self.out.len() * TX_BUF;
+            if off + TX_BUF > self.tx.len() {
+                self.tx.resize(off + TX_BUF, 0);
             }
-            let buf = &mut self.tx[self.out_len..self.out_len + TX_BUF];
-            let Some(t) = self.dev.poll_transmit(now, buf) else {
+            let Some(t) = self.dev.poll_transmit(now, &mut self.tx[off..off + TX_BUF]) else {
                 break;
             };
             self.out.push(Sent {
-                off: self.out_len,
+                off,
                 len: t.len,
                 seg: t.segment_size.unwrap_or(t.len).max(1),
             });
-            self.out_len += t.len;
         }
         while let Some(cq) = self.dev.poll_cq_event() {
             black_box(cq);
