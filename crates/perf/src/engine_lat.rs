@@ -18,8 +18,9 @@
 //!
 //! The engine's clock steps [`STEP`] per half round trip, about what one takes on the
 //! network, so the held ACK always leaves with the reply and no timer fires. Two passes of
-//! `n` round trips each: one with no clock read inside (the total), one that reads the
-//! clock between the phases (the split; the three reads are in it).
+//! `n` round trips each: one with no clock read inside a batch of [`BATCH`] round trips (the
+//! total: its mean, and the median and fastest batch, which a busy machine disturbs less),
+//! one that reads the clock between the phases (the split; the three reads are in it).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -41,6 +42,8 @@ const SIZE: usize = 8;
 /// Where a side's message comes from, and where the peer's lands (perftest's two halves).
 const POST_OFF: usize = 0;
 const POLL_OFF: usize = 64;
+/// Round trips per timed batch of the untimed pass (two clock reads per batch).
+const BATCH: u64 = 1000;
 /// A back end send buffer (the io_uring back end's slots are 64 KiB). Datagram `i` of a
 /// transmit goes into slot `i`, so a ping-pong reuses the same slots, as the back end's
 /// stack of free slots does once each send has completed.
@@ -55,6 +58,12 @@ pub struct EngineLat {
     pub half_rtt_ns: f64,
     /// This thread's CPU time in that pass (`/proc/thread-self/schedstat`; 0 without it).
     pub half_rtt_cpu_ns: f64,
+    /// That pass cut into batches of [`BATCH`] round trips: the median batch. On a shared
+    /// machine a batch the thread was preempted in, or another process flushed the caches
+    /// in, is an outlier here, not a share of the mean.
+    pub batch_median_ns: f64,
+    /// The fastest batch.
+    pub batch_min_ns: f64,
     /// The timed pass: posting.
     pub post_ns: f64,
     /// The timed pass: building and sealing the transmit.
@@ -79,6 +88,8 @@ impl EngineLat {
             "round_trips": self.round_trips,
             "half_rtt_ns": self.half_rtt_ns,
             "half_rtt_cpu_ns": self.half_rtt_cpu_ns,
+            "batch_median_ns": self.batch_median_ns,
+            "batch_min_ns": self.batch_min_ns,
             "timed_half_rtt_ns": self.timed_half_rtt_ns(),
             "post_ns": self.post_ns,
             "build_seal_ns": self.build_seal_ns,
@@ -447,9 +458,18 @@ pub fn run(n: u64, warmup: u64) -> Result<EngineLat, String> {
     p.round_trips(warmup, None)?;
 
     let (cpu0, wall0) = (cpu_ns(), WallClock::now());
-    p.round_trips(n, None)?;
+    let mut batches = Vec::with_capacity(n.div_ceil(BATCH) as usize);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(BATCH);
+        let t = WallClock::now();
+        p.round_trips(k, None)?;
+        batches.push(t.elapsed().as_nanos() as f64 / (2 * k) as f64);
+        left -= k;
+    }
     let wall = wall0.elapsed().as_nanos() as f64;
     let cpu = cpu_ns().saturating_sub(cpu0) as f64;
+    batches.sort_by(f64::total_cmp);
 
     let mut split = Split::default();
     p.round_trips(n, Some(&mut split))?;
@@ -460,6 +480,8 @@ pub fn run(n: u64, warmup: u64) -> Result<EngineLat, String> {
         round_trips: n,
         half_rtt_ns: wall / halves,
         half_rtt_cpu_ns: cpu / halves,
+        batch_median_ns: batches[batches.len() / 2],
+        batch_min_ns: batches[0],
         post_ns: split.post as f64 / halves,
         build_seal_ns: split.build as f64 / halves,
         receive_poll_ns: split.receive as f64 / halves,
@@ -480,8 +502,11 @@ mod tests {
         // Each message is one WRITE packet and is acknowledged by one ACK packet: held and
         // sent with the peer's reply, the last one alone at its deadline.
         assert_eq!(r.packets, 2 * (2 * (10 + 2 * 200)));
+        assert!(r.batch_min_ns <= r.batch_median_ns);
         for v in [
             r.half_rtt_ns,
+            r.batch_median_ns,
+            r.batch_min_ns,
             r.post_ns,
             r.build_seal_ns,
             r.receive_poll_ns,

@@ -461,10 +461,13 @@ fn main() -> ExitCode {
         Cmd::EngineLat { iters, warmup } => match engine_lat::run(iters, warmup) {
             Ok(r) => {
                 eprintln!(
-                    "engine-lat: {:.1} ns per half round trip ({:.1} ns CPU); timed pass {:.1} ns: \
-                     post {:.1}, build+seal {:.1}, receive+poll {:.1}",
+                    "engine-lat: {:.1} ns per half round trip ({:.1} ns CPU; batches: median \
+                     {:.1}, fastest {:.1}); timed pass {:.1} ns: post {:.1}, build+seal {:.1}, \
+                     receive+poll {:.1}",
                     r.half_rtt_ns,
                     r.half_rtt_cpu_ns,
+                    r.batch_median_ns,
+                    r.batch_min_ns,
                     r.timed_half_rtt_ns(),
                     r.post_ns,
                     r.build_seal_ns,
