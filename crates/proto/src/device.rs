@@ -970,7 +970,12 @@ impl Device {
             qp.enter_error(&mut ctx);
         }
         self.share.leave(qp);
-        Self::wake(&mut self.ready, qp);
+        // A request answered by a held ACK leaves nothing to send now: queued, the QP cost
+        // the driver's next poll_transmit a lookup and an empty emit on every ping-pong
+        // message. Its deadline (handle_timeout) or the reply's post wakes it.
+        if !qp.only_holds_ack(&self.config, now) {
+            Self::wake(&mut self.ready, qp);
+        }
     }
 
     /// Fires expired timers (ACK timeouts, RNR waits).
