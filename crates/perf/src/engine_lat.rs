@@ -277,6 +277,8 @@ impl Side {
                 if c.status != WcStatus::Success
                     || c.opcode != WcOpcode::RdmaWrite
                     || c.wr_id != self.done
+                    || c.byte_len != SIZE as u32
+                    || c.imm.is_some()
                     || c.qp_num != self.qpn
                 {
                     return Err(format!(
@@ -335,13 +337,15 @@ impl Side {
         }
         self.timers_and_transmit(now);
         self.take()?;
-        let mut b = [0u8; 1];
-        self.mem.read(POLL_OFF + SIZE - 1, &mut b);
+        // The whole message (the bench reads its last byte: one word load either way); the
+        // peer writes its count into the last byte and zeros before it.
+        let mut b = [0u8; SIZE];
+        self.mem.read(POLL_OFF, &mut b);
         self.seen += 1;
-        if b[0] != self.seen as u8 {
+        if b[SIZE - 1] != self.seen as u8 || b[..SIZE - 1] != [0; SIZE - 1] {
             return Err(format!(
-                "QP {}: message {} not in the region (last byte {:#04x})",
-                self.qpn, self.seen, b[0]
+                "QP {}: message {} not in the region ({b:02x?})",
+                self.qpn, self.seen
             ));
         }
         Ok(packets)
