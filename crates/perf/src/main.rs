@@ -10,10 +10,13 @@
 //! - `raw-echo`/`raw-ping`: the busy-poll ping-pong through uroce's driver without the
 //!   engine (see [`raw_rtt`]).
 //! - `micro`: per-byte costs of the ICRC and the region copies on this CPU (see [`micro`]).
+//! - `engine-lat`: the engine's own cost per half round trip of the polled 8-byte WRITE
+//!   ping-pong, two engines in one thread (see [`engine_lat`]).
 //! - `rapl`: what the RAPL reader finds on this machine.
 //! - `profile-summary`: where the cycles go, from a `perf report` (`scripts/profile.sh`).
 #![forbid(unsafe_code)]
 
+mod engine_lat;
 mod micro;
 mod model;
 mod profile;
@@ -244,6 +247,17 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         ms: u64,
     },
+    /// The engine's cost per half round trip of the polled 8-byte WRITE ping-pong (two
+    /// engines in one thread, no sockets): total, and the split post / build+seal /
+    /// receive+poll.
+    EngineLat {
+        /// Round trips per pass (one untimed pass for the total, one timed for the split).
+        #[arg(short = 'n', long, default_value_t = 1_000_000)]
+        iters: u64,
+        /// Round trips before (not measured).
+        #[arg(long, default_value_t = 10_000)]
+        warmup: u64,
+    },
     /// Show the RAPL zones found (or why there are none) and the energy over SECS seconds.
     Rapl {
         /// Root of the powercap tree.
@@ -444,6 +458,29 @@ fn main() -> ExitCode {
             println!("{}", micro::measure(Duration::from_millis(ms)).to_json());
             ExitCode::SUCCESS
         }
+        Cmd::EngineLat { iters, warmup } => match engine_lat::run(iters, warmup) {
+            Ok(r) => {
+                eprintln!(
+                    "engine-lat: {:.1} ns per half round trip ({:.1} ns CPU; batches: median \
+                     {:.1}, fastest {:.1}); timed pass {:.1} ns: post {:.1}, build+seal {:.1}, \
+                     receive+poll {:.1}",
+                    r.half_rtt_ns,
+                    r.half_rtt_cpu_ns,
+                    r.batch_median_ns,
+                    r.batch_min_ns,
+                    r.timed_half_rtt_ns(),
+                    r.post_ns,
+                    r.build_seal_ns,
+                    r.receive_poll_ns
+                );
+                println!("{}", r.to_json());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("uroce-perf: engine-lat: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Rapl { powercap, secs } => match rapl::Rapl::open(&powercap) {
             Ok(r) => {
                 let s = rapl::Sampler::start(r.clone(), Duration::from_millis(10));

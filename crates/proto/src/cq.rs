@@ -170,6 +170,11 @@ impl CompletionQueue {
         self.armed = Some(solicited_only);
     }
 
+    /// Whether a completion event is pending (its armed condition was met).
+    pub(crate) fn event_pending(&self) -> bool {
+        self.event_pending
+    }
+
     /// Takes a pending completion event, if the armed condition was met.
     pub(crate) fn take_event(&mut self) -> bool {
         core::mem::take(&mut self.event_pending)

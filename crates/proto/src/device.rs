@@ -228,6 +228,8 @@ pub(crate) struct Ctx<'a> {
     /// Where the kernel placed the payload of the packet being handled (its bytes in the
     /// packet are then not the payload): consumed by [`Ctx::put`].
     pub placed: Option<&'a [crate::place::Piece]>,
+    /// Set when a completion made a CQ event pending ([`Device::poll_cq_event`]).
+    pub cq_events: &'a mut bool,
 }
 
 impl Ctx<'_> {
@@ -238,7 +240,9 @@ impl Ctx<'_> {
             return;
         };
         let was = q.is_overrun();
-        if !q.push(c) {
+        let accepted = q.push(c);
+        *self.cq_events |= q.event_pending();
+        if !accepted {
             self.counters.cq_overruns += 1;
             self.overrun = true;
             if !was {
@@ -306,6 +310,9 @@ pub struct Device {
     /// Pseudo-header constants for sealing small packets.
     icrc: uroce_wire::IcrcCache,
     events: VecDeque<AsyncEvent>,
+    /// Whether a CQ may have an event pending: the driver asks after every transmit, and
+    /// without one nothing needs scanning every CQ.
+    cq_events: bool,
     /// Where a placed payload is read (from its region) for the ICRC, a segment at a time.
     place_buf: Vec<u8>,
 }
@@ -330,6 +337,7 @@ macro_rules! ctx {
             overrun: false,
             events: &mut $self.events,
             placed: None,
+            cq_events: &mut $self.cq_events,
         }
     };
 }
@@ -362,6 +370,7 @@ impl Device {
             solver: uroce_wire::Ipv4IdSolver::default(),
             icrc: uroce_wire::IcrcCache::default(),
             events: VecDeque::new(),
+            cq_events: false,
             place_buf: vec![0; 4096],
         }
     }
@@ -514,9 +523,16 @@ impl Device {
 
     /// Takes one completion event of an armed CQ whose condition was met.
     pub fn poll_cq_event(&mut self) -> Option<CqHandle> {
-        self.cqs
+        if !self.cq_events {
+            return None;
+        }
+        let e = self
+            .cqs
             .iter_mut()
-            .find_map(|(h, q)| q.take_event().then_some(CqHandle(*h)))
+            .find_map(|(h, q)| q.take_event().then_some(CqHandle(*h)));
+        // Others may still be pending after one is taken; none once a scan finds none.
+        self.cq_events = e.is_some();
+        e
     }
 
     /// Creates a shared receive queue.
@@ -954,7 +970,12 @@ impl Device {
             qp.enter_error(&mut ctx);
         }
         self.share.leave(qp);
-        Self::wake(&mut self.ready, qp);
+        // A request answered by a held ACK leaves nothing to send now: queued, the QP cost
+        // the driver's next poll_transmit a lookup and an empty emit on every ping-pong
+        // message. Its deadline (handle_timeout) or the reply's post wakes it.
+        if !qp.only_holds_ack(&self.config, now) {
+            Self::wake(&mut self.ready, qp);
+        }
     }
 
     /// Fires expired timers (ACK timeouts, RNR waits).
@@ -1159,6 +1180,39 @@ mod tests {
         ));
         dev.destroy_qp(0x03_0012).expect("destroy");
         assert_eq!(qp_in(&mut dev).expect("reuse"), 0x03_0012);
+    }
+
+    #[test]
+    fn every_pending_cq_event_is_returned_once() {
+        let mut dev = Device::new(Config::new("127.0.0.1".parse().expect("ip")));
+        let (c1, c2, c3) = (
+            dev.create_cq(4).expect("cq"),
+            dev.create_cq(4).expect("cq"),
+            dev.create_cq(4).expect("cq"),
+        );
+        assert_eq!(dev.poll_cq_event(), None);
+        dev.req_notify_cq(c1, false).expect("arm");
+        dev.req_notify_cq(c2, false).expect("arm");
+        let done = Completion::new(1, crate::WcStatus::Success, crate::WcOpcode::Send, 17);
+        let mut ctx = ctx!(dev, Instant::ZERO);
+        for cq in [c1, c2, c3] {
+            ctx.complete(cq, done);
+        }
+        let mut got = vec![
+            dev.poll_cq_event().expect("first"),
+            dev.poll_cq_event().expect("second"),
+        ];
+        got.sort();
+        assert_eq!(got, [c1, c2]);
+        assert_eq!(
+            dev.poll_cq_event(),
+            None,
+            "one event per arm; c3 was not armed"
+        );
+        dev.req_notify_cq(c3, false).expect("arm");
+        ctx!(dev, Instant::ZERO).complete(c3, done);
+        assert_eq!(dev.poll_cq_event(), Some(c3));
+        assert_eq!(dev.poll_cq_event(), None);
     }
 
     #[test]

@@ -28,8 +28,13 @@ impl WindowShare {
     /// [`MIN_SHARE`].
     pub(crate) fn enter(&self, config: &Config, qp: &mut Qp) {
         let n = self.busy_rc + u32::from(!qp.counted_busy);
-        qp.req.share =
-            (config.max_unacked_psns / n.max(1)).max(MIN_SHARE.min(config.max_unacked_psns));
+        let m = config.max_unacked_psns;
+        // One busy QP (a ping-pong) has the whole budget: no division on every call.
+        qp.req.share = if n <= 1 {
+            m
+        } else {
+            (m / n).max(MIN_SHARE.min(m))
+        };
     }
 
     /// After a call into `qp`: counts it busy while it has PSNs outstanding.

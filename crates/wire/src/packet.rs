@@ -302,7 +302,11 @@ impl PacketRepr {
             Ieth::new_unchecked(&mut buf[slot(Header::Ieth)]).set_rkey(v);
         }
         let pad_start = info.header_len + self.payload_len;
-        buf[pad_start..len - ICRC_LEN].fill(0);
+        // Mostly no pad (ACKs, 4-byte multiples): `fill` over an empty range was still a
+        // call to memset per packet.
+        if pad_start < len - ICRC_LEN {
+            buf[pad_start..len - ICRC_LEN].fill(0);
+        }
         // What `new_checked` would check holds by construction: the opcode is from the
         // table, `buf` holds its headers, the payload (allowed, checked above), the pad
         // written from the payload length, and the ICRC. Re-parsing it cost a table lookup and

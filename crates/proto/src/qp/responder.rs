@@ -841,6 +841,12 @@ impl Qp {
         !self.resp.out.is_empty() || self.requester_ready(config)
     }
 
+    /// Whether all the QP could send is an ACK held for its reply: [`Self::emit`] gives
+    /// nothing until a request is posted or the hold's deadline passes (both wake the QP).
+    pub(crate) fn only_holds_ack(&self, config: &crate::Config, now: crate::Instant) -> bool {
+        self.resp.ack_held(now) && !self.resp.ack_follows && !self.requester_ready(config)
+    }
+
     /// Builds the next packet: responses first (they unblock the peer), then requests; but a
     /// held ACK goes after the requests ready now (the application's reply, so both leave in
     /// one transmit), or alone once its deadline passed.
