@@ -224,17 +224,12 @@ fn with_note(note: &str, extra: Option<String>) -> String {
 
 /// The configurations of the paired WRITE rounds: the runs' group, what the target's note
 /// calls it, and its option as the note writes it (empty, or "`--flag`, ").
-const PAIRED_ARMS: [(&str, &str, &str); 3] = [
+const PAIRED_ARMS: [(&str, &str, &str); 2] = [
     (crate::suite::PAIRED, "the default configuration", ""),
     (
         crate::suite::PAIRED_SQPOLL,
         "the sender with SQPOLL",
         "`--sqpoll`, ",
-    ),
-    (
-        crate::suite::PAIRED_TXTHREAD,
-        "the sender with a send thread",
-        "`--tx-thread`, ",
     ),
 ];
 
@@ -531,10 +526,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
     }
     // The paired rounds, when the suite ran them, replace the single WRITE against the start's
     // ceiling: the same ratio, measured within a minute, three times. Each round has the WRITE
-    // as configured by default, with the sender's submissions on a kernel thread (`--sqpoll`)
-    // and with its sends on a send thread (`--tx-thread`); the target takes the configuration
-    // with the best median ratio (the default on a tie), as the message rate takes the faster
-    // progress mode, and the note gives the others.
+    // as configured by default and with the sender's submissions on a kernel thread
+    // (`--sqpoll`); the target takes the configuration with the better median ratio (the
+    // default on a tie), as the message rate takes the faster progress mode, and the note
+    // gives the other ([`PAIRED_ARMS`]).
     let arms: Vec<(&str, &str, Paired)> = PAIRED_ARMS
         .iter()
         .filter_map(|&(group, what, flag)| {
@@ -550,10 +545,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
     });
     if let Some(b) = best {
         let (what, flag, p) = &arms[b];
-        let best_word = if arms.len() > 2 { "best" } else { "better" };
         let mut note = format!(
             "the issue's ceiling; {} (the io_uring ceiling probe and WRITE 1 MiB within a \
-             minute of each other, in ABBA order), {what} ({flag}the {best_word} here): ratios \
+             minute of each other, in ABBA order), {what} ({flag}the better here): ratios \
              {}, WRITE {}, ceilings {}",
             p.what, p.ratios, p.values, p.baselines
         );
@@ -1455,22 +1449,15 @@ pub fn markdown(r: &Results, link: &str) -> String {
                 "WRITE {}, paired with a ceiling probe (issue 6's first target)",
                 size_label(x.size as f64)
             ),
-            g @ (crate::suite::PAIRED_SQPOLL | crate::suite::PAIRED_TXTHREAD) => {
-                let (had, what) = if g == crate::suite::PAIRED_SQPOLL {
-                    (x.sq_poll, "SQPOLL")
+            crate::suite::PAIRED_SQPOLL => format!(
+                "WRITE {}, the sender {}, paired with a ceiling probe",
+                size_label(x.size as f64),
+                if x.sq_poll {
+                    "with SQPOLL"
                 } else {
-                    (x.tx_thread, "a send thread")
-                };
-                format!(
-                    "WRITE {}, the sender {}, paired with a ceiling probe",
-                    size_label(x.size as f64),
-                    if had {
-                        format!("with {what}")
-                    } else {
-                        format!("asked for {what} but without it")
-                    }
-                )
-            }
+                    "asked for SQPOLL but without it"
+                }
+            ),
             _ if x.threads > 1 => format!(
                 "WRITE {} × {} QPs, {} engine threads",
                 size_label(x.size as f64),
@@ -1907,11 +1894,10 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
     }
 
-    /// Each paired round also runs the WRITE with the sender on SQPOLL and with a send thread:
-    /// the target takes the configuration with the best median ratio, names it, and gives the
-    /// others' numbers.
+    /// Each paired round also runs the WRITE with the sender on SQPOLL: the target takes the
+    /// configuration with the better median ratio, names it, and gives the other's numbers.
     #[test]
-    fn paired_rounds_take_the_best_of_default_sqpoll_and_send_thread() {
+    fn paired_rounds_take_the_better_of_default_and_sqpoll() {
         let mut r = sample();
         let rounds = [(20.0, 30.0, 40.0), (21.0, 27.0, 36.0), (19.0, 18.0, 38.0)];
         let add = |r: &mut Results, sq: bool| {
@@ -1950,26 +1936,6 @@ mod tests {
             "WRITE 1 MiB, the sender with SQPOLL, paired",
         );
         assert_eq!(t.result(), "PASS", "{t:?}");
-        // The same rounds with a send thread as well: 32/40, 28/36, 20/38, median 0.78, the
-        // best of three, and the note gives the two others.
-        for w in [32.0, 28.0, 20.0] {
-            r.runs.push(Run {
-                gbit_s: w,
-                tx_thread: true,
-                ..paired_run(crate::suite::PAIRED_TXTHREAD, "bw", HEADLINE_SIZE, true)
-            });
-        }
-        best_paired(
-            &r,
-            ("0.78", 28.0),
-            &[
-                "the sender with a send thread (`--tx-thread`, the best here): ratios 0.80, 0.78, \
-                 0.53",
-                "the default configuration: 0.50 (ratios 0.50, 0.58, 0.50",
-                "the sender with SQPOLL (`--sqpoll`): 0.75 (ratios 0.75, 0.75, 0.47",
-            ],
-            "WRITE 1 MiB, the sender with a send thread, paired",
-        );
     }
 
     /// The WRITE target of `r`, checked: its ratio and value are `want`, its note has every one
