@@ -176,6 +176,10 @@ pub struct Results {
     pub runs: Vec<Run>,
     /// Per-byte costs of the ICRC and region copies on this CPU (the design's floor).
     pub micro: Option<Micro>,
+    /// The engine alone on the latency path: ns per half round trip of the polled 8-byte
+    /// WRITE ping-pong between two engines in one thread (`uroce-perf engine-lat`, the
+    /// median of its batches).
+    pub engine_lat_ns: Option<f64>,
 }
 
 fn s(v: &Value, k: &str) -> String {
@@ -260,6 +264,7 @@ impl Results {
                 "tx_thread": r.tx_thread, "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
+            "engine_lat_ns": self.engine_lat_ns,
         })
     }
 
@@ -354,6 +359,7 @@ impl Results {
                 })
                 .collect(),
             micro: Micro::from_json(&v["micro"]),
+            engine_lat_ns: v["engine_lat_ns"].as_f64(),
         }
     }
 

@@ -282,7 +282,7 @@ fn gbit_ratio(name: &'static str, value: f64, base: f64, target: &'static str, m
 }
 
 /// The layers under the latency: uroce's driver without the engine, with and without the
-/// held ACK's second segment.
+/// held ACK's second segment, and the engine without the driver.
 fn layers(r: &Results) -> Option<String> {
     let l: Vec<String> = r
         .raw_rtt
@@ -290,7 +290,19 @@ fn layers(r: &Results) -> Option<String> {
         .filter(|x| x.valid)
         .map(|x| format!("{} {:.2} µs", rtt_label(&x.mode), x.half_median_us))
         .collect();
-    (!l.is_empty()).then(|| format!("uroce's driver without the engine: {}", l.join(", ")))
+    let driver =
+        (!l.is_empty()).then(|| format!("uroce's driver without the engine: {}", l.join(", ")));
+    let engine = r.engine_lat_ns.map(|ns| {
+        format!(
+            "the engine without the driver (two engines in one thread, `uroce-perf engine-lat`): \
+             {:.2} µs",
+            ns / 1000.0
+        )
+    });
+    match (driver, engine) {
+        (Some(d), Some(e)) => Some(format!("{d}; {e}")),
+        (d, e) => d.or(e),
+    }
 }
 
 /// "Beyond this design" when uroce's driver alone, replying with the ACK's segment as a
@@ -2190,6 +2202,7 @@ mod tests {
                 ..UdpRtt::default()
             },
         ];
+        r.engine_lat_ns = Some(412.0);
         r.micro = Some(crate::micro::Micro {
             icrc_gb_s: 9.8,
             mr_read_gb_s: 5.8,
@@ -2257,9 +2270,11 @@ mod tests {
             get(7).note
         );
         assert!(
-            get(7)
-                .note
-                .contains("one datagram 3.21 µs, with a 20-byte ACK segment 3.53 µs"),
+            get(7).note.contains(
+                "one datagram 3.21 µs, with a 20-byte ACK segment 3.53 µs; the engine \
+                           without the driver (two engines in one thread, `uroce-perf \
+                           engine-lat`): 0.41 µs"
+            ),
             "{}",
             get(7).note
         );
@@ -2272,6 +2287,7 @@ mod tests {
         );
         let json = r.to_json();
         assert_eq!(Results::from_json(&json).raw_rtt, r.raw_rtt);
+        assert_eq!(Results::from_json(&json).engine_lat_ns, Some(412.0));
         assert!(baselines_csv(&r).contains("uring-driver-rtt-raw-ack20,"));
         assert_eq!(get(9).result(), "FAIL");
         assert!(

@@ -1004,6 +1004,15 @@ pub fn run(o: Options) -> Results {
     eprintln!("uroce-perf: per-byte costs on this CPU (ICRC, region copies)");
     let each = Duration::from_millis(if s.o.quick { 30 } else { 300 });
     res.micro = Some(crate::micro::measure(each));
+    // The engine's share of the latency, beside the driver's layers (`raw_rtt` below).
+    let trips = if s.o.quick { 20_000 } else { 1_000_000 };
+    res.engine_lat_ns = match crate::engine_lat::run(trips, 10_000) {
+        Ok(e) => Some(e.batch_median_ns),
+        Err(e) => {
+            eprintln!("uroce-perf: engine-lat: {e}");
+            None
+        }
+    };
     eprintln!("uroce-perf: raw UDP probes, iperf3");
     res.udp.push(s.udp_bw("per-packet"));
     res.udp.push(s.udp_bw("gso-gro"));

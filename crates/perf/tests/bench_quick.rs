@@ -289,4 +289,10 @@ fn bench_sh_quick_writes_well_formed_outputs() {
         md.contains("](perf/throughput.svg)"),
         "plot links relative to the markdown"
     );
+    // The latency's layers: the driver without the engine and the engine without the driver.
+    assert!(
+        md.contains("uroce's driver without the engine: one datagram")
+            && md.contains("the engine without the driver (two engines in one thread"),
+        "the latency target's note lacks its layers"
+    );
 }
