@@ -405,6 +405,35 @@ pub struct Ipv4IdSolver {
 }
 
 impl Ipv4IdSolver {
+    /// Rewrites the ICRC of `packet` (a RoCEv2 UDP payload over IPv4, ICRC included), sealed
+    /// for IPv4 Identification `id.0` and UDP source port `src_port.0`, for `id.1` and
+    /// `src_port.1`: what a socket connected to the peer sends with (its own ID counter and
+    /// port). The ICRC covers both fields (RoCEv2 annex A17: its pseudo header masks neither)
+    /// and CRC-32 is linear in them, so each
+    /// change is one XOR of its effect at this packet length, with no pass over the packet. A
+    /// buffer shorter than a BTH plus ICRC is left untouched.
+    pub fn reseal_v4(&mut self, packet: &mut [u8], id: (u16, u16), src_port: (u16, u16)) {
+        let n = packet.len();
+        if n < BTH_LEN + ICRC_LEN {
+            return;
+        }
+        let mut d = 0;
+        if id.0 != id.1 {
+            // The bytes of the pseudo packet after the ID: the IP header's last 14, the UDP
+            // header, the transport packet without its ICRC.
+            d ^= self.table(20 - 6 + 8 + n - ICRC_LEN).effect(id.0 ^ id.1);
+        }
+        if src_port.0 != src_port.1 {
+            // After the source port: the UDP header's last 6 bytes, the transport packet.
+            d ^= self
+                .table(8 - 2 + n - ICRC_LEN)
+                .effect(src_port.0 ^ src_port.1);
+        }
+        let t = &mut packet[n - ICRC_LEN..];
+        let icrc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]) ^ d;
+        t.copy_from_slice(&icrc.to_le_bytes());
+    }
+
     fn table(&mut self, trailing: usize) -> &Table {
         if let Some(i) = self.entries.iter().position(|(t, _)| *t == trailing) {
             return &self.entries[i].1;
@@ -939,6 +968,35 @@ mod tests {
                 Ok(IcrcCheck::SolvedIpv4Id(id))
             );
         }
+    }
+
+    #[test]
+    fn resealing_for_another_id_and_port_equals_sealing_for_them() {
+        let mut solver = Ipv4IdSolver::default();
+        for (len, id, port) in [
+            (16, 1u16, 4792u16),
+            (40, 0xBEEF, 50123),
+            (60, 0x8000, 4791),
+            (4154, 0xFFFF, 1),
+        ] {
+            let at = |id, port| {
+                IcrcContext::v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), id, port, 4791)
+            };
+            let mut p = sample(len);
+            at(0, 4791).seal(&mut p);
+            let mut want = p.clone();
+            at(id, port).seal(&mut want);
+            solver.reseal_v4(&mut p, (0, id), (4791, port));
+            assert_eq!(p, want, "{len} bytes, ID {id}, port {port}");
+            assert_eq!(
+                at(id, port).verify(&p, Ipv4IdMode::Exact),
+                Ok(IcrcCheck::Valid)
+            );
+        }
+        // Too short to carry an ICRC: untouched.
+        let mut short = vec![1u8; 8];
+        solver.reseal_v4(&mut short, (0, 1), (1, 2));
+        assert_eq!(short, [1u8; 8]);
     }
 
     #[test]
