@@ -90,6 +90,12 @@ pub struct DeviceConfig {
     /// the thread sleeps when there is nothing to send instead of polling
     /// (docs/PERFORMANCE.md, "A user-space send thread").
     pub tx_thread: bool,
+    /// io_uring back end, polled progress, IPv4: send to each peer from a UDP socket
+    /// connected to it, whose route the kernel keeps instead of looking it up per datagram
+    /// (off by default; `UROCE_CONNECTED_TX=1` sets it). Each packet's ICRC is resealed for
+    /// the socket's IPv4 ID counter, learned from a looped-back transmit timestamp, and its
+    /// port (docs/PERFORMANCE.md, "Latency: a connected socket's IPv4 ID can be learned").
+    pub connected_tx: bool,
 }
 
 impl DeviceConfig {
@@ -115,6 +121,8 @@ impl DeviceConfig {
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
             tx_thread: std::env::var("UROCE_TXTHREAD").is_ok_and(|v| !v.is_empty() && v != "0"),
+            connected_tx: std::env::var("UROCE_CONNECTED_TX")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
         }
     }
 }
@@ -406,6 +414,7 @@ impl Device {
                 let opts = crate::driver::uring::Options {
                     sq_poll: cfg.sq_poll,
                     tx_thread: cfg.tx_thread,
+                    connected_tx: cfg.connected_tx,
                     ..Default::default()
                 };
                 match UringBackend::with_options(sock, features.gro, opts) {

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{setsockopt, sockopt};
 
-fn set_int(
+pub(crate) fn set_int(
     sock: &UdpSocket,
     level: libc::c_int,
     name: libc::c_int,

@@ -1,6 +1,7 @@
 //! Drivers: move datagrams between a UDP socket and the engine. Each back end implements
 //! [`Backend`]; the device's progress loop is the same for all of them.
 
+pub(crate) mod connected;
 pub mod faults;
 pub(crate) mod place;
 pub mod raw;
@@ -112,6 +113,9 @@ pub struct DriverStats {
     pub tx_errors: u64,
     /// `io_uring_enter` calls made to submit or wait.
     pub ring_enters: u64,
+    /// Sends made from a socket connected to the peer (`DeviceConfig::connected_tx`; counted
+    /// in `tx_sends` too).
+    pub tx_connected: u64,
     /// Times a send found every send buffer in flight and waited for one to come back: the
     /// kernel's sends (or the send thread) could not keep up with the engine.
     pub tx_slot_waits: u64,

@@ -77,6 +77,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use nix::sys::socket::{setsockopt, sockopt, SockaddrLike, SockaddrStorage};
 
+use super::connected::ConnectedTx;
 use super::place::{PlacingRx, Received};
 use super::syscall::{deliver, send_one, SyscallRx};
 use super::tx_thread::TxThread;
@@ -171,6 +172,9 @@ pub(crate) struct Options {
     /// Hand the sends to a thread of the back end's own (`tx_thread.rs`) instead of
     /// submitting them on the ring; `sq_poll` is then not used.
     pub tx_thread: bool,
+    /// While busy-polled, send to each IPv4 peer from a socket connected to it
+    /// (`connected.rs`).
+    pub connected_tx: bool,
 }
 
 impl Default for Options {
@@ -181,6 +185,7 @@ impl Default for Options {
             place: std::env::var_os("UROCE_ZCRX").is_none_or(|v| v != "0"),
             sq_poll: None,
             tx_thread: false,
+            connected_tx: false,
         }
     }
 }
@@ -557,6 +562,10 @@ pub(crate) struct UringBackend {
     tx_done: Vec<(usize, i32)>,
     /// Slots handed to the send thread and not yet reaped.
     tx_held: usize,
+    /// Busy-polled sends go out from sockets connected to their peers
+    /// ([`Options::connected_tx`]; set while busy-polled).
+    connected: Option<ConnectedTx>,
+    connected_tx: bool,
 }
 
 // SAFETY: the raw pointers inside (`RxRing`, the `msghdr`s and iovecs of the send slots) point
@@ -685,6 +694,8 @@ impl UringBackend {
             tx,
             tx_done: Vec::with_capacity(TX_SLOTS),
             tx_held: 0,
+            connected: None,
+            connected_tx: opts.connected_tx,
         };
         let rx = if opts.multishot {
             b.probe_multishot()
@@ -979,6 +990,16 @@ impl UringBackend {
     ) -> io::Result<()> {
         let fd = self.sock.as_raw_fd();
         let segment = segment.filter(|&s| s > 0 && s < len.min(TX_BUF_LEN));
+        if let Some(c) = &mut self.connected {
+            let slot = &mut *self.slots[i];
+            if let Some(r) = c.send(dst, &mut slot.buf[..len.min(TX_BUF_LEN)], segment) {
+                self.stats.tx_sends += 1;
+                self.stats.tx_connected += 1;
+                self.stats.tx_gso_sends += u64::from(segment.is_some());
+                self.free.push(i);
+                return r;
+            }
+        }
         // Change the socket's option only while no queued `SENDMSG` (built for the old one)
         // is in flight: slot `i` is the only one taken.
         if self.free.len() + 1 == self.slots.len() {
@@ -1417,6 +1438,10 @@ impl Backend for UringBackend {
     /// 10 µs with syscalls. The data sits in the socket for the next poll instead.
     fn set_busy_poll(&mut self, on: bool) {
         self.busy_poll = on;
+        self.connected = match self.sock.local_addr() {
+            Ok(local) if on && self.connected_tx => ConnectedTx::new(local),
+            _ => None,
+        };
         self.syscall_rx.set_busy_poll(on);
     }
 
