@@ -92,8 +92,9 @@ bench_to_rxe() { # test kind perftest-binary args...
     local id u=0 g=0
     id=$("$G" submit "$GUEST" "$bin -x 1 -F $*")
     "$G" wait-port "$GUEST" 18515 >/dev/null
-    timeout 180 ip netns exec "$NS" "$U" bench "$test" "$kind" -x 1 -F "$@" --dev-ip "$H4" --timeout 150 \
-        "$G4" > "$art/$n.uroce" 2>&1 || u=$?
+    # shellcheck disable=SC2086 # uextra: options for uroce only, split on purpose
+    timeout 180 ip netns exec "$NS" "$U" bench "$test" "$kind" -x 1 -F "$@" ${uextra:-} --dev-ip "$H4" \
+        --timeout 150 "$G4" > "$art/$n.uroce" 2>&1 || u=$?
     "$G" wait "$GUEST" "$id" > "$art/$n.rxe" 2>&1 || g=$?
     record "uroce bench $test $kind -> $bin on rxe: $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
 }
@@ -126,6 +127,19 @@ for dir in bench_to_rxe bench_from_rxe; do
     $dir write lat ib_write_lat -n 200 -s 8
     ((quick)) && break
 done
+
+# uroce's connected send path (DeviceConfig::connected_tx): a busy-polled client sending from a
+# socket connected to rxe, each packet's ICRC resealed for the IPv4 ID the socket's counter
+# gives it (segment i of a GSO send: that ID + i) and for the socket's port. rxe drops a
+# packet whose ICRC is wrong, so finishing is the check; the uroce side says how many sends
+# went out that way.
+connected() { grep -o 'connected sends: [0-9]*' "$art/$n.uroce" | grep -o '[0-9]*$' || echo 0; }
+UROCE_CONNECTED_TX=1 uextra="--progress polled" bench_to_rxe write lat ib_write_lat -n 200 -s 8
+c_lat=$(connected)
+UROCE_CONNECTED_TX=1 uextra="--progress polled" bench_to_rxe write bw ib_write_bw -n 200 -s 65536
+c_bw=$(connected)
+record "connected sends to rxe: write lat ${c_lat:-0}, write bw ${c_bw:-0}" \
+    "$([[ ${c_lat:-0} -gt 0 && ${c_bw:-0} -gt 0 ]] && echo 1 || echo 0)"
 
 # Messages large enough for zero-copy receive (>= 256 KiB of a message to come): rxe's WRITE
 # packets and READ responses (non-zero IPv4 IDs, solved for in the ICRC over the payload where

@@ -23,9 +23,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    recvmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrStorage, TimestampingFlag,
-};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, MsgFlags, SockaddrStorage, TimestampingFlag};
 use uroce_wire::Ipv4IdSolver;
 
 /// Peers with a connected socket at once; a device talking to more sends to the others as
@@ -41,6 +39,8 @@ struct Peer {
     sock: UdpSocket,
     port: u16,
     next: u16,
+    /// The socket's `UDP_SEGMENT` (0: not set).
+    gso: u16,
 }
 
 /// The connected sockets of one device (see the module documentation).
@@ -109,24 +109,25 @@ impl ConnectedTx {
             self.solver
                 .reseal_v4(pkt, (k, p.next.wrapping_add(k)), (self.port, p.port));
         }
-        let iov = [io::IoSlice::new(buf)];
-        let gso = segment
-            .filter(|&s| s > 0 && s < buf.len())
-            .map(|s| s as u16);
-        let cmsg: Vec<ControlMessage<'_>> =
-            gso.iter().map(ControlMessage::UdpGsoSegments).collect();
-        let r = loop {
-            match nix::sys::socket::sendmsg::<SockaddrStorage>(
-                p.sock.as_raw_fd(),
-                &iov,
-                &cmsg,
-                MsgFlags::empty(),
-                None,
-            ) {
-                Err(nix::errno::Errno::EINTR) => continue,
+        // The segment size goes in the socket's `UDP_SEGMENT` option, so that every send is a
+        // plain `send` (no `msghdr`, no control message): set when a GSO send's size differs,
+        // cleared when a lone datagram is longer than it (it would be cut up).
+        let want = match segment.filter(|&s| s > 0 && s < buf.len()) {
+            Some(s) => u16::try_from(s).unwrap_or(u16::MAX),
+            None if p.gso == 0 || buf.len() <= usize::from(p.gso) => p.gso,
+            None => 0,
+        };
+        let r = if want == p.gso {
+            Ok(())
+        } else {
+            setsockopt(&p.sock, sockopt::UdpGsoSegment, &i32::from(want)).map(|()| p.gso = want)
+        };
+        let r = r.map_err(io::Error::from).and_then(|()| loop {
+            match p.sock.send(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r,
             }
-        };
+        });
         match r {
             Ok(_) => {
                 p.next = p.next.wrapping_add(1);
@@ -136,12 +137,10 @@ impl ConnectedTx {
                 // Whether the datagram took an ID is not known: learn a new counter next time.
                 self.failed += 1;
                 self.peers.swap_remove(i);
-                match e {
+                match e.raw_os_error() {
                     // Lost like on a network (RC retransmits).
-                    nix::errno::Errno::EAGAIN
-                    | nix::errno::Errno::ENOBUFS
-                    | nix::errno::Errno::ECONNREFUSED => Some(Ok(())),
-                    e => Some(Err(e.into())),
+                    Some(libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED) => Some(Ok(())),
+                    _ => Some(Err(e)),
                 }
             }
         }
@@ -166,6 +165,7 @@ fn open(local: Ipv4Addr, dst: SocketAddrV4) -> io::Result<Peer> {
         sock,
         port,
         next: id.wrapping_add(1),
+        gso: 0,
     })
 }
 

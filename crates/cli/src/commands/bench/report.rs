@@ -64,6 +64,9 @@ pub struct Health {
     /// Times a send waited for a free send buffer (`DriverStats::tx_slot_waits`): the
     /// kernel's sends were the bottleneck. Reported alongside, not part of `clean`.
     pub send_buffer_waits: u64,
+    /// Sends made from a socket connected to the peer (`DriverStats::tx_connected`,
+    /// `UROCE_CONNECTED_TX`). Reported alongside, not part of `clean`.
+    pub connected_sends: u64,
 }
 
 impl Health {
@@ -87,6 +90,7 @@ impl Health {
         let s = dev.driver_stats();
         h.socket_drops = s.tx_dropped + s.rx_truncated;
         h.send_buffer_waits = s.tx_slot_waits;
+        h.connected_sends = s.tx_connected;
         h.rx_drops = d.malformed
             + d.unknown_qp
             + d.wrong_qp
@@ -126,6 +130,7 @@ impl Health {
             send_buffer_waits: self
                 .send_buffer_waits
                 .saturating_sub(before.send_buffer_waits),
+            connected_sends: self.connected_sends.saturating_sub(before.connected_sends),
         }
     }
 
@@ -162,6 +167,7 @@ impl Health {
             "app_lock_wait_us": self.app_lock_wait_us,
             "app_lock_longest_us": self.app_lock_longest_us,
             "send_buffer_waits": self.send_buffer_waits,
+            "connected_sends": self.connected_sends,
             "clean": self.clean(),
         })
     }
@@ -433,7 +439,16 @@ impl<'a> Reporter<'a> {
                 r.health.placed, r.health.place_misses
             )?;
         }
+        self.connected_line(&r.health)?;
         self.out.flush()
+    }
+
+    /// " connected sends: N" when the side sent from connected sockets.
+    fn connected_line(&mut self, h: &Health) -> std::io::Result<()> {
+        if h.connected_sends > 0 {
+            writeln!(self.out, " connected sends: {}", h.connected_sends)?;
+        }
+        Ok(())
     }
 
     /// One latency line.
@@ -503,6 +518,7 @@ impl<'a> Reporter<'a> {
             if r.health.clean() { "yes" } else { "NO" },
             r.data.word()
         )?;
+        self.connected_line(&r.health)?;
         self.out.flush()
     }
 
