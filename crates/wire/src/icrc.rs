@@ -332,9 +332,14 @@ impl IcrcContext {
                 let hint = solver.hint;
                 let table = solver.table(trailing);
                 // Segment i + 1 of a GSO batch follows segment i: try that ID first (a few
-                // XORs) before the elimination.
+                // XORs) before the elimination. Then the previous packet's own ID: a socket
+                // connected to its peer numbers each send from a counter, so the first
+                // segment of a send repeats the last segment of a two-segment send before it.
+                let prev = hint.wrapping_sub(1);
                 let delta = if u32::from(hint) < bound && table.effect(hint) == diff {
                     Some(hint)
+                } else if u32::from(prev) < bound && table.effect(prev) == diff {
+                    Some(prev)
                 } else {
                     solve(&table.basis, diff).filter(|delta| u32::from(*delta) < bound)
                 };
