@@ -150,6 +150,9 @@ pub struct Run {
     /// A side's sends were made by a send thread (`uroce bench --tx-thread`, as the bench
     /// reported it).
     pub tx_thread: bool,
+    /// Sends both sides made from sockets connected to the peer (`uroce bench
+    /// --connected-tx`, health `connected_sends`).
+    pub connected_sends: u64,
     /// No data lost, no error: the run counts as a result.
     pub valid: bool,
     /// Why it is INVALID.
@@ -261,7 +264,7 @@ impl Results {
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
                 "kernel_udp_drops": r.kernel_udp_drops, "placed": r.placed,
                 "app_lock_longest_us": r.app_lock_longest_us, "sq_poll": r.sq_poll,
-                "tx_thread": r.tx_thread, "valid": r.valid, "reason": r.reason,
+                "tx_thread": r.tx_thread, "connected_sends": r.connected_sends, "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
             "engine_lat_ns": self.engine_lat_ns,
@@ -354,6 +357,7 @@ impl Results {
                     app_lock_longest_us: r["app_lock_longest_us"].as_u64(),
                     sq_poll: b(r, "sq_poll"),
                     tx_thread: b(r, "tx_thread"),
+                    connected_sends: u(r, "connected_sends"),
                     valid: b(r, "valid"),
                     reason: s(r, "reason"),
                 })
@@ -461,6 +465,7 @@ pub fn run_from_bench(
             run.placed += u(h, "placed");
             run.sq_poll |= b(l, "sq_poll");
             run.tx_thread |= b(l, "tx_thread");
+            run.connected_sends += u(h, "connected_sends");
             if let Some(w) = h["app_lock_longest_us"].as_u64() {
                 run.app_lock_longest_us = Some(run.app_lock_longest_us.unwrap_or(0).max(w));
             }

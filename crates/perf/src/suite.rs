@@ -1109,7 +1109,13 @@ pub fn run(o: Options) -> Results {
             group: LAT_PAIRED,
             ..lat_cfg("uring", s.o.quick)
         };
-        let (mut u, runs) = s.paired(round, &[c], |s| s.udp_rtt(None));
+        // The same with both sides sending from sockets connected to the peer.
+        let cc = Cfg {
+            group: LAT_PAIRED_CONNECTED,
+            extra: &["--connected-tx"],
+            ..c
+        };
+        let (mut u, runs) = s.paired(round, &[c, cc], |s| s.udp_rtt(None));
         u.note = tag(&u.note);
         res.rtt_paired.push(u);
         res.runs.extend(runs);
@@ -1151,6 +1157,10 @@ pub const PAIRED_PROBE: &str = "uring-gso-gro-paired";
 
 /// The group of the paired latency rounds' runs: the k-th pairs with `Results::rtt_paired[k]`.
 pub const LAT_PAIRED: &str = "lat-paired";
+
+/// The group of the paired latency rounds' runs with both sides sending from sockets connected
+/// to the peer (`uroce bench --connected-tx`); the k-th pairs with `Results::rtt_paired[k]`.
+pub const LAT_PAIRED_CONNECTED: &str = "lat-paired-connected";
 
 /// Paired rounds of each kind, WRITE with the io_uring ceiling and latency with the UDP
 /// ping-pong (one of each with `--quick`).

@@ -117,6 +117,7 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "app_lock_longest_us",
             "sq_poll",
             "tx_thread",
+            "connected_sends",
         ],
     );
     // Both back ends, all three operations, both path MTUs, and every other group ran.
@@ -169,6 +170,16 @@ fn bench_sh_quick_writes_well_formed_outputs() {
     );
     for r in runs.iter().filter(|r| r[0] != "paired-sqpoll") {
         assert_eq!(r[26], "false", "SQPOLL where not asked for: {r:?}");
+    }
+    // The paired latency round with both sides on connected sockets: they sent that way, and
+    // no other run did.
+    assert!(
+        runs.iter()
+            .any(|r| r[0] == "lat-paired-connected" && r[2] == "lat" && r[28] != "0"),
+        "no paired latency run from connected sockets"
+    );
+    for r in runs.iter().filter(|r| r[0] != "lat-paired-connected") {
+        assert_eq!(r[28], "0", "connected sends where not asked for: {r:?}");
     }
     // No run asks for a send thread (`--tx-thread`), and the bench says none had one.
     for r in &runs {

@@ -150,6 +150,11 @@ pub struct Args {
     /// given).
     #[arg(long)]
     pub tx_thread: bool,
+    /// io_uring back end, `--progress polled`, IPv4: send from a socket connected to the
+    /// peer (each packet's ICRC resealed for its IPv4 ID and port); the peer must accept any
+    /// IPv4 ID, as rxe and `uroce bench` do.
+    #[arg(long)]
+    pub connected_tx: bool,
     /// QPs, all used at once (perftest's -q).
     #[arg(short = 'q', long = "qps", visible_alias = "qp", default_value_t = 1)]
     pub qps: u32,
@@ -359,6 +364,7 @@ impl Opts {
                 steer: a.steer,
                 sq_poll: a.sqpoll.then(|| Duration::from_millis(a.sqpoll_idle_ms)),
                 tx_thread: a.tx_thread,
+                connected_tx: a.connected_tx,
             },
         })
     }

@@ -232,6 +232,8 @@ pub struct DevOpts {
     pub sq_poll: Option<Duration>,
     /// A send thread (`false`: as `UROCE_TXTHREAD` says).
     pub tx_thread: bool,
+    /// Connected send sockets (`false`: as `UROCE_CONNECTED_TX` says).
+    pub connected_tx: bool,
 }
 
 /// The verbs objects. Fields drop in order: QPs before the queues they use, the device last.
@@ -272,6 +274,7 @@ impl Ctx {
             cfg.sq_poll = d.sq_poll;
         }
         cfg.tx_thread |= d.tx_thread;
+        cfg.connected_tx |= d.connected_tx;
         cfg.progress = if d.polled {
             Progress::Polled
         } else {
