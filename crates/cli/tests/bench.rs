@@ -297,6 +297,31 @@ fn bw_with_a_send_thread() {
     bw_with_a_sending_option(85, "--tx-thread", "tx_thread", &[]);
 }
 
+/// `--connected-tx` (busy-polled): both sides send every packet from a socket connected to the
+/// peer, which the result reports (`health.connected_sends`), and the ping-pong is clean.
+#[test]
+fn lat_from_connected_sockets() {
+    let (s, c) = run_pair(
+        91,
+        "write",
+        "lat",
+        &["-n", "300", "--progress", "polled", "--connected-tx"],
+    );
+    for v in s.iter().chain(&c) {
+        let h = &v["health"];
+        assert!(h["connected_sends"].as_u64().unwrap_or(0) >= 300, "{v}");
+        assert_eq!(
+            (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
+            (Some(true), Some(0)),
+            "{v}"
+        );
+    }
+    let (s, c) = run_pair(92, "write", "lat", &["-n", "50", "--progress", "polled"]);
+    for v in s.iter().chain(&c) {
+        assert_eq!(v["health"]["connected_sends"], 0, "{v}");
+    }
+}
+
 /// With `flag` on both sides (ids `base + 1 ..= base + 5`), WRITE, READ and SEND move every
 /// size intact and every result says `key`; without it, a WRITE's results do not.
 fn bw_with_a_sending_option(base: u8, flag: &str, key: &str, more: &[&str]) {
