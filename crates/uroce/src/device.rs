@@ -94,7 +94,7 @@ pub struct DeviceConfig {
     /// connected to it, whose route the kernel keeps instead of looking it up per datagram
     /// (off by default; `UROCE_CONNECTED_TX=1` sets it). Each packet's ICRC is resealed for
     /// the socket's IPv4 ID counter, learned from a looped-back transmit timestamp, and its
-    /// port (docs/PERFORMANCE.md, "Latency: a connected socket's IPv4 ID can be learned").
+    /// port (docs/PERFORMANCE.md, "Latency: a connected send path").
     pub connected_tx: bool,
 }
 
