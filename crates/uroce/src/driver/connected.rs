@@ -12,8 +12,9 @@
 //! port (9, never RoCE's) is sent with a software transmit timestamp, and the kernel loops it
 //! back on the error queue with its IP header (no privilege needed while
 //! `net.core.tstamp_allow_data` is 1, the default). Every later `sendmsg` takes the next value;
-//! segment `i` of a GSO send gets that value plus `i`. A send that fails forgets the socket
-//! (the counter may have moved) and the next one learns a new one.
+//! segment `i` of a GSO send gets that value plus `i`. A send that fails is resealed
+//! back and left to the device's own socket (its errors, drops and fallbacks); the connected
+//! socket is forgotten (the counter may have moved) and the next send learns a new one.
 //!
 //! Receiving stays on the device's socket: RoCEv2 responders answer to port 4791, and a uroce
 //! peer checks only the source address.
@@ -75,13 +76,14 @@ impl ConnectedTx {
     /// Sends `buf` to `dst` from the socket connected to it: one datagram, or `segment`-byte
     /// packets with UDP GSO, each sealed by the engine for ID `i` (segment `i`) and the device's
     /// port, and resealed here for the socket's. `None` when `dst` has no connected socket and
-    /// none could be opened now: the caller sends as before, `buf` unchanged.
+    /// none could be opened now, or the send failed: the caller sends as before, `buf` as the
+    /// engine built it.
     pub(crate) fn send(
         &mut self,
         dst: SocketAddr,
         buf: &mut [u8],
         segment: Option<usize>,
-    ) -> Option<io::Result<()>> {
+    ) -> Option<()> {
         let SocketAddr::V4(dst) = dst else {
             return None;
         };
@@ -104,11 +106,21 @@ impl ConnectedTx {
         let seg = segment
             .filter(|&s| s > 0 && s < buf.len())
             .unwrap_or(buf.len());
-        for (k, pkt) in buf.chunks_mut(seg.max(1)).enumerate() {
-            let k = k as u16;
-            self.solver
-                .reseal_v4(pkt, (k, p.next.wrapping_add(k)), (self.port, p.port));
-        }
+        let (next, ports) = (p.next, (self.port, p.port));
+        // Segment k: from ID k and the device's port to the counter's ID + k and the socket's
+        // port (`back`: the other way).
+        let reseal = |solver: &mut Ipv4IdSolver, buf: &mut [u8], back: bool| {
+            for (k, pkt) in buf.chunks_mut(seg.max(1)).enumerate() {
+                let k = k as u16;
+                let (id, port) = ((k, next.wrapping_add(k)), ports);
+                if back {
+                    solver.reseal_v4(pkt, (id.1, id.0), (port.1, port.0));
+                } else {
+                    solver.reseal_v4(pkt, id, port);
+                }
+            }
+        };
+        reseal(&mut self.solver, buf, false);
         // The segment size goes in the socket's `UDP_SEGMENT` option, so that every send is a
         // plain `send` (no `msghdr`, no control message): set when a GSO send's size differs,
         // cleared when a lone datagram is longer than it (it would be cut up).
@@ -131,17 +143,18 @@ impl ConnectedTx {
         match r {
             Ok(_) => {
                 p.next = p.next.wrapping_add(1);
-                Some(Ok(()))
+                Some(())
             }
             Err(e) => {
-                // Whether the datagram took an ID is not known: learn a new counter next time.
+                // The packets go back to what the engine sealed, for the device's own socket
+                // and its handling of errors (drops, the unsegmented fallback). Whether the
+                // datagram took an ID is not known: the socket goes, and the next send to
+                // this peer learns a new counter.
+                tracing::debug!("connected send to {dst} failed ({e}); sending unconnected");
+                reseal(&mut self.solver, buf, true);
                 self.failed += 1;
                 self.peers.swap_remove(i);
-                match e.raw_os_error() {
-                    // Lost like on a network (RC retransmits).
-                    Some(libc::EAGAIN | libc::ENOBUFS | libc::ECONNREFUSED) => Some(Ok(())),
-                    _ => Some(Err(e)),
-                }
+                None
             }
         }
     }
@@ -276,5 +289,22 @@ mod tests {
         assert_eq!(again, first.wrapping_add(1));
         assert!(tx.send(to.into(), &mut [0u8; 40], None).is_some());
         assert_eq!(tx.opened, 1);
+    }
+
+    /// A send the kernel refuses (longer than an IPv4 datagram can be) hands the buffer back
+    /// as the engine built it and drops the socket; the next send opens and learns a new one.
+    #[test]
+    fn a_failed_send_gives_the_packets_back_unchanged() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut tx = ConnectedTx::new("127.0.0.1:4791".parse().unwrap()).unwrap();
+        assert!(tx.send(to, &mut [1u8; 40], None).is_some());
+        let built: Vec<u8> = (0..65_520u32).map(|i| (i % 251) as u8).collect();
+        let mut buf = built.clone();
+        assert!(tx.send(to, &mut buf, None).is_none());
+        assert!(buf == built, "the packets changed");
+        assert_eq!((tx.opened, tx.failed, tx.peers.len()), (1, 1, 0));
+        assert!(tx.send(to, &mut [1u8; 40], None).is_some());
+        assert_eq!(tx.opened, 2);
     }
 }

@@ -992,12 +992,14 @@ impl UringBackend {
         let segment = segment.filter(|&s| s > 0 && s < len.min(TX_BUF_LEN));
         if let Some(c) = &mut self.connected {
             let slot = &mut *self.slots[i];
-            if let Some(r) = c.send(dst, &mut slot.buf[..len.min(TX_BUF_LEN)], segment) {
+            if c.send(dst, &mut slot.buf[..len.min(TX_BUF_LEN)], segment)
+                .is_some()
+            {
                 self.stats.tx_sends += 1;
                 self.stats.tx_connected += 1;
                 self.stats.tx_gso_sends += u64::from(segment.is_some());
                 self.free.push(i);
-                return r;
+                return Ok(());
             }
         }
         // Change the socket's option only while no queued `SENDMSG` (built for the old one)
