@@ -2,7 +2,7 @@
 //! (`DeviceConfig::connected_tx`).
 //!
 //! An unconnected `sendto` makes the kernel look the route up for every datagram; a connected
-//! socket keeps it. On the 8-byte WRITE ping-pong that measured 0.36 µs of a 5.1 µs half
+//! socket keeps it. On the 8-byte WRITE ping-pong that measured 0.38 µs of a 5.1 µs half
 //! round trip (docs/PERFORMANCE.md, "Latency: a connected send path"). But a connected socket
 //! takes the IPv4 Identification of each datagram from a per-socket counter that `connect`
 //! starts at a random value (`ip_select_ident_segs`), and sends from its own port, where the
