@@ -54,6 +54,10 @@ pub(crate) struct ConnectedTx {
     /// Sockets opened and counters learned, and sends that failed and dropped a socket.
     pub opened: u64,
     pub failed: u64,
+    /// Peers for which no connected socket could be opened (its counter not learned): they
+    /// are sent to as before, without trying again on every send (learning may wait
+    /// [`LEARN_WAIT`]).
+    refused: Vec<SocketAddrV4>,
 }
 
 impl ConnectedTx {
@@ -68,6 +72,7 @@ impl ConnectedTx {
                 solver: Ipv4IdSolver::default(),
                 opened: 0,
                 failed: 0,
+                refused: Vec::new(),
             }),
             _ => None,
         }
@@ -89,17 +94,22 @@ impl ConnectedTx {
         };
         let i = match self.peers.iter().position(|p| p.dst == dst) {
             Some(i) => i,
-            None if self.peers.len() < MAX_PEERS => match open(self.local, dst) {
-                Ok(p) => {
-                    self.opened += 1;
-                    self.peers.push(p);
-                    self.peers.len() - 1
+            None if self.peers.len() < MAX_PEERS && !self.refused.contains(&dst) => {
+                match open(self.local, dst) {
+                    Ok(p) => {
+                        self.opened += 1;
+                        self.peers.push(p);
+                        self.peers.len() - 1
+                    }
+                    Err(e) => {
+                        tracing::debug!("no connected send socket for {dst}: {e}");
+                        if self.refused.len() < 4 * MAX_PEERS {
+                            self.refused.push(dst);
+                        }
+                        return None;
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!("connected send socket for {dst}: {e}");
-                    return None;
-                }
-            },
+            }
             None => return None,
         };
         let p = &mut self.peers[i];
@@ -289,6 +299,20 @@ mod tests {
         assert_eq!(again, first.wrapping_add(1));
         assert!(tx.send(to.into(), &mut [0u8; 40], None).is_some());
         assert_eq!(tx.opened, 1);
+    }
+
+    /// A peer whose socket cannot be opened (a loopback source cannot reach a remote address)
+    /// is sent to as before, and not tried again on the next send.
+    #[test]
+    fn a_peer_that_cannot_be_connected_is_not_tried_again() {
+        let mut tx = ConnectedTx::new("127.0.0.1:4791".parse().unwrap()).unwrap();
+        let far: SocketAddr = "192.0.2.1:4791".parse().unwrap();
+        let mut buf = [1u8; 40];
+        assert!(tx.send(far, &mut buf, None).is_none());
+        assert_eq!((tx.opened, tx.refused.len()), (0, 1));
+        assert!(tx.send(far, &mut buf, None).is_none());
+        assert_eq!(tx.refused.len(), 1, "tried again");
+        assert_eq!(buf, [1u8; 40]);
     }
 
     /// A send the kernel refuses (longer than an IPv4 datagram can be) hands the buffer back
