@@ -110,7 +110,7 @@ impl DeviceConfig {
             pcap: std::env::var_os("UROCE_PCAP").map(PathBuf::from),
             accept_any_ipv4_id: false,
             faults: None,
-            steer: std::env::var("UROCE_STEER").is_ok_and(|v| !v.is_empty() && v != "0"),
+            steer: env_flag("UROCE_STEER"),
             async_events: None,
             ack_delay: std::env::var("UROCE_ACK_DELAY_US")
                 .ok()
@@ -120,11 +120,15 @@ impl DeviceConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
-            tx_thread: std::env::var("UROCE_TXTHREAD").is_ok_and(|v| !v.is_empty() && v != "0"),
-            connected_tx: std::env::var("UROCE_CONNECTED_TX")
-                .is_ok_and(|v| !v.is_empty() && v != "0"),
+            tx_thread: env_flag("UROCE_TXTHREAD"),
+            connected_tx: env_flag("UROCE_CONNECTED_TX"),
         }
     }
+}
+
+/// Whether the environment variable `name` turns an option on: set, not empty, not "0".
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Writes both directions of traffic to a pcap file.

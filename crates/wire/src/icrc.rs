@@ -326,8 +326,7 @@ impl IcrcContext {
         };
         match self.ip {
             IpFields::V4 { identification, .. } if bound > 0 => {
-                // Bytes of the pseudo packet after the two ID bytes (ICRC excluded).
-                let trailing = 20 - 6 + 8 + packet_len - ICRC_LEN;
+                let trailing = after_ipv4_id(packet_len);
                 let diff = computed ^ carried;
                 let hint = solver.hint;
                 let table = solver.table(trailing);
@@ -366,6 +365,13 @@ impl IcrcHasher {
     pub fn finalize(self) -> u32 {
         self.0.finalize()
     }
+}
+
+/// Bytes of the pseudo packet after the IPv4 Identification, for a UDP payload (transport
+/// packet) of `packet_len` bytes: the IP header's last 14, the UDP header, the transport
+/// packet without its ICRC. What [`Ipv4IdSolver`]'s table for an ID at that length needs.
+const fn after_ipv4_id(packet_len: usize) -> usize {
+    20 - 6 + 8 + packet_len - ICRC_LEN
 }
 
 /// Row-reduced effect of the 16 IPv4 ID bits on the CRC, for one message length: 32 rows of
@@ -414,9 +420,9 @@ impl Ipv4IdSolver {
     /// for IPv4 Identification `id.0` and UDP source port `src_port.0`, for `id.1` and
     /// `src_port.1`: what a socket connected to the peer sends with (its own ID counter and
     /// port). The ICRC covers both fields (RoCEv2 annex A17: its pseudo header masks neither)
-    /// and CRC-32 is linear in them, so each
-    /// change is one XOR of its effect at this packet length, with no pass over the packet. A
-    /// buffer shorter than a BTH plus ICRC is left untouched.
+    /// and CRC-32 is linear in them, so each change is one XOR of its effect at this packet
+    /// length, with no pass over the packet. A buffer shorter than a BTH plus ICRC is left
+    /// untouched.
     pub fn reseal_v4(&mut self, packet: &mut [u8], id: (u16, u16), src_port: (u16, u16)) {
         let n = packet.len();
         if n < BTH_LEN + ICRC_LEN {
@@ -424,9 +430,7 @@ impl Ipv4IdSolver {
         }
         let mut d = 0;
         if id.0 != id.1 {
-            // The bytes of the pseudo packet after the ID: the IP header's last 14, the UDP
-            // header, the transport packet without its ICRC.
-            d ^= self.table(20 - 6 + 8 + n - ICRC_LEN).effect(id.0 ^ id.1);
+            d ^= self.table(after_ipv4_id(n)).effect(id.0 ^ id.1);
         }
         if src_port.0 != src_port.1 {
             // After the source port: the UDP header's last 6 bytes, the transport packet.

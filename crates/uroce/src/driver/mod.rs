@@ -123,6 +123,14 @@ pub struct DriverStats {
     pub faults: faults::FaultCounters,
 }
 
+impl DriverStats {
+    /// Counts one send (`sendmsg`, or `send` from a connected socket), a GSO batch if `gso`.
+    pub(crate) fn count_send(&mut self, gso: bool) {
+        self.tx_sends += 1;
+        self.tx_gso_sends += u64::from(gso);
+    }
+}
+
 /// A received datagram's addresses and bytes, handed to the engine.
 pub(crate) type Sink<'a> = &'a mut dyn FnMut(SocketAddr, IpAddr, &[u8]);
 

@@ -971,10 +971,7 @@ impl UringBackend {
     ) -> &mut SendSlot {
         let slot = &mut *self.slots[i];
         slot.prepare(dst, len, segment, self.gso.sock);
-        self.stats.tx_sends += 1;
-        if slot.segment.is_some() {
-            self.stats.tx_gso_sends += 1;
-        }
+        self.stats.count_send(slot.segment.is_some());
         slot
     }
 
@@ -995,9 +992,8 @@ impl UringBackend {
             if c.send(dst, &mut slot.buf[..len.min(TX_BUF_LEN)], segment)
                 .is_some()
             {
-                self.stats.tx_sends += 1;
+                self.stats.count_send(segment.is_some());
                 self.stats.tx_connected += 1;
-                self.stats.tx_gso_sends += u64::from(segment.is_some());
                 self.free.push(i);
                 return Ok(());
             }
