@@ -671,7 +671,7 @@ impl Suite {
                 .unwrap_or_default();
             r.valid = ping.ok && r.half_median_us > 0.0;
             let how = match ack {
-                None => "both sides spinning on non-blocking recv".to_string(),
+                None => "both sides connected, spinning on non-blocking recv".to_string(),
                 Some(0) => "uroce's io_uring driver without the engine (a polled device's \
                             socket and receive path), one 40-byte datagram each way"
                     .to_string(),

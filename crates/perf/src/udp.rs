@@ -7,8 +7,9 @@
 //!   socket, `recvmsg` with `UDP_GRO` (one coalesced super-datagram per call): the ceiling.
 //!   Plain syscalls: the secondary ceiling; the issue's, io_uring `SENDMSG`+GSO → multishot
 //!   `RECVMSG`+GRO (80–85 Gbit/s there), is [`crate::uring_udp`].
-//! - Round trip: an 8-byte ping-pong, both sides spinning on non-blocking `recv` (busy poll),
-//!   the floor of `uroce bench write lat --progress polled`.
+//! - Round trip: an 8-byte ping-pong, both sides spinning on non-blocking `recv` (busy poll)
+//!   and sending from sockets connected to each other, the floor of `uroce bench write lat
+//!   --progress polled`.
 //!
 //! The receiver measures goodput from its first datagram to its last, CPU time from
 //! `getrusage` over the same span; the sender measures its own CPU time. Each side prints one
@@ -208,8 +209,10 @@ fn spin_socket(s: &UdpSocket) -> Result<(), ProbeError> {
     s.set_nonblocking(true).map_err(io("set_nonblocking"))
 }
 
-/// Echoes every datagram back to its sender, spinning on non-blocking `recv_from`, until an
-/// empty datagram arrives or `max` passes.
+/// Echoes every datagram back to its sender, spinning on non-blocking receives, until an
+/// empty datagram arrives or `max` passes. The socket connects to the first sender, so both
+/// ends of the ping-pong send as connected sockets do (no route lookup per send), the
+/// fastest shape plain UDP has: the baseline is the ceiling, not a handicapped probe.
 pub fn rtt_echo(bind: SocketAddr, max: Duration) -> Result<Value, ProbeError> {
     let s = UdpSocket::bind(bind).map_err(io("bind"))?;
     spin_socket(&s)?;
@@ -217,18 +220,27 @@ pub fn rtt_echo(bind: SocketAddr, max: Duration) -> Result<Value, ProbeError> {
     let mut buf = [0u8; 2048];
     let begin = Instant::now();
     let mut echoed = 0u64;
+    let mut peer = None;
     while begin.elapsed() < max {
-        match s.recv_from(&mut buf) {
+        let got = match peer {
+            None => s.recv_from(&mut buf).map(|(n, from)| (n, Some(from))),
+            Some(_) => s.recv(&mut buf).map(|n| (n, None)),
+        };
+        match got {
             Ok((0, _)) => break,
             Ok((n, from)) => {
-                s.send_to(&buf[..n], from).map_err(io("send_to"))?;
+                if let Some(from) = from {
+                    s.connect(from).map_err(io("connect"))?;
+                    peer = Some(from);
+                }
+                s.send(&buf[..n]).map_err(io("send"))?;
                 echoed += 1;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) => return Err(io("recv_from")(e)),
+            Err(e) => return Err(io("recv")(e)),
         }
     }
-    Ok(json!({ "role": "udp-echo", "echoed": echoed }))
+    Ok(json!({ "role": "udp-echo", "echoed": echoed, "connected_to": peer.map(|p| p.to_string()) }))
 }
 
 /// Quantiles at which latency distributions are written (the CDF plot's points).
@@ -320,4 +332,34 @@ pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<
         "lost": lost,
     });
     Ok(rtt_result(fields, &hist))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_echo_answers_every_ping_from_a_socket_connected_to_the_pinger() {
+        // A port the kernel just handed out, free again for the echo to bind.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let echo = std::thread::spawn(move || rtt_echo(at, Duration::from_secs(60)));
+        let ping = rtt_ping(at, 8, 200, 10).unwrap();
+        let echo = echo.join().unwrap().unwrap();
+        assert_eq!(ping["round_trips"], 200);
+        assert!(ping["half_median_us"].as_f64().unwrap() > 0.0, "{ping}");
+        // Every timed round trip answered; a ping the pinger gave up on (sent before the echo
+        // bound, or answered after 200 ms) is counted as lost and may or may not be echoed.
+        let (echoed, lost) = (
+            echo["echoed"].as_u64().unwrap(),
+            ping["lost"].as_u64().unwrap(),
+        );
+        assert!((210..=210 + lost).contains(&echoed), "{echo} {ping}");
+        let peer: SocketAddr = echo["connected_to"].as_str().unwrap().parse().unwrap();
+        assert_eq!(peer.ip(), at.ip());
+        assert_ne!(peer.port(), port);
+    }
 }

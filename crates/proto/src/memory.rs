@@ -159,6 +159,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_of_every_offset_and_length_return_the_bytes_written() {
+        // Covers the whole-word path and the unaligned ends of each side.
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 1) as u8).collect();
+        let m = AtomicMemory::zeroed(data.len());
+        m.write(0, &data);
+        for off in 0..17 {
+            for len in [0, 1, 7, 8, 9, 31, 32, 33, 40, 63, 64, 65, 100, 283 - off] {
+                let mut back = vec![0; len];
+                m.read(off, &mut back);
+                assert_eq!(back, data[off..off + len], "offset {off}, length {len}");
+            }
+        }
+    }
+
+    #[test]
     fn atomics_act_on_words() {
         let m = AtomicMemory::zeroed(16);
         m.write(8, &7u64.to_ne_bytes());
