@@ -129,10 +129,11 @@ for dir in bench_to_rxe bench_from_rxe; do
 done
 
 # uroce's connected send path (DeviceConfig::connected_tx): a busy-polled client sending from a
-# socket connected to rxe, each packet's ICRC resealed for the IPv4 ID the socket's counter
-# gives it (segment i of a GSO send: that ID + i) and for the socket's port. rxe drops a
-# packet whose ICRC is wrong, so finishing is the check; the uroce side says how many sends
-# went out that way.
+# socket connected to rxe (bound beside the device's socket, to its address and port), each
+# packet's ICRC resealed for the IPv4 ID the socket's counter gives it (segment i of a GSO
+# send: that ID + i). rxe drops a packet whose ICRC is wrong, so finishing is the check; the
+# uroce side says how many sends went out that way. rxe answers from source ports of its own,
+# not 4791, so its packets reach the device's socket, not the connected one.
 connected() { grep -o 'connected sends: [0-9]*' "$art/$n.uroce" | grep -o '[0-9]*$' || echo 0; }
 UROCE_CONNECTED_TX=1 uextra="--progress polled" bench_to_rxe write lat ib_write_lat -n 200 -s 8
 c_lat=$(connected)

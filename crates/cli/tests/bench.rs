@@ -298,7 +298,8 @@ fn bw_with_a_send_thread() {
 }
 
 /// `--connected-tx` (busy-polled): both sides send every packet from a socket connected to the
-/// peer, which the result reports (`health.connected_sends`), and the ping-pong is clean.
+/// peer and receive the peer's there, which the result reports (`health.connected_sends`,
+/// `connected_receives`), and the ping-pong is clean.
 #[test]
 fn lat_from_connected_sockets() {
     let (s, c) = run_pair(
@@ -310,6 +311,7 @@ fn lat_from_connected_sockets() {
     for v in s.iter().chain(&c) {
         let h = &v["health"];
         assert!(h["connected_sends"].as_u64().unwrap_or(0) >= 300, "{v}");
+        assert!(h["connected_receives"].as_u64().unwrap_or(0) >= 300, "{v}");
         assert_eq!(
             (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
             (Some(true), Some(0)),

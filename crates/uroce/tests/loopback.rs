@@ -225,8 +225,9 @@ fn rc_every_opcode_uring_thread() {
 
 /// Busy-polled devices sending from sockets connected to their peer (`connected_tx`): every
 /// RC opcode, with multi-packet GSO sends, arrives with an ICRC that verifies for the IPv4 ID
-/// and source port it really carried (the receivers solve for the ID, as they must for rxe;
-/// a wrong reseal would be a drop), and both sides did send that way.
+/// it really carried (the receivers solve for the ID, as they must for rxe; a wrong reseal
+/// would be a drop), both sides did send that way, and received the peer's datagrams on the
+/// same sockets (each sends from the device's port, which the other's socket is connected to).
 #[test]
 fn rc_every_opcode_from_connected_sockets() {
     let cfg = |ip: &str| {
@@ -240,6 +241,7 @@ fn rc_every_opcode_from_connected_sockets() {
     for s in [&a, &b] {
         let d = s.dev.driver_stats();
         assert!(d.tx_connected > 0 && d.tx_connected == d.tx_sends, "{d:?}");
+        assert!(d.rx_connected > 0, "{d:?}");
     }
 }
 

@@ -1,31 +1,48 @@
-//! Sending a busy-polled IPv4 device's datagrams from a socket connected to their peer
+//! A busy-polled IPv4 device's traffic with each peer through a socket connected to it
 //! (`DeviceConfig::connected_tx`).
 //!
-//! An unconnected `sendto` makes the kernel look the route up for every datagram; a connected
-//! socket keeps it. On the 8-byte WRITE ping-pong that measured 0.38 µs of a 5.1 µs half
-//! round trip (docs/PERFORMANCE.md, "Latency: a connected send path"). But a connected socket
-//! takes the IPv4 Identification of each datagram from a per-socket counter that `connect`
-//! starts at a random value (`ip_select_ident_segs`), and sends from its own port, where the
-//! engine seals every packet for ID 0 (`i` for GSO segment `i`) and the device's port 4791.
-//! The ICRC covers both fields, so each packet is resealed for them ([`Ipv4IdSolver::reseal_v4`],
-//! two XORs). The counter is read once per socket: a zero-length datagram to the peer's discard
-//! port (9, never RoCE's) is sent with a software transmit timestamp, and the kernel loops it
-//! back on the error queue with its IP header (no privilege needed while
-//! `net.core.tstamp_allow_data` is 1, the default). Every later `sendmsg` takes the next value;
-//! segment `i` of a GSO send gets that value plus `i`. A send that fails is resealed
-//! back and left to the device's own socket (its errors, drops and fallbacks); the connected
-//! socket is forgotten (the counter may have moved) and the next send learns a new one.
+//! An unconnected socket costs a route lookup per datagram both ways: `sendto` looks up the
+//! route out, and a datagram arriving for an unconnected socket takes the slow input route
+//! lookup (`ip_route_input_slow`, with reverse-path validation), where one for a connected
+//! socket is matched by early demultiplexing and takes the socket's cached route. On the
+//! 8-byte WRITE ping-pong the send side measured 0.38 µs of a 5.1 µs half round trip, and a C
+//! ping-pong of the WRITE + ACK shape 0.33 µs for the receive side (docs/PERFORMANCE.md,
+//! "Latency: a connected send path", "Receiving on the connected socket").
 //!
-//! Receiving stays on the device's socket: RoCEv2 responders answer to port 4791, and a uroce
-//! peer checks only the source address.
+//! So each peer gets a socket bound to the device's own address and port, beside the device's
+//! socket, and connected to the peer's port 4791. Binding two sockets to one address needs
+//! `SO_REUSEADDR` on both; the device's socket has it only for the moment of that bind, so
+//! nobody else can bind the address at any other time (a bind needs the flag on every socket
+//! already there). Datagrams from the peer's address and port then reach the connected
+//! socket (the kernel prefers the exact match); everything else reaches the device's socket
+//! as before. Busy polling reads a socket that received lately on every poll and an idle one
+//! every [`IDLE_EVERY`] polls, since each empty `recvmsg` sits in the loop (the device's
+//! socket polled on every loop beside the connected one gave the whole gain back).
+//!
+//! A connected socket takes the IPv4 Identification of each datagram from a per-socket
+//! counter that `connect` starts at a random value (`ip_select_ident_segs`), where the engine
+//! seals every packet for ID 0 (`i` for GSO segment `i`). The ICRC covers the field, so each
+//! packet is resealed for it ([`Ipv4IdSolver::reseal_v4`], XORs of per-length effects). The
+//! counter is read once per socket: a zero-length datagram to the peer's discard port (9,
+//! never RoCE's) is sent with a software transmit timestamp, and the kernel loops it back on
+//! the error queue with its IP header (no privilege needed while `net.core.tstamp_allow_data`
+//! is 1, the default). Every later `sendmsg` takes the next value; segment `i` of a GSO send
+//! gets that value plus `i`. A send that fails is resealed back and left to the device's own
+//! socket (its errors, drops and fallbacks); the counter may have moved, so the socket learns
+//! it again before its next send, and keeps receiving meanwhile.
 
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, MsgFlags, SockaddrStorage, TimestampingFlag};
+use nix::sys::socket::{
+    getsockopt, recvmsg, setsockopt, sockopt, MsgFlags, SockaddrStorage, TimestampingFlag,
+};
 use uroce_wire::Ipv4IdSolver;
+
+use super::syscall::SyscallRx;
+use super::{DriverStats, Sink};
 
 /// Peers with a connected socket at once; a device talking to more sends to the others as
 /// before.
@@ -34,30 +51,48 @@ const MAX_PEERS: usize = 8;
 /// How long the looped-back probe may take to appear on the error queue.
 const LEARN_WAIT: Duration = Duration::from_millis(50);
 
-/// A connected socket and the IPv4 ID its next datagram takes.
+/// An idle socket (nothing received in its last [`ACTIVE_POLLS`] polls) is read every this
+/// many polls (≈ 0.1 ms of busy polling: the first datagram after a quiet spell may wait that
+/// long). A C ping-pong of the WRITE + ACK shape lost 0.15 of the 0.33 µs it gained when the
+/// device's socket was read every 8th poll, all of it when read on every poll; the bench's
+/// ping-pong was ≈ 0.05 µs slower with every 32nd than with every 1024th.
+const IDLE_EVERY: u64 = 256;
+
+/// Polls after its last datagram during which a socket counts as active (≈ 1–2 ms of busy
+/// polling).
+const ACTIVE_POLLS: u64 = 4096;
+
+/// A connected socket, the IPv4 ID its next datagram takes, and when it last received.
 struct Peer {
     dst: SocketAddrV4,
     sock: UdpSocket,
-    port: u16,
-    next: u16,
+    /// The ID of the next datagram; `None` after a failed send, until learned again.
+    next: Option<u16>,
+    /// Whether the counter was learned before.
+    learned: bool,
+    /// Learning failed: sends to this peer go from the device's socket (receives go on).
+    sends_refused: bool,
     /// The socket's `UDP_SEGMENT` (0: not set).
     gso: u16,
+    /// The poll at which it last received.
+    heard: u64,
 }
 
 /// The connected sockets of one device (see the module documentation).
 pub(crate) struct ConnectedTx {
-    local: Ipv4Addr,
-    /// The source port the engine seals for (the device's).
-    port: u16,
+    local: SocketAddrV4,
     peers: Vec<Peer>,
     solver: Ipv4IdSolver,
-    /// Sockets opened and counters learned, and sends that failed and dropped a socket.
+    /// Sockets opened, counters learned again after a failed send, and sends that failed.
     pub opened: u64,
+    pub relearned: u64,
     pub failed: u64,
-    /// Peers for which no connected socket could be opened (its counter not learned): they
-    /// are sent to as before, without trying again on every send (learning may wait
-    /// [`LEARN_WAIT`]).
+    /// Peers for which no connected socket could be opened: they are sent to as before,
+    /// without trying again on every send (learning may wait [`LEARN_WAIT`]).
     refused: Vec<SocketAddrV4>,
+    /// Busy polls so far, and the one at which the device's own socket last received.
+    polls: u64,
+    main_heard: u64,
 }
 
 impl ConnectedTx {
@@ -66,25 +101,28 @@ impl ConnectedTx {
     pub(crate) fn new(local: SocketAddr) -> Option<ConnectedTx> {
         match local {
             SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(ConnectedTx {
-                local: *a.ip(),
-                port: a.port(),
+                local: a,
                 peers: Vec::new(),
                 solver: Ipv4IdSolver::default(),
                 opened: 0,
+                relearned: 0,
                 failed: 0,
                 refused: Vec::new(),
+                polls: 0,
+                main_heard: 0,
             }),
             _ => None,
         }
     }
 
-    /// Sends `buf` to `dst` from the socket connected to it: one datagram, or `segment`-byte
-    /// packets with UDP GSO, each sealed by the engine for ID `i` (segment `i`) and the device's
-    /// port, and resealed here for the socket's. `None` when `dst` has no connected socket and
-    /// none could be opened now, or the send failed: the caller sends as before, `buf` as the
-    /// engine built it.
+    /// Sends `buf` to `dst` from the socket connected to it (opened beside `main`, the
+    /// device's socket, on first use): one datagram, or `segment`-byte packets with UDP GSO,
+    /// each sealed by the engine for ID `i` (segment `i`) and resealed here for the socket's
+    /// counter. `None` when `dst` has no connected socket and none could be opened now, or the
+    /// send failed: the caller sends as before, `buf` as the engine built it.
     pub(crate) fn send(
         &mut self,
+        main: &UdpSocket,
         dst: SocketAddr,
         buf: &mut [u8],
         segment: Option<usize>,
@@ -95,14 +133,22 @@ impl ConnectedTx {
         let i = match self.peers.iter().position(|p| p.dst == dst) {
             Some(i) => i,
             None if self.peers.len() < MAX_PEERS && !self.refused.contains(&dst) => {
-                match open(self.local, dst) {
-                    Ok(p) => {
+                match open(main, self.local, dst) {
+                    Ok(sock) => {
                         self.opened += 1;
-                        self.peers.push(p);
+                        self.peers.push(Peer {
+                            dst,
+                            sock,
+                            next: None,
+                            learned: false,
+                            sends_refused: false,
+                            gso: 0,
+                            heard: self.polls,
+                        });
                         self.peers.len() - 1
                     }
                     Err(e) => {
-                        tracing::debug!("no connected send socket for {dst}: {e}");
+                        tracing::debug!("no connected socket for {dst}: {e}");
                         if self.refused.len() < 4 * MAX_PEERS {
                             self.refused.push(dst);
                         }
@@ -113,18 +159,38 @@ impl ConnectedTx {
             None => return None,
         };
         let p = &mut self.peers[i];
+        if p.sends_refused {
+            return None;
+        }
+        let next = match p.next {
+            Some(n) => n,
+            None => match learn_id(&p.sock, dst) {
+                Ok(id) => {
+                    if p.learned {
+                        self.relearned += 1;
+                    }
+                    p.learned = true;
+                    *p.next.insert(id.wrapping_add(1))
+                }
+                Err(e) => {
+                    tracing::debug!("no IPv4 ID counter for {dst}: {e}; sending unconnected");
+                    p.sends_refused = true;
+                    return None;
+                }
+            },
+        };
         let seg = segment
             .filter(|&s| s > 0 && s < buf.len())
             .unwrap_or(buf.len());
-        let (next, ports) = (p.next, (self.port, p.port));
-        // Segment k: from ID k and the device's port to the counter's ID + k and the socket's
-        // port (`back`: the other way).
+        // Segment k: from ID k to the counter's ID + k (`back`: the other way). The socket
+        // sends from the device's port, which the engine sealed for.
+        let port = (self.local.port(), self.local.port());
         let reseal = |solver: &mut Ipv4IdSolver, buf: &mut [u8], back: bool| {
             for (k, pkt) in buf.chunks_mut(seg.max(1)).enumerate() {
                 let k = k as u16;
-                let (id, port) = ((k, next.wrapping_add(k)), ports);
+                let id = (k, next.wrapping_add(k));
                 if back {
-                    solver.reseal_v4(pkt, (id.1, id.0), (port.1, port.0));
+                    solver.reseal_v4(pkt, (id.1, id.0), port);
                 } else {
                     solver.reseal_v4(pkt, id, port);
                 }
@@ -152,44 +218,107 @@ impl ConnectedTx {
         });
         match r {
             Ok(_) => {
-                p.next = p.next.wrapping_add(1);
+                p.next = Some(next.wrapping_add(1));
                 Some(())
             }
             Err(e) => {
                 // The packets go back to what the engine sealed, for the device's own socket
                 // and its handling of errors (drops, the unsegmented fallback). Whether the
-                // datagram took an ID is not known: the socket goes, and the next send to
-                // this peer learns a new counter.
+                // datagram took an ID is not known: the counter is learned again before the
+                // next send. The socket stays, receiving.
                 tracing::debug!("connected send to {dst} failed ({e}); sending unconnected");
                 reseal(&mut self.solver, buf, true);
                 self.failed += 1;
-                self.peers.swap_remove(i);
+                p.next = None;
                 None
             }
         }
     }
+
+    /// Hands what the connected sockets and `main` (the device's socket) have received to
+    /// `sink`, as [`SyscallRx::recv_ready`] does for one socket; a socket that received
+    /// nothing in its last [`ACTIVE_POLLS`] polls is read only every [`IDLE_EVERY`] polls.
+    /// Datagrams taken from connected sockets are counted in `stats.rx_connected`.
+    pub(crate) fn recv_ready(
+        &mut self,
+        main: &UdpSocket,
+        rx: &mut SyscallRx,
+        sink: Sink<'_>,
+        stats: &mut DriverStats,
+    ) -> io::Result<usize> {
+        self.polls += 1;
+        let polls = self.polls;
+        let due = |heard: u64| polls - heard < ACTIVE_POLLS || polls % IDLE_EVERY == 0;
+        let mut n = 0;
+        for p in &mut self.peers {
+            if due(p.heard) {
+                let before = stats.rx_datagrams;
+                let got = rx.recv_ready(&p.sock, sink, stats)?;
+                if got > 0 {
+                    p.heard = polls;
+                    stats.rx_connected += stats.rx_datagrams - before;
+                    n += got;
+                }
+            }
+        }
+        if self.peers.is_empty() || due(self.main_heard) {
+            let got = rx.recv_ready(main, sink, stats)?;
+            if got > 0 {
+                self.main_heard = polls;
+                n += got;
+            }
+        }
+        Ok(n)
+    }
 }
 
-/// A socket on `local` connected to `dst`, with its counter learned.
-fn open(local: Ipv4Addr, dst: SocketAddrV4) -> io::Result<Peer> {
-    let sock = UdpSocket::bind((local, 0))?;
+/// A socket bound to `local` beside `main` (the device's socket, bound there too) and
+/// connected to `dst`.
+fn open(main: &UdpSocket, local: SocketAddrV4, dst: SocketAddrV4) -> io::Result<UdpSocket> {
+    let sock = bind_beside(main, local)?;
     crate::sys::set_int(
         &sock,
         libc::IPPROTO_IP,
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_DO,
     )?;
+    // As the device's socket (sys.rs `roce_socket_in`): a whole window must fit.
+    if setsockopt(&sock, sockopt::RcvBufForce, &(32 << 20)).is_err() {
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
+    }
     let _ = setsockopt(&sock, sockopt::SndBuf, &(8 << 20));
+    // The device's receive path splits GRO batches by their segment size, as on `main`.
+    if getsockopt(main, sockopt::UdpGroSegment).unwrap_or(false) {
+        setsockopt(&sock, sockopt::UdpGroSegment, &true)?;
+    }
     sock.connect(dst)?;
-    let port = sock.local_addr()?.port();
-    let id = learn_id(&sock, dst)?;
-    Ok(Peer {
-        dst,
-        sock,
-        port,
-        next: id.wrapping_add(1),
-        gso: 0,
-    })
+    Ok(sock)
+}
+
+/// A UDP socket bound to `local`, where `main` is bound already: both need `SO_REUSEADDR`
+/// for the bind; `main` has it only for the moment of the bind (unless it had it before), so
+/// no other socket can bind the address later.
+fn bind_beside(main: &UdpSocket, local: SocketAddrV4) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType};
+    let had = getsockopt(main, sockopt::ReuseAddr)?;
+    if !had {
+        setsockopt(main, sockopt::ReuseAddr, &true)?;
+    }
+    let r = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
+        Ok(UdpSocket::from(fd))
+    });
+    if !had {
+        setsockopt(main, sockopt::ReuseAddr, &false)?;
+    }
+    Ok(r?)
 }
 
 /// The IPv4 ID of a zero-length datagram sent from `sock` (connected to `dst`) to `dst`'s
@@ -282,53 +411,157 @@ mod tests {
         assert_eq!(looped_id(&ip[..20], dst), None, "cut short");
     }
 
+    /// A device socket on a loopback address, as the back end has it.
+    fn device_socket() -> (UdpSocket, ConnectedTx) {
+        let main = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = ConnectedTx::new(main.local_addr().unwrap()).unwrap();
+        (main, tx)
+    }
+
+    fn v4(a: SocketAddr) -> SocketAddrV4 {
+        match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        }
+    }
+
     /// A real connected socket's counter, learned, predicts the ID of what it sends next.
     #[test]
     fn the_learned_counter_is_the_sockets() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
-            unreachable!()
-        };
-        let mut tx = ConnectedTx::new("127.0.0.1:4791".parse().unwrap()).unwrap();
+        let to = v4(rx.local_addr().unwrap());
+        let (main, mut tx) = device_socket();
         // Learn, then send; a second learn on the same socket sees the counter moved by the
         // probe and the send.
-        let p = open(Ipv4Addr::LOCALHOST, to).unwrap();
-        let first = p.next;
-        p.sock.send(b"x").unwrap();
-        let again = learn_id(&p.sock, to).unwrap();
+        let sock = open(&main, v4(main.local_addr().unwrap()), to).unwrap();
+        let first = learn_id(&sock, to).unwrap().wrapping_add(1);
+        sock.send(b"x").unwrap();
+        let again = learn_id(&sock, to).unwrap();
         assert_eq!(again, first.wrapping_add(1));
-        assert!(tx.send(to.into(), &mut [0u8; 40], None).is_some());
+        assert!(tx.send(&main, to.into(), &mut [0u8; 40], None).is_some());
         assert_eq!(tx.opened, 1);
+    }
+
+    /// The connected socket shares the device's address and port, and while it exists
+    /// nobody else can bind them, with `SO_REUSEADDR` or without.
+    #[test]
+    fn the_connected_socket_sits_beside_the_device_socket_and_nobody_else_can() {
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (main, mut tx) = device_socket();
+        assert!(tx
+            .send(&main, peer.local_addr().unwrap(), &mut [0u8; 40], None)
+            .is_some());
+        let (got, from) = peer.recv_from(&mut [0u8; 64]).unwrap();
+        assert_eq!((got, from), (40, main.local_addr().unwrap()));
+        assert!(!getsockopt(&main, sockopt::ReuseAddr).unwrap());
+        let local = v4(main.local_addr().unwrap());
+        assert!(UdpSocket::bind(local).is_err());
+        let other = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        setsockopt(&other, sockopt::ReuseAddr, &true).unwrap();
+        let e = nix::sys::socket::bind(other.as_raw_fd(), &SockaddrStorage::from(local));
+        assert_eq!(e, Err(nix::errno::Errno::EADDRINUSE));
+    }
+
+    /// What the peer sends arrives on its connected socket, everything else on the device's
+    /// socket; each datagram is handed over once, and an idle device socket is read only
+    /// every [`IDLE_EVERY`] polls.
+    #[test]
+    fn datagrams_arrive_once_each_on_the_socket_that_matches() {
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (main, mut tx) = device_socket();
+        let at = main.local_addr().unwrap();
+        assert!(tx
+            .send(&main, peer.local_addr().unwrap(), &mut [0u8; 40], None)
+            .is_some());
+        let mut rx = SyscallRx::new();
+        rx.set_busy_poll(true);
+        let mut stats = DriverStats::default();
+        let mut got: Vec<(SocketAddr, Vec<u8>, u64)> = Vec::new();
+        let mut poll = |tx: &mut ConnectedTx, stats: &mut DriverStats, got: &mut Vec<_>| {
+            let n = tx.polls + 1;
+            tx.recv_ready(
+                &main,
+                &mut rx,
+                &mut |from, _to, b: &[u8]| got.push((from, b.to_vec(), n)),
+                stats,
+            )
+            .unwrap()
+        };
+        peer.send_to(b"from the peer", at).unwrap();
+        stranger.send_to(b"from a stranger", at).unwrap();
+        while got.len() < 2 && tx.polls < 10 {
+            poll(&mut tx, &mut stats, &mut got);
+        }
+        got.sort();
+        let mut want = vec![
+            (peer.local_addr().unwrap(), b"from the peer".to_vec()),
+            (stranger.local_addr().unwrap(), b"from a stranger".to_vec()),
+        ];
+        want.sort();
+        assert_eq!(
+            got.iter().map(|g| (g.0, g.1.clone())).collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!((stats.rx_connected, stats.rx_datagrams), (1, 2));
+        // Idle for longer than ACTIVE_POLLS: the device's socket is read every IDLE_EVERY.
+        got.clear();
+        for _ in 0..ACTIVE_POLLS + 5 {
+            poll(&mut tx, &mut stats, &mut got);
+        }
+        assert!(got.is_empty());
+        stranger.send_to(b"later", at).unwrap();
+        let start = tx.polls;
+        while got.is_empty() && tx.polls < start + 4 * IDLE_EVERY {
+            poll(&mut tx, &mut stats, &mut got);
+        }
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].2 % IDLE_EVERY, 0, "read at poll {}", got[0].2);
+        // The peer's socket, idle as long, is read on the same schedule.
+        peer.send_to(b"later too", at).unwrap();
+        got.clear();
+        let start = tx.polls;
+        while got.is_empty() && tx.polls < start + 4 * IDLE_EVERY {
+            poll(&mut tx, &mut stats, &mut got);
+        }
+        assert_eq!((got.len(), stats.rx_connected), (1, 2));
     }
 
     /// A peer whose socket cannot be opened (a loopback source cannot reach a remote address)
     /// is sent to as before, and not tried again on the next send.
     #[test]
     fn a_peer_that_cannot_be_connected_is_not_tried_again() {
-        let mut tx = ConnectedTx::new("127.0.0.1:4791".parse().unwrap()).unwrap();
+        let (main, mut tx) = device_socket();
         let far: SocketAddr = "192.0.2.1:4791".parse().unwrap();
         let mut buf = [1u8; 40];
-        assert!(tx.send(far, &mut buf, None).is_none());
+        assert!(tx.send(&main, far, &mut buf, None).is_none());
         assert_eq!((tx.opened, tx.refused.len()), (0, 1));
-        assert!(tx.send(far, &mut buf, None).is_none());
+        assert!(tx.send(&main, far, &mut buf, None).is_none());
         assert_eq!(tx.refused.len(), 1, "tried again");
         assert_eq!(buf, [1u8; 40]);
     }
 
     /// A send the kernel refuses (longer than an IPv4 datagram can be) hands the buffer back
-    /// as the engine built it and drops the socket; the next send opens and learns a new one.
+    /// as the engine built it; the socket stays and learns its counter again before the next
+    /// send.
     #[test]
     fn a_failed_send_gives_the_packets_back_unchanged() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
-        let mut tx = ConnectedTx::new("127.0.0.1:4791".parse().unwrap()).unwrap();
-        assert!(tx.send(to, &mut [1u8; 40], None).is_some());
+        let (main, mut tx) = device_socket();
+        assert!(tx.send(&main, to, &mut [1u8; 40], None).is_some());
         let built: Vec<u8> = (0..65_520u32).map(|i| (i % 251) as u8).collect();
         let mut buf = built.clone();
-        assert!(tx.send(to, &mut buf, None).is_none());
+        assert!(tx.send(&main, to, &mut buf, None).is_none());
         assert!(buf == built, "the packets changed");
-        assert_eq!((tx.opened, tx.failed, tx.peers.len()), (1, 1, 0));
-        assert!(tx.send(to, &mut [1u8; 40], None).is_some());
-        assert_eq!(tx.opened, 2);
+        assert_eq!((tx.opened, tx.failed, tx.peers.len()), (1, 1, 1));
+        assert!(tx.send(&main, to, &mut [1u8; 40], None).is_some());
+        assert_eq!((tx.opened, tx.relearned), (1, 1));
     }
 }

@@ -116,6 +116,9 @@ pub struct DriverStats {
     /// Sends made from a socket connected to the peer (`DeviceConfig::connected_tx`; counted
     /// in `tx_sends` too).
     pub tx_connected: u64,
+    /// Datagrams received on a socket connected to their peer (`DeviceConfig::connected_tx`;
+    /// counted in `rx_datagrams` too).
+    pub rx_connected: u64,
     /// Times a send found every send buffer in flight and waited for one to come back: the
     /// kernel's sends (or the send thread) could not keep up with the engine.
     pub tx_slot_waits: u64,

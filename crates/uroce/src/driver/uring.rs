@@ -989,8 +989,13 @@ impl UringBackend {
         let segment = segment.filter(|&s| s > 0 && s < len.min(TX_BUF_LEN));
         if let Some(c) = &mut self.connected {
             let slot = &mut *self.slots[i];
-            if c.send(dst, &mut slot.buf[..len.min(TX_BUF_LEN)], segment)
-                .is_some()
+            if c.send(
+                &self.sock,
+                dst,
+                &mut slot.buf[..len.min(TX_BUF_LEN)],
+                segment,
+            )
+            .is_some()
             {
                 self.stats.count_send(segment.is_some());
                 self.stats.tx_connected += 1;
@@ -1263,6 +1268,9 @@ impl Backend for UringBackend {
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
         let drained = !self.armed && self.pending_rx.is_empty();
         if self.rx.is_none() || (self.busy_poll && drained) {
+            if let Some(c) = &mut self.connected {
+                return c.recv_ready(&self.sock, &mut self.syscall_rx, sink, &mut self.stats);
+            }
             return self
                 .syscall_rx
                 .recv_ready(&self.sock, sink, &mut self.stats);

@@ -67,6 +67,9 @@ pub struct Health {
     /// Sends made from a socket connected to the peer (`DriverStats::tx_connected`,
     /// `UROCE_CONNECTED_TX`). Reported alongside, not part of `clean`.
     pub connected_sends: u64,
+    /// Datagrams received on those sockets (`DriverStats::rx_connected`). Reported
+    /// alongside, not part of `clean`.
+    pub connected_receives: u64,
 }
 
 impl Health {
@@ -91,6 +94,7 @@ impl Health {
         h.socket_drops = s.tx_dropped + s.rx_truncated;
         h.send_buffer_waits = s.tx_slot_waits;
         h.connected_sends = s.tx_connected;
+        h.connected_receives = s.rx_connected;
         h.rx_drops = d.malformed
             + d.unknown_qp
             + d.wrong_qp
@@ -131,6 +135,9 @@ impl Health {
                 .send_buffer_waits
                 .saturating_sub(before.send_buffer_waits),
             connected_sends: self.connected_sends.saturating_sub(before.connected_sends),
+            connected_receives: self
+                .connected_receives
+                .saturating_sub(before.connected_receives),
         }
     }
 
@@ -168,6 +175,7 @@ impl Health {
             "app_lock_longest_us": self.app_lock_longest_us,
             "send_buffer_waits": self.send_buffer_waits,
             "connected_sends": self.connected_sends,
+            "connected_receives": self.connected_receives,
             "clean": self.clean(),
         })
     }
@@ -443,10 +451,14 @@ impl<'a> Reporter<'a> {
         self.out.flush()
     }
 
-    /// " connected sends: N" when the side sent from connected sockets.
+    /// " connected sends: N, receives: M" when the side sent from connected sockets.
     fn connected_line(&mut self, h: &Health) -> std::io::Result<()> {
         if h.connected_sends > 0 {
-            writeln!(self.out, " connected sends: {}", h.connected_sends)?;
+            writeln!(
+                self.out,
+                " connected sends: {}, receives: {}",
+                h.connected_sends, h.connected_receives
+            )?;
         }
         Ok(())
     }
