@@ -9,8 +9,8 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use uroce_proto::{
-    Access, AhHandle, AtomicMemory, Completion, CqHandle, MrKeys, PdHandle, QpAttr, QpCap,
-    QpCounters, QpInit, QpState, QpType, RecvWr, RegionMemory, SendWr, Sge, SrqHandle,
+    Access, AhHandle, Completion, CqHandle, MrKeys, PdHandle, QpAttr, QpCap, QpCounters, QpInit,
+    QpState, QpType, RecvWr, RegionMemory, SendWr, Sge, SrqHandle,
 };
 
 use crate::device::Shared;
@@ -32,7 +32,7 @@ impl ProtectionDomain {
     /// Registers `len` bytes of new, zeroed memory at address `iova` (the address peers and SGEs
     /// use) with `access` rights.
     pub fn reg_mr(&self, iova: u64, len: usize, access: Access) -> Result<MemoryRegion> {
-        self.reg_memory(iova, AtomicMemory::zeroed(len), access)
+        self.reg_memory(iova, crate::driver::region::Region::zeroed(len), access)
     }
 
     /// Registers memory the caller provides (the C ABI crate's view of a C program's buffer)
@@ -117,7 +117,8 @@ impl ProtectionDomain {
 }
 
 /// A registered memory region whose bytes the engine and remote peers may read and write at any
-/// time. The bytes are atomic words ([`AtomicMemory`]), so the application reads and writes
+/// time. The bytes are atomic words ([`uroce_proto::AtomicMemory`], bulk copies by the CPU's
+/// string move: `driver/region.rs`), so the application reads and writes
 /// them by copy (`read`/`write`): concurrent remote access can be observed half done, never
 /// cause undefined behaviour. Completions tell when data is whole.
 pub struct MemoryRegion {

@@ -5,6 +5,7 @@ pub(crate) mod connected;
 pub mod faults;
 pub(crate) mod place;
 pub mod raw;
+pub(crate) mod region;
 pub(crate) mod syscall;
 pub(crate) mod tx_thread;
 pub(crate) mod uring;
