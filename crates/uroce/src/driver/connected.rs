@@ -253,7 +253,7 @@ impl ConnectedTx {
         for p in &mut self.peers {
             if due(p.heard) {
                 let before = stats.rx_datagrams;
-                let got = rx.recv_ready(&p.sock, sink, stats)?;
+                let got = rx.recv_ready_from(&p.sock, Some(p.dst.into()), sink, stats)?;
                 if got > 0 {
                     p.heard = polls;
                     stats.rx_connected += stats.rx_datagrams - before;

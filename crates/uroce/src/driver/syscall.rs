@@ -152,6 +152,18 @@ impl SyscallRx {
         sink: Sink<'_>,
         stats: &mut DriverStats,
     ) -> io::Result<usize> {
+        self.recv_ready_from(sock, None, sink, stats)
+    }
+
+    /// [`SyscallRx::recv_ready`] for a socket connected to `peer` (when `Some`): every
+    /// datagram comes from it, so the kernel is not asked for the source address.
+    pub(crate) fn recv_ready_from(
+        &mut self,
+        sock: &UdpSocket,
+        peer: Option<SocketAddr>,
+        sink: Sink<'_>,
+        stats: &mut DriverStats,
+    ) -> io::Result<usize> {
         let local_default = match self.local {
             Some(ip) => ip,
             None => *self.local.insert(sock.local_addr()?.ip()),
@@ -159,43 +171,23 @@ impl SyscallRx {
         let mut n = 0;
         let mut receives = 0;
         while receives < RECV_BUDGET {
-            let (len, from, to, gro, truncated) = {
-                let mut iov = [IoSliceMut::new(&mut self.buf)];
-                let msg = match recvmsg::<SockaddrStorage>(
-                    sock.as_fd().as_raw_fd_compat(),
-                    &mut iov,
-                    Some(&mut self.cmsg),
-                    MsgFlags::MSG_DONTWAIT,
-                ) {
-                    Ok(m) => m,
-                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => break,
-                    // ICMP errors surface as ECONNREFUSED on the next receive: not ours to act on.
-                    Err(nix::errno::Errno::ECONNREFUSED) => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                let mut to = local_default;
-                let mut gro = None;
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        match c {
-                            ControlMessageOwned::Ipv4PacketInfo(pi) => {
-                                to = IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)));
-                            }
-                            ControlMessageOwned::Ipv6PacketInfo(pi) => {
-                                to = IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr));
-                            }
-                            ControlMessageOwned::UdpGroSegments(s) => {
-                                gro = usize::try_from(s).ok();
-                            }
-                            _ => {}
-                        }
-                    }
+            let fd = sock.as_fd().as_raw_fd_compat();
+            let r = match peer {
+                Some(p) => recv_one::<()>(fd, &mut self.buf, &mut self.cmsg, local_default)
+                    .map(|(len, _, to, gro, cut)| (len, Some(p), to, gro, cut)),
+                None => {
+                    recv_one::<SockaddrStorage>(fd, &mut self.buf, &mut self.cmsg, local_default)
+                        .map(|(len, from, to, gro, cut)| {
+                            (len, from.as_ref().and_then(to_socket_addr), to, gro, cut)
+                        })
                 }
-                let truncated = msg
-                    .flags
-                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-                let from = msg.address.as_ref().and_then(to_socket_addr);
-                (msg.bytes, from, to, gro, truncated)
+            };
+            let (len, from, to, gro, truncated) = match r {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => break,
+                // ICMP errors surface as ECONNREFUSED on the next receive: not ours to act on.
+                Err(nix::errno::Errno::ECONNREFUSED) => continue,
+                Err(e) => return Err(e.into()),
             };
             receives += 1;
             if truncated {
@@ -213,6 +205,43 @@ impl SyscallRx {
         }
         Ok(n)
     }
+}
+
+/// One non-blocking `recvmsg` into `buf`: its length, source (of type `S`; `()` asks for
+/// none), the local address it came to (`local_default` without a packet-info message), the
+/// GRO segment size, and whether it was cut short.
+// `cmsg` is a `Vec` because nix's `recvmsg` takes one.
+#[allow(clippy::type_complexity, clippy::ptr_arg)]
+fn recv_one<S: nix::sys::socket::SockaddrLike>(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+    local_default: IpAddr,
+) -> nix::Result<(usize, Option<S>, IpAddr, Option<usize>, bool)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<S>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)?;
+    let mut to = local_default;
+    let mut gro = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                    to = IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)));
+                }
+                ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                    to = IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr));
+                }
+                ControlMessageOwned::UdpGroSegments(s) => {
+                    gro = usize::try_from(s).ok();
+                }
+                _ => {}
+            }
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    Ok((msg.bytes, msg.address, to, gro, truncated))
 }
 
 impl Backend for SyscallBackend {
