@@ -386,6 +386,18 @@ fn paired_rounds(r: &Results, group: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The runs of `group` (`suite::PAIRED_READ` or `suite::PAIRED_SEND`) with the default
+/// WRITE of the same paired round (`suite::PAIRED`): (their Gbit/s, WRITE Gbit/s) of each
+/// round where both are valid, in order.
+fn paired_with_write(r: &Results, group: &str) -> Vec<(f64, f64)> {
+    let runs = r.runs.iter().filter(|x| x.group == group);
+    let writes = r.runs.iter().filter(|x| x.group == crate::suite::PAIRED);
+    runs.zip(writes)
+        .filter(|(o, w)| o.valid && w.valid && o.gbit_s > 0.0 && w.gbit_s > 0.0)
+        .map(|(o, w)| (o.gbit_s, w.gbit_s))
+        .collect()
+}
+
 /// The suite's paired latency rounds (`suite::LAT_PAIRED`, `Results::rtt_paired`): (WRITE
 /// median, UDP median) half round trips in µs of each round whose run and probe are both
 /// valid, in order.
@@ -676,14 +688,41 @@ pub fn targets(r: &Results) -> Vec<Target> {
         }
         None => missing(n[3], "≤ 0.3 CPU-s/GB", "uring WRITE run"),
     });
-    // 4, 5: READ and SEND within 20 % of WRITE.
-    for (i, test) in [(4, "read"), (5, "send")] {
+    // 4, 5: READ and SEND within 20 % of WRITE: from the paired rounds when the suite ran
+    // them (each next to that round's WRITE, default configuration), else the size sweep's
+    // single runs, minutes apart.
+    for (i, test, group) in [
+        (4, "read", crate::suite::PAIRED_READ),
+        (5, "send", crate::suite::PAIRED_SEND),
+    ] {
         let o = r.find("size", test, "uring", HEADLINE_MTU, 1, HEADLINE_SIZE);
-        t.push(match (o, w) {
+        let sweep = match (o, w) {
             (Some(o), Some(w)) if w.gbit_s > 0.0 => {
-                gbit_ratio(n[i], o.gbit_s, w.gbit_s, "≥ 0.8", 0.8)
+                Some(gbit_ratio(n[i], o.gbit_s, w.gbit_s, "≥ 0.8", 0.8))
             }
-            _ => missing(n[i], "≥ 0.8", &format!("uring {test} and WRITE runs")),
+            _ => None,
+        };
+        let upper = test.to_uppercase();
+        // The ratio is the median of the rounds' ratios (not the medians' quotient).
+        t.push(match (Paired::of(&paired_with_write(r, group)), sweep) {
+            (Some(p), sweep) => Target {
+                note: format!(
+                    "{} ({upper} and WRITE 1 MiB within a minute of each other, the WRITE as                      configured by default): ratios {}, {upper} {}, WRITE {}{}",
+                    p.what,
+                    p.ratios,
+                    p.values,
+                    p.baselines,
+                    sweep.map_or(String::new(), |s| format!(
+                        "; the size sweep's single runs: {}",
+                        s.ratio
+                    ))
+                ),
+                ratio: format!("{:.2}", p.ratio),
+                pass: p.ratio >= 0.8,
+                ..gbit_ratio(n[i], p.value, p.baseline, "≥ 0.8", 0.8)
+            },
+            (None, Some(s)) => s,
+            (None, None) => missing(n[i], "≥ 0.8", &format!("uring {test} and WRITE runs")),
         });
     }
     // 6: bytes per CPU-second = 1 / (CPU-s per byte). Both back ends run the same engine
@@ -1497,6 +1536,11 @@ pub fn markdown(r: &Results, link: &str) -> String {
                 "WRITE {}, paired with a ceiling probe (issue 6's first target)",
                 size_label(x.size as f64)
             ),
+            crate::suite::PAIRED_READ | crate::suite::PAIRED_SEND => format!(
+                "{} {}, paired with a WRITE (the READ/SEND targets)",
+                x.test.to_uppercase(),
+                size_label(x.size as f64)
+            ),
             crate::suite::PAIRED_SQPOLL => format!(
                 "WRITE {}, the sender {}, paired with a ceiling probe",
                 size_label(x.size as f64),
@@ -1940,6 +1984,61 @@ mod tests {
         assert_ne!(t.ratio, single.ratio, "the single-run ratio was used");
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    /// READ and SEND against WRITE from the paired rounds: the median of each round's own
+    /// ratio to that round's default WRITE (a round with an invalid run is left out), the
+    /// sweep's single ratio only in the note.
+    #[test]
+    fn paired_read_and_send_are_taken_against_their_rounds_write() {
+        let mut r = sample();
+        let single = targets(&r);
+        for (w, rd, sd, valid) in [
+            (20.0, 22.0, 14.0, true),
+            (30.0, 31.0, 27.0, true),
+            (25.0, 30.0, 10.0, false),
+            (26.0, 25.0, 23.0, true),
+        ] {
+            r.runs.push(Run {
+                gbit_s: w,
+                ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, true)
+            });
+            for (group, test, g) in [
+                (crate::suite::PAIRED_READ, "read", rd),
+                (crate::suite::PAIRED_SEND, "send", sd),
+            ] {
+                r.runs.push(Run {
+                    test: test.into(),
+                    gbit_s: g,
+                    ..paired_run(group, "bw", HEADLINE_SIZE, valid)
+                });
+            }
+        }
+        let t = targets(&r);
+        // READ: 22/20 = 1.10, 31/30 = 1.03, 25/26 = 0.96: median 1.03. SEND: 0.70, 0.90, 0.88:
+        // median 0.88 (the invalid round's 10/25 left out).
+        assert_eq!(
+            (t[4].ratio.as_str(), t[4].result()),
+            ("1.03", "PASS"),
+            "{:?}",
+            t[4]
+        );
+        assert_eq!(
+            (t[5].ratio.as_str(), t[5].result()),
+            ("0.88", "PASS"),
+            "{:?}",
+            t[5]
+        );
+        assert!(
+            t[5].note.contains("median of 3 paired rounds")
+                && t[5].note.contains("ratios 0.70, 0.90, 0.88")
+                && t[5]
+                    .note
+                    .contains(&format!("single runs: {}", single[5].ratio)),
+            "{}",
+            t[5].note
+        );
+        assert_eq!(t[5].value, gb(23.0));
     }
 
     /// Each paired round also runs the WRITE with the sender on SQPOLL: the target takes the

@@ -1081,9 +1081,9 @@ pub fn run(o: Options) -> Results {
             s.measure(&mut res.runs, c);
         }
     }
-    // Paired rounds for the WRITE and latency targets: the baseline and uroce measured within
-    // seconds of each other, in ABBA order (`Suite::paired`), and the target takes the median
-    // of the rounds' ratios. Single runs minutes apart differ by more than the goals' margins
+    // Paired rounds for the WRITE, READ/SEND and latency targets: the baseline and uroce
+    // measured within seconds of each other, in ABBA order (`Suite::paired`), and the target
+    // takes the median of the rounds' ratios. Single runs minutes apart differ by more than the goals' margins
     // on this VM: 24.65 and 27.20 Gbit/s for the same WRITE two minutes apart in one run, UDP
     // half round trips of 3.61 and 4.10 µs in hand runs minutes apart.
     let rounds = if s.o.quick { 1 } else { PAIRED_ROUNDS };
@@ -1100,7 +1100,10 @@ pub fn run(o: Options) -> Results {
             sender_extra: &["--sqpoll"],
             ..c
         };
-        let (mut u, runs) = s.paired(round, &[c, sq], |s| s.udp_bw("uring-gso-gro"));
+        // READ and SEND 1 MiB in the same minute, for their targets against this WRITE.
+        let rd = Cfg::bw(PAIRED_READ, "read", "uring", HEADLINE_SIZE, n);
+        let sd = Cfg::bw(PAIRED_SEND, "send", "uring", HEADLINE_SIZE, n);
+        let (mut u, runs) = s.paired(round, &[c, sq, rd, sd], |s| s.udp_bw("uring-gso-gro"));
         u.mode = PAIRED_PROBE.into();
         u.note = tag(&u.note);
         res.udp.push(u);
@@ -1151,6 +1154,13 @@ pub const PAIRED: &str = "paired";
 /// (`uroce bench --sqpoll`); the k-th pairs with the k-th probe of mode [`PAIRED_PROBE`], as
 /// the k-th of [`PAIRED`] does.
 pub const PAIRED_SQPOLL: &str = "paired-sqpoll";
+
+/// The groups of the paired rounds' READ and SEND 1 MiB runs: the k-th run of each pairs with
+/// the k-th run of [`PAIRED`] (their targets: within 20 % of WRITE).
+pub const PAIRED_READ: &str = "paired-read";
+
+/// See [`PAIRED_READ`].
+pub const PAIRED_SEND: &str = "paired-send";
 
 /// The mode of the paired rounds' ceiling probes.
 pub const PAIRED_PROBE: &str = "uring-gso-gro-paired";

@@ -160,6 +160,14 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             .any(|r| r[0] == "paired" && r[1] == "write" && r[3] == "uring"),
         "no paired WRITE run"
     );
+    // ... with READ and SEND beside it (their targets against WRITE).
+    for (group, test) in [("paired-read", "read"), ("paired-send", "send")] {
+        assert!(
+            runs.iter()
+                .any(|r| r[0] == group && r[1] == test && r[3] == "uring"),
+            "no paired {test} run"
+        );
+    }
     // ... and the same WRITE with the sender on SQPOLL, which the bench reported it had.
     assert!(
         runs.iter().any(|r| r[0] == "paired-sqpoll"
