@@ -79,7 +79,7 @@ struct Peer {
 }
 
 /// The connected sockets of one device (see the module documentation).
-pub(crate) struct ConnectedTx {
+pub(crate) struct ConnectedPeers {
     local: SocketAddrV4,
     peers: Vec<Peer>,
     solver: Ipv4IdSolver,
@@ -95,12 +95,12 @@ pub(crate) struct ConnectedTx {
     main_heard: u64,
 }
 
-impl ConnectedTx {
+impl ConnectedPeers {
     /// For a device bound to `local`: `None` unless it is a specific IPv4 address (the
     /// engine seals for it; an unspecified one leaves the source to the route).
-    pub(crate) fn new(local: SocketAddr) -> Option<ConnectedTx> {
+    pub(crate) fn new(local: SocketAddr) -> Option<ConnectedPeers> {
         match local {
-            SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(ConnectedTx {
+            SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(ConnectedPeers {
                 local: a,
                 peers: Vec::new(),
                 solver: Ipv4IdSolver::default(),
@@ -412,9 +412,9 @@ mod tests {
     }
 
     /// A device socket on a loopback address, as the back end has it.
-    fn device_socket() -> (UdpSocket, ConnectedTx) {
+    fn device_socket() -> (UdpSocket, ConnectedPeers) {
         let main = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = ConnectedTx::new(main.local_addr().unwrap()).unwrap();
+        let tx = ConnectedPeers::new(main.local_addr().unwrap()).unwrap();
         (main, tx)
     }
 
@@ -484,7 +484,7 @@ mod tests {
         rx.set_busy_poll(true);
         let mut stats = DriverStats::default();
         let mut got: Vec<(SocketAddr, Vec<u8>, u64)> = Vec::new();
-        let mut poll = |tx: &mut ConnectedTx, stats: &mut DriverStats, got: &mut Vec<_>| {
+        let mut poll = |tx: &mut ConnectedPeers, stats: &mut DriverStats, got: &mut Vec<_>| {
             let n = tx.polls + 1;
             tx.recv_ready(
                 &main,

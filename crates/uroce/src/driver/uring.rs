@@ -77,7 +77,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use nix::sys::socket::{setsockopt, sockopt, SockaddrLike, SockaddrStorage};
 
-use super::connected::ConnectedTx;
+use super::connected::ConnectedPeers;
 use super::place::{PlacingRx, Received};
 use super::syscall::{deliver, send_one, SyscallRx};
 use super::tx_thread::TxThread;
@@ -564,7 +564,7 @@ pub(crate) struct UringBackend {
     tx_held: usize,
     /// Busy-polled sends go out from sockets connected to their peers
     /// ([`Options::connected_tx`]; set while busy-polled).
-    connected: Option<ConnectedTx>,
+    connected: Option<ConnectedPeers>,
     connected_tx: bool,
 }
 
@@ -1445,7 +1445,7 @@ impl Backend for UringBackend {
     fn set_busy_poll(&mut self, on: bool) {
         self.busy_poll = on;
         self.connected = match self.sock.local_addr() {
-            Ok(local) if on && self.connected_tx => ConnectedTx::new(local),
+            Ok(local) if on && self.connected_tx => ConnectedPeers::new(local),
             _ => None,
         };
         self.syscall_rx.set_busy_poll(on);
