@@ -1103,7 +1103,19 @@ pub fn run(o: Options) -> Results {
         // READ and SEND 1 MiB in the same minute, for their targets against this WRITE.
         let rd = Cfg::bw(PAIRED_READ, "read", "uring", HEADLINE_SIZE, n);
         let sd = Cfg::bw(PAIRED_SEND, "send", "uring", HEADLINE_SIZE, n);
-        let (mut u, runs) = s.paired(round, &[c, sq, rd, sd], |s| s.udp_bw("uring-gso-gro"));
+        // And 4 QPs on two engine threads, for the QP-scaling target against this WRITE.
+        let q4 = Cfg {
+            qps: 4,
+            threads: QPS_THREADS,
+            ..Cfg::bw(
+                PAIRED_QPS,
+                "write",
+                "uring",
+                QPS_SIZE,
+                (s.iters(QPS_SIZE) / 4).max(10),
+            )
+        };
+        let (mut u, runs) = s.paired(round, &[c, sq, rd, sd, q4], |s| s.udp_bw("uring-gso-gro"));
         u.mode = PAIRED_PROBE.into();
         u.note = tag(&u.note);
         res.udp.push(u);
@@ -1161,6 +1173,10 @@ pub const PAIRED_READ: &str = "paired-read";
 
 /// See [`PAIRED_READ`].
 pub const PAIRED_SEND: &str = "paired-send";
+
+/// The group of the paired rounds' runs of 4 QPs on [`QPS_THREADS`] engine threads: the k-th
+/// pairs with the k-th run of [`PAIRED`] (one QP) for the QP-scaling target.
+pub const PAIRED_QPS: &str = "paired-qps";
 
 /// The mode of the paired rounds' ceiling probes.
 pub const PAIRED_PROBE: &str = "uring-gso-gro-paired";

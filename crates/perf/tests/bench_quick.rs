@@ -168,6 +168,12 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "no paired {test} run"
         );
     }
+    // ... and 4 QPs on two engine threads beside it (the QP-scaling target).
+    assert!(
+        runs.iter()
+            .any(|r| r[0] == "paired-qps" && r[6] == "4" && r[24] == "2"),
+        "no paired 4-QP run"
+    );
     // ... and the same WRITE with the sender on SQPOLL, which the bench reported it had.
     assert!(
         runs.iter().any(|r| r[0] == "paired-sqpoll"
