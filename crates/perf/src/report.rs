@@ -720,7 +720,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
         t.push(match (Paired::of(&paired_with_write(r, group)), sweep) {
             (Some(p), sweep) => Target {
                 note: format!(
-                    "{} ({upper} and WRITE 1 MiB within a minute of each other, the WRITE as                      configured by default): ratios {}, {upper} {}, WRITE {}{}",
+                    "{} ({upper} and WRITE 1 MiB within a minute of each other, the WRITE as \
+                     configured by default): ratios {}, {upper} {}, WRITE {}{}",
                     p.what,
                     p.ratios,
                     p.values,
@@ -960,16 +961,12 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 let mut ratio = ratio;
                 if let Some(p) = qp_paired.as_ref().filter(|_| threads > 1) {
                     ratio = p.ratio;
-                    let single = r.find_threads(
-                        "qps",
-                        "write",
-                        "uring",
-                        HEADLINE_MTU,
-                        4,
-                        threads,
-                        QPS_SIZE,
-                    );
-                    let single = match (r.find("qps", "write", "uring", HEADLINE_MTU, 1, QPS_SIZE), single) {
+                    let single =
+                        r.find_threads("qps", "write", "uring", HEADLINE_MTU, 4, threads, QPS_SIZE);
+                    let single = match (
+                        r.find("qps", "write", "uring", HEADLINE_MTU, 1, QPS_SIZE),
+                        single,
+                    ) {
                         (Some(a), Some(b)) if a.gbit_s > 0.0 => {
                             format!("; the QP sweep's single runs: {:.2}", b.gbit_s / a.gbit_s)
                         }
@@ -977,7 +974,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
                     };
                     note = with_note(
                         &format!(
-                            "{} (4 QPs on {threads} engine threads and one QP's WRITE 1 MiB                              within a minute of each other): ratios {}, 4 QPs {}, 1 QP {}{single};                              the bounds from the median round",
+                            "{} (4 QPs on {threads} engine threads and one QP's WRITE 1 MiB \
+                             within a minute of each other): ratios {}, 4 QPs {}, 1 QP \
+                             {}{single}; the bounds from the median round",
                             p.what, p.ratios, p.values, p.baselines
                         ),
                         Some(note),
@@ -2100,7 +2099,8 @@ mod tests {
                 && t[5].note.contains("ratios 0.70, 0.90, 0.88")
                 && t[5]
                     .note
-                    .contains(&format!("single runs: {}", single[5].ratio)),
+                    .contains(&format!("single runs: {}", single[5].ratio))
+                && !t[5].note.contains("  "),
             "{}",
             t[5].note
         );
@@ -2139,7 +2139,8 @@ mod tests {
             t.note.contains("median of 3 paired rounds")
                 && t.note.contains("ratios 1.70, 1.80, 1.50")
                 && t.note
-                    .contains(&format!("single runs: {}", single[11].ratio)),
+                    .contains(&format!("single runs: {}", single[11].ratio))
+                && !t.note.contains("  "),
             "{}",
             t.note
         );
