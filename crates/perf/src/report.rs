@@ -386,28 +386,15 @@ fn paired_rounds(r: &Results, group: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The runs of `group` (`suite::PAIRED_READ` or `suite::PAIRED_SEND`) with the default
-/// WRITE of the same paired round (`suite::PAIRED`): (their Gbit/s, WRITE Gbit/s) of each
-/// round where both are valid, in order.
-fn paired_with_write(r: &Results, group: &str) -> Vec<(f64, f64)> {
+/// The runs of `group` (`suite::PAIRED_READ`, `suite::PAIRED_SEND`, `suite::PAIRED_QPS`)
+/// with the default WRITE of the same paired round (`suite::PAIRED`): (the WRITE, the run) of
+/// each round where both are valid and moved data, in order.
+fn paired_with_write<'a>(r: &'a Results, group: &str) -> Vec<(&'a Run, &'a Run)> {
     let runs = r.runs.iter().filter(|x| x.group == group);
     let writes = r.runs.iter().filter(|x| x.group == crate::suite::PAIRED);
-    runs.zip(writes)
-        .filter(|(o, w)| o.valid && w.valid && o.gbit_s > 0.0 && w.gbit_s > 0.0)
-        .map(|(o, w)| (o.gbit_s, w.gbit_s))
-        .collect()
-}
-
-/// The paired rounds' 4-QP runs (`suite::PAIRED_QPS`) with the same round's one-QP WRITE
-/// (`suite::PAIRED`): (one QP, 4 QPs) of each round where both are valid, in order.
-fn paired_qps_rounds(r: &Results) -> Vec<(&Run, &Run)> {
-    let q4 = r
-        .runs
-        .iter()
-        .filter(|x| x.group == crate::suite::PAIRED_QPS);
-    let q1 = r.runs.iter().filter(|x| x.group == crate::suite::PAIRED);
-    q1.zip(q4)
-        .filter(|(a, b)| a.valid && b.valid && a.gbit_s > 0.0 && b.gbit_s > 0.0)
+    writes
+        .zip(runs)
+        .filter(|(w, o)| w.valid && o.valid && w.gbit_s > 0.0 && o.gbit_s > 0.0)
         .collect()
 }
 
@@ -717,7 +704,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
         };
         let upper = test.to_uppercase();
         // The ratio is the median of the rounds' ratios (not the medians' quotient).
-        t.push(match (Paired::of(&paired_with_write(r, group)), sweep) {
+        let rounds: Vec<(f64, f64)> = paired_with_write(r, group)
+            .iter()
+            .map(|(w, o)| (o.gbit_s, w.gbit_s))
+            .collect();
+        t.push(match (Paired::of(&rounds), sweep) {
             (Some(p), sweep) => Target {
                 note: format!(
                     "{} ({upper} and WRITE 1 MiB within a minute of each other, the WRITE as \
@@ -904,7 +895,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     // The threaded target from the paired rounds when the suite ran them: 4 QPs on the
     // threads beside that round's one-QP WRITE; the round with the median ratio stands for
     // the bounds below.
-    let qp_rounds = paired_qps_rounds(r);
+    let qp_rounds = paired_with_write(r, crate::suite::PAIRED_QPS);
     let qp_paired = Paired::of(
         &qp_rounds
             .iter()
