@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{setsockopt, sockopt};
 
-pub(crate) fn set_int(
+fn set_int(
     sock: &UdpSocket,
     level: libc::c_int,
     name: libc::c_int,
@@ -65,38 +65,45 @@ pub fn roce_socket_in(
     } else {
         UdpSocket::bind(local)?
     };
+    let features = roce_options(&sock, local, gro)?;
+    Ok((sock, features))
+}
+
+/// The options of [`roce_socket`] on `sock`, already bound to `local` (also for the sockets
+/// `driver/connected.rs` binds beside a device's).
+pub fn roce_options(sock: &UdpSocket, local: SocketAddr, gro: bool) -> io::Result<SocketFeatures> {
     if local.is_ipv4() {
         set_int(
-            &sock,
+            sock,
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
         )?;
         if local.ip().is_unspecified() {
-            setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+            setsockopt(sock, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
         }
     } else {
         set_int(
-            &sock,
+            sock,
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
         )?;
         if local.ip().is_unspecified() {
-            setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
+            setsockopt(sock, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
         }
-        set_int(&sock, libc::IPPROTO_UDP, UDP_NO_CHECK6_RX, 1)?;
+        set_int(sock, libc::IPPROTO_UDP, UDP_NO_CHECK6_RX, 1)?;
     }
     // Big buffers: bursts of a whole GSO batch per QP must not be dropped by the kernel. A
     // whole window of unacked packets (2048 PSNs of 4 KiB, more in skb truesize) must fit, or
     // a receiver that falls behind for a moment drops one and go-back-N resends the window:
     // with the privilege, past `net.core.rmem_max` (4 MiB here, doubled by the kernel).
-    if setsockopt(&sock, sockopt::RcvBufForce, &(32 << 20)).is_err() {
-        let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
+    if setsockopt(sock, sockopt::RcvBufForce, &(32 << 20)).is_err() {
+        let _ = setsockopt(sock, sockopt::RcvBuf, &(8 << 20));
     }
-    let _ = setsockopt(&sock, sockopt::SndBuf, &(8 << 20));
-    let gro = gro && setsockopt(&sock, sockopt::UdpGroSegment, &true).is_ok();
-    Ok((sock, SocketFeatures { gro }))
+    let _ = setsockopt(sock, sockopt::SndBuf, &(8 << 20));
+    let gro = gro && setsockopt(sock, sockopt::UdpGroSegment, &true).is_ok();
+    Ok(SocketFeatures { gro })
 }
 
 /// A UDP socket with `SO_REUSEPORT` set before it is bound to `local`, so it becomes the last

@@ -276,20 +276,11 @@ impl ConnectedPeers {
 /// connected to `dst`.
 fn open(main: &UdpSocket, local: SocketAddrV4, dst: SocketAddrV4) -> io::Result<UdpSocket> {
     let sock = bind_beside(main, local)?;
-    crate::sys::set_int(
-        &sock,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DO,
-    )?;
-    // As the device's socket (sys.rs `roce_socket_in`): a whole window must fit.
-    if setsockopt(&sock, sockopt::RcvBufForce, &(32 << 20)).is_err() {
-        let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
-    }
-    let _ = setsockopt(&sock, sockopt::SndBuf, &(8 << 20));
-    // The device's receive path splits GRO batches by their segment size, as on `main`.
-    if getsockopt(main, sockopt::UdpGroSegment).unwrap_or(false) {
-        setsockopt(&sock, sockopt::UdpGroSegment, &true)?;
+    // The device socket's options; the receive path splits GRO batches by their segment
+    // size, so the socket must have GRO exactly when `main` has it.
+    let gro = getsockopt(main, sockopt::UdpGroSegment).unwrap_or(false);
+    if crate::sys::roce_options(&sock, local.into(), gro)?.gro != gro {
+        return Err(io::Error::other("UDP_GRO could not be set"));
     }
     sock.connect(dst)?;
     Ok(sock)
