@@ -1083,9 +1083,9 @@ pub fn run(o: Options) -> Results {
     }
     // Paired rounds for the WRITE, READ/SEND and latency targets: the baseline and uroce
     // measured within seconds of each other, in ABBA order (`Suite::paired`), and the target
-    // takes the median of the rounds' ratios. Single runs minutes apart differ by more than the goals' margins
-    // on this VM: 24.65 and 27.20 Gbit/s for the same WRITE two minutes apart in one run, UDP
-    // half round trips of 3.61 and 4.10 µs in hand runs minutes apart.
+    // takes the median of the rounds' ratios. Single runs minutes apart differ by more than
+    // the goals' margins on this VM: 24.65 and 27.20 Gbit/s for the same WRITE two minutes
+    // apart in one run, UDP half round trips of 3.61 and 4.10 µs in hand runs minutes apart.
     let rounds = if s.o.quick { 1 } else { PAIRED_ROUNDS };
     for round in 0..rounds {
         eprintln!("uroce-perf: paired round {} of {rounds}", round + 1);
