@@ -171,6 +171,10 @@ enum Cmd {
         /// Address to bind.
         #[arg(long)]
         bind: SocketAddr,
+        /// Receive with `UDP_GRO` and `recvmsg`, and answer each message in the GSO shape it
+        /// came in (the pinger's `--ack`; any nonzero value).
+        #[arg(long, default_value_t = 0)]
+        ack: usize,
         /// Stop after this many seconds in all.
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
@@ -183,6 +187,11 @@ enum Cmd {
         /// Payload bytes.
         #[arg(long, default_value_t = 8)]
         size: usize,
+        /// Send each message as two GSO segments, `--size` bytes and then this many (20: an
+        /// RC ACK leaving with the reply), received with `UDP_GRO`: uroce's connected
+        /// ping-pong shape under the kernel, with nothing above it. 0: plain datagrams.
+        #[arg(long, default_value_t = 0)]
+        ack: usize,
         /// Round trips measured.
         #[arg(long, default_value_t = 10000)]
         count: u64,
@@ -402,15 +411,18 @@ fn main() -> ExitCode {
                 write,
             },
         )),
-        Cmd::UdpEcho { bind, max_secs } => {
-            print(udp::rtt_echo(bind, Duration::from_secs(max_secs)))
-        }
+        Cmd::UdpEcho {
+            bind,
+            ack,
+            max_secs,
+        } => print(udp::rtt_echo(bind, ack, Duration::from_secs(max_secs))),
         Cmd::UdpPing {
             to,
             size,
+            ack,
             count,
             warmup,
-        } => print(udp::rtt_ping(to, size, count, warmup)),
+        } => print(udp::rtt_ping(to, size, ack, count, warmup)),
         Cmd::RawEcho {
             bind,
             backend,

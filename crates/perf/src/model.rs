@@ -54,8 +54,10 @@ pub struct UdpBw {
 /// The raw UDP busy-poll ping-pong.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UdpRtt {
-    /// Empty for plain UDP sockets; `raw-ackN` for uroce's driver without the engine (N bytes
-    /// of a second GSO segment).
+    /// Empty for plain UDP sockets; `udp-ackN` for plain sockets in uroce's connected shape (a
+    /// GSO send of the 40-byte WRITE packet and an N-byte second segment into a `UDP_GRO`
+    /// `recvmsg`: the kernel's share); `raw-ackN` for uroce's driver without the engine (N
+    /// bytes of a second GSO segment).
     pub mode: String,
     /// Payload bytes.
     pub size: u64,
@@ -173,6 +175,11 @@ pub struct Results {
     /// The raw UDP ping-pong of each paired latency round (the k-th pairs with the k-th run
     /// of group `suite::LAT_PAIRED`).
     pub rtt_paired: Vec<UdpRtt>,
+    /// The kernel's share of uroce's connected ping-pong shape (`udp-ack20`), measured after
+    /// [`Results::rtt`].
+    pub rtt_shape: UdpRtt,
+    /// The same in each paired latency round, right after that round's [`Results::rtt_paired`].
+    pub rtt_shape_paired: Vec<UdpRtt>,
     /// Kernel TCP.
     pub tcp: Tcp,
     /// `uroce bench` runs.
@@ -248,6 +255,8 @@ impl Results {
             "rtt": rtt_json(&self.rtt),
             "raw_rtt": self.raw_rtt.iter().map(rtt_json).collect::<Vec<_>>(),
             "rtt_paired": self.rtt_paired.iter().map(rtt_json).collect::<Vec<_>>(),
+            "rtt_shape": rtt_json(&self.rtt_shape),
+            "rtt_shape_paired": self.rtt_shape_paired.iter().map(rtt_json).collect::<Vec<_>>(),
             "tcp": {
                 "gbit_s": self.tcp.gbit_s, "cpu_s_per_gb": self.tcp.cpu_s_per_gb,
                 "retransmits": self.tcp.retransmits, "valid": self.tcp.valid,
@@ -309,6 +318,13 @@ impl Results {
                 .map(rtt_of)
                 .collect(),
             rtt_paired: v["rtt_paired"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(rtt_of)
+                .collect(),
+            rtt_shape: rtt_of(&v["rtt_shape"]),
+            rtt_shape_paired: v["rtt_shape_paired"]
                 .as_array()
                 .unwrap_or(&empty)
                 .iter()

@@ -337,6 +337,57 @@ fn driver_bound(r: &Results, udp: f64, goal: f64) -> Option<String> {
     })
 }
 
+/// The baselines table's name of the shape probe (`Results::rtt_shape`).
+const SHAPE_LABEL: &str = "plain UDP in uroce's connected shape, busy-poll ping-pong, 40 + 20 B \
+                           GSO send into a `UDP_GRO` recvmsg (half RTT)";
+
+/// How much of the paired latency rounds of `group` is the kernel's: that round's shape probe
+/// (`Results::rtt_shape_paired`, plain sockets sending and receiving what uroce's connected
+/// path does, nothing above the kernel) against its UDP ping-pong, and so how much time per
+/// half round trip `goal` leaves above the kernel, against what uroce spent there (medians of
+/// the rounds where all three are valid). Past `goal` already, it says so: then no user space
+/// in this shape can reach the goal.
+fn kernel_share(r: &Results, group: &str, goal: f64) -> Option<String> {
+    let runs = r.runs.iter().filter(|x| x.group == group);
+    let rounds: Vec<(f64, f64, f64)> = runs
+        .zip(&r.rtt_paired)
+        .zip(&r.rtt_shape_paired)
+        .filter(|((l, u), k)| {
+            l.valid && u.valid && k.valid && l.lat_median_us > 0.0 && u.half_median_us > 0.0
+        })
+        .map(|((l, u), k)| (l.lat_median_us, u.half_median_us, k.half_median_us))
+        .collect();
+    if rounds.is_empty() {
+        return None;
+    }
+    let list = |f: &dyn Fn(&(f64, f64, f64)) -> f64, p: usize| {
+        rounds
+            .iter()
+            .map(|x| format!("{:.*}", p, f(x)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let med =
+        |f: &dyn Fn(&(f64, f64, f64)) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    let ratio = med(&|x| x.2 / x.1);
+    let spare = med(&|x| goal * x.1 - x.2);
+    let spent = med(&|x| x.0 - x.2);
+    let mut s = format!(
+        "the kernel's share, plain sockets in uroce's connected shape (a 40 + 20-byte GSO send \
+         into a `UDP_GRO` recvmsg, `udp-ping --ack 20`) in the same rounds: {} µs, {}× the \
+         UDP ping-pong (median {ratio:.2}×); so the goal leaves {spare:.2} µs per half round \
+         trip above the kernel, where uroce spent {spent:.2} µs (medians of the rounds)",
+        list(&|x| x.2, 2),
+        list(&|x| x.2 / x.1, 2),
+    );
+    if ratio > goal {
+        s.push_str(&format!(
+            "; beyond this shape: the kernel alone is already {ratio:.2}× the UDP round trip"
+        ));
+    }
+    Some(s)
+}
+
 /// How a driver-layer ping-pong is named in tables.
 fn rtt_label(mode: &str) -> String {
     match mode.strip_prefix("raw-ack") {
@@ -828,7 +879,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             // The driver's layers are measured unconnected: a bound on the default
             // configuration only.
             note: with_note(
-                &with_note(&note, layers(r)),
+                &with_note(&with_note(&note, layers(r)), kernel_share(r, &group, 1.3)),
                 driver_bound(r, p.baseline, 1.3).filter(|_| group == crate::suite::LAT_PAIRED),
             ),
             reach: None,
@@ -1107,6 +1158,12 @@ pub fn baselines_csv(r: &Results) -> String {
     o += &rtt_csv("udp-busy-poll-rtt".into(), &r.rtt);
     for x in &r.rtt_paired {
         o += &rtt_csv("udp-busy-poll-rtt-paired".into(), x);
+    }
+    if !r.rtt_shape.mode.is_empty() {
+        o += &rtt_csv("udp-shape-rtt".into(), &r.rtt_shape);
+    }
+    for x in &r.rtt_shape_paired {
+        o += &rtt_csv("udp-shape-rtt-paired".into(), x);
     }
     for x in &r.raw_rtt {
         o += &rtt_csv(format!("uring-driver-rtt-{}", x.mode), x);
@@ -1527,6 +1584,12 @@ pub fn markdown(r: &Results, link: &str) -> String {
     );
     for x in &r.rtt_paired {
         o += &rtt_row("raw UDP busy-poll ping-pong, 8 B (half RTT), paired", x);
+    }
+    if !r.rtt_shape.mode.is_empty() {
+        o += &rtt_row(SHAPE_LABEL, &r.rtt_shape);
+    }
+    for x in &r.rtt_shape_paired {
+        o += &rtt_row(&format!("{SHAPE_LABEL}, paired"), x);
     }
     for x in &r.raw_rtt {
         o += &rtt_row(
@@ -2271,12 +2334,56 @@ mod tests {
         ] {
             assert!(t.note.contains(part), "{part:?} not in {}", t.note);
         }
+        assert!(
+            !t.note.contains("the kernel's share"),
+            "no shape probe yet: {}",
+            t.note
+        );
+        // The shape probe of each round (plain sockets, uroce's connected shape): 4.4/4.0,
+        // 4.0/3.6, 4.1/3.7 = 1.10, 1.11, 1.11× the rounds' UDP; the goal leaves 1.3 × UDP −
+        // shape = 0.80, 0.68, 0.71 µs (median 0.71) above the kernel; uroce spent WRITE −
+        // shape = 0.20, 0.50, 0.30 (median 0.30). The third round's run is invalid: skipped.
+        for k in [4.4, 4.0, 1.0, 4.1] {
+            r.rtt_shape_paired.push(UdpRtt {
+                mode: "udp-ack20".into(),
+                half_median_us: k,
+                valid: true,
+                ..UdpRtt::default()
+            });
+        }
+        let t = targets(&r).swap_remove(7);
+        let part = "in the same rounds: 4.40, 4.00, 4.10 µs, 1.10, 1.11, 1.11× the UDP ping-pong \
+                    (median 1.11×); so the goal leaves 0.71 µs per half round trip above the \
+                    kernel, where uroce spent 0.30 µs";
+        assert!(t.note.contains(part), "{part:?} not in {}", t.note);
+        assert!(!t.note.contains("beyond this shape"), "{}", t.note);
+        assert_eq!(
+            t.ratio, "1.19",
+            "the shape probe is a note, not the baseline"
+        );
         let md = markdown(&r, "perf");
         assert!(
             md.contains("both sides sending from connected sockets (40000 sends), paired"),
             "{md}"
         );
+        assert!(
+            md.contains(&format!("| {SHAPE_LABEL}, paired | | | 4.40 µs")),
+            "{md}"
+        );
+        assert!(baselines_csv(&r).contains("udp-shape-rtt-paired,"));
         assert_eq!(Results::from_json(&r.to_json()), r);
+        // A kernel already past the goal in this shape says so.
+        for (k, v) in r.rtt_shape_paired.iter_mut().zip([5.3, 4.8, 1.0, 4.9]) {
+            k.half_median_us = v;
+        }
+        let t = targets(&r).swap_remove(7);
+        assert!(
+            t.note.contains(
+                "beyond this shape: the kernel alone is already 1.32× the UDP round trip"
+            ),
+            "{}",
+            t.note
+        );
     }
 
     /// QP scaling on session 18's machine (03:39 run): 4 QPs on 2 engine threads cost less per

@@ -334,6 +334,21 @@ fn lat_cfg(backend: &str, quick: bool) -> Cfg<'_> {
 /// INVALID ones marked, and only a clean one counts.
 const ATTEMPTS: usize = 2;
 
+/// The bytes of an RC ACK (BTH, AETH, ICRC): the second GSO segment of a polled responder's
+/// reply, which carries the ACK it held.
+const ACK_LEN: usize = 20;
+
+/// Which busy-poll ping-pong [`Suite::udp_rtt`] runs.
+#[derive(Debug, Clone, Copy)]
+enum Rtt {
+    /// Plain UDP sockets, 8-byte datagrams: the baseline.
+    Udp,
+    /// Plain sockets in uroce's connected shape, with an ACK segment of this many bytes.
+    Shape(usize),
+    /// uroce's driver without the engine, with an ACK segment of this many bytes (0: none).
+    Driver(usize),
+}
+
 impl Suite {
     /// One paired round: `probe` (a baseline) and the uroce runs `cs`, the probe first in
     /// even rounds (counting from 0) and last in odd ones, the runs then in reverse, so that a
@@ -594,32 +609,49 @@ impl Suite {
         r
     }
 
-    /// The busy-poll ping-pong: plain UDP sockets (`ack` None: `udp-echo`/`udp-ping`), or
-    /// uroce's io_uring driver without the engine (`raw-echo`/`raw-ping`, an 8-byte WRITE's
-    /// 40-byte packet, with `ack` bytes more as a second GSO segment when nonzero: the held
-    /// ACK of a polled latency run).
-    fn udp_rtt(&mut self, ack: Option<usize>) -> UdpRtt {
-        let port = match ack {
-            None => "47912",
-            Some(0) => "47916",
-            Some(_) => "47917",
+    /// The busy-poll ping-pong: plain UDP sockets (`udp-echo`/`udp-ping`, 8 bytes), plain
+    /// sockets in uroce's connected shape (the same with `--ack`: the 40-byte packet of an
+    /// 8-byte WRITE and the held ACK as a second GSO segment, into a `UDP_GRO` `recvmsg`), or
+    /// uroce's io_uring driver without the engine (`raw-echo`/`raw-ping`, the 40-byte packet,
+    /// with `ack` bytes more as a second GSO segment when nonzero).
+    fn udp_rtt(&mut self, kind: Rtt) -> UdpRtt {
+        let port = match kind {
+            Rtt::Udp => "47912",
+            Rtt::Shape(_) => "47913",
+            Rtt::Driver(0) => "47916",
+            Rtt::Driver(_) => "47917",
         };
         let addr = sockaddr(&self.o.server_ip, port);
         let count = if self.o.quick { "2000" } else { "50000" };
         let mut r = UdpRtt {
             size: LAT_SIZE,
-            mode: match ack {
-                None => String::new(),
-                Some(a) => format!("raw-ack{a}"),
+            mode: match kind {
+                Rtt::Udp => String::new(),
+                Rtt::Shape(a) => format!("udp-ack{a}"),
+                Rtt::Driver(a) => format!("raw-ack{a}"),
             },
             ..UdpRtt::default()
         };
-        let (echo_args, mut ping_args) = match ack {
-            None => (
+        let (echo_args, mut ping_args) = match kind {
+            Rtt::Udp => (
                 strings(&["udp-echo", "--bind", &addr]),
                 strings(&["udp-ping", "--to", &addr, "--size", "8", "--count", count]),
             ),
-            Some(a) => (
+            Rtt::Shape(a) => (
+                strings(&["udp-echo", "--bind", &addr, "--ack", &a.to_string()]),
+                strings(&[
+                    "udp-ping",
+                    "--to",
+                    &addr,
+                    "--size",
+                    "40",
+                    "--ack",
+                    &a.to_string(),
+                    "--count",
+                    count,
+                ]),
+            ),
+            Rtt::Driver(a) => (
                 strings(&["raw-echo", "--bind", &addr, "--backend", "uring"]),
                 strings(&[
                     "raw-ping",
@@ -634,7 +666,7 @@ impl Suite {
                 ]),
             ),
         };
-        if let (Some(_), Some(ip)) = (ack, &self.o.client_ip) {
+        if let (Rtt::Driver(_), Some(ip)) = (kind, &self.o.client_ip) {
             ping_args.extend(strings(&["--bind", &sockaddr(ip, "0")]));
         }
         let echo = match spawn_on(&self.a, Some(PIN.0), &self.o.me, &echo_args) {
@@ -670,12 +702,25 @@ impl Suite {
                 })
                 .unwrap_or_default();
             r.valid = ping.ok && r.half_median_us > 0.0;
-            let how = match ack {
-                None => "both sides connected, spinning on non-blocking recv".to_string(),
-                Some(0) => "uroce's io_uring driver without the engine (a polled device's \
-                            socket and receive path), one 40-byte datagram each way"
+            let how = match kind {
+                Rtt::Udp => "both sides connected, spinning on non-blocking recv".to_string(),
+                Rtt::Shape(a) => {
+                    // Only a probe whose every reply came back coalesced measured the shape.
+                    let shaped = v["shaped_replies"].as_u64().unwrap_or(0);
+                    let answered =
+                        v["round_trips"].as_u64().unwrap_or(0) + v["warmup"].as_u64().unwrap_or(0);
+                    r.valid &= shaped > 0 && shaped == answered;
+                    format!(
+                        "plain sockets in uroce's connected shape: both sides connected, each \
+                         message one GSO send of the 40-byte packet of an 8-byte WRITE and a \
+                         {a}-byte second segment (the held ACK), received whole by a \
+                         `UDP_GRO` `recvmsg`; {shaped} replies coalesced"
+                    )
+                }
+                Rtt::Driver(0) => "uroce's io_uring driver without the engine (a polled device's \
+                                   socket and receive path), one 40-byte datagram each way"
                     .to_string(),
-                Some(a) => {
+                Rtt::Driver(a) => {
                     format!("as the driver row, plus a {a}-byte second GSO segment (the held ACK)")
                 }
             };
@@ -1022,8 +1067,9 @@ pub fn run(o: Options) -> Results {
     // wins)". Reported next to the ceiling, used by no target.
     res.udp.push(s.udp_bw("uring-gso-gro-zc"));
     res.udp.push(s.udp_bw("uring-small"));
-    res.rtt = s.udp_rtt(None);
-    res.raw_rtt = vec![s.udp_rtt(Some(0)), s.udp_rtt(Some(20))];
+    res.rtt = s.udp_rtt(Rtt::Udp);
+    res.rtt_shape = s.udp_rtt(Rtt::Shape(ACK_LEN));
+    res.raw_rtt = vec![s.udp_rtt(Rtt::Driver(0)), s.udp_rtt(Rtt::Driver(ACK_LEN))];
     res.tcp = s.tcp();
     let sizes: Vec<u64> = if s.o.quick {
         vec![64, 65536, HEADLINE_SIZE]
@@ -1130,9 +1176,13 @@ pub fn run(o: Options) -> Results {
             extra: &["--connected-tx"],
             ..c
         };
-        let (mut u, runs) = s.paired(round, &[c, cc], |s| s.udp_rtt(None));
+        let ((mut u, mut shape), runs) = s.paired(round, &[c, cc], |s| {
+            (s.udp_rtt(Rtt::Udp), s.udp_rtt(Rtt::Shape(ACK_LEN)))
+        });
         u.note = tag(&u.note);
+        shape.note = tag(&shape.note);
         res.rtt_paired.push(u);
+        res.rtt_shape_paired.push(shape);
         res.runs.extend(runs);
     }
     // The ceiling again, last: the VM changes speed within minutes (ceilings of 21 and 36

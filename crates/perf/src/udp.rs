@@ -209,38 +209,114 @@ fn spin_socket(s: &UdpSocket) -> Result<(), ProbeError> {
     s.set_nonblocking(true).map_err(io("set_nonblocking"))
 }
 
+/// How the ping-pong's datagrams travel. `ack` 0: one datagram each way, plain `send` and
+/// `recv`: the baseline. `ack` > 0: uroce's shape under the kernel, with nothing above it:
+/// each message is one UDP GSO send of two segments (the first as long as the ping's
+/// datagram, then `ack` bytes: an RC responder's ACK leaving with its reply, as
+/// `Config::ack_delay` sends it), received whole by `recvmsg` with `UDP_GRO` and its segment
+/// size read from the control message, as uroce's connected sockets receive. So the `ack`
+/// probe is the kernel's share of the connected WRITE ping-pong.
+fn shape(s: &UdpSocket, ack: usize) -> Result<(), ProbeError> {
+    if ack > 0 {
+        socket::setsockopt(s, sockopt::UdpGroSegment, &true)
+            .map_err(|e| io("UDP_GRO")(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Sends `msg` whose first `seg` bytes are the first GSO segment (`seg` 0: one datagram),
+/// setting `UDP_SEGMENT` when it differs from `gso`, the value set last.
+fn send_shaped(s: &UdpSocket, msg: &[u8], seg: usize, gso: &mut usize) -> std::io::Result<usize> {
+    if seg > 0 && seg < msg.len() && seg != *gso {
+        let v = i32::try_from(seg).unwrap_or(i32::MAX);
+        socket::setsockopt(s, sockopt::UdpGsoSegment, &v)?;
+        *gso = seg;
+    }
+    s.send(msg)
+}
+
+/// One non-blocking receive: its length, the GRO segment size when the kernel coalesced
+/// segments, and the source when `from` is asked for. `shaped`: `recvmsg` with control
+/// messages; otherwise plain `recv`/`recv_from`.
+fn recv_shaped(
+    s: &UdpSocket,
+    buf: &mut [u8],
+    shaped: bool,
+    from: bool,
+) -> std::io::Result<(usize, Option<usize>, Option<SocketAddr>)> {
+    if !shaped {
+        return if from {
+            s.recv_from(buf).map(|(n, a)| (n, None, Some(a)))
+        } else {
+            s.recv(buf).map(|n| (n, None, None))
+        };
+    }
+    let mut cmsg = nix::cmsg_space!(i32);
+    let mut iov = [IoSliceMut::new(buf)];
+    let m = socket::recvmsg::<socket::SockaddrStorage>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let seg = m.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|c| match c {
+            ControlMessageOwned::UdpGroSegments(n) => usize::try_from(n).ok(),
+            _ => None,
+        })
+    });
+    let src = if from {
+        m.address.and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v| SocketAddr::from((v.ip(), v.port())))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v| SocketAddr::from((v.ip(), v.port())))
+                })
+        })
+    } else {
+        None
+    };
+    Ok((m.bytes, seg.filter(|&n| n > 0 && n < m.bytes), src))
+}
+
 /// Echoes every datagram back to its sender, spinning on non-blocking receives, until an
 /// empty datagram arrives or `max` passes. The socket connects to the first sender, so both
 /// ends of the ping-pong send as connected sockets do (no route lookup per send), the
-/// fastest shape plain UDP has: the baseline is the ceiling, not a handicapped probe.
-pub fn rtt_echo(bind: SocketAddr, max: Duration) -> Result<Value, ProbeError> {
+/// fastest shape plain UDP has: the baseline is the ceiling, not a handicapped probe. With
+/// `ack` > 0 it receives as [`shape`] says and answers each message in the shape it came.
+pub fn rtt_echo(bind: SocketAddr, ack: usize, max: Duration) -> Result<Value, ProbeError> {
     let s = UdpSocket::bind(bind).map_err(io("bind"))?;
     spin_socket(&s)?;
+    shape(&s, ack)?;
     eprintln!("udp-echo: listening on {bind}");
     let mut buf = [0u8; 2048];
     let begin = Instant::now();
-    let mut echoed = 0u64;
+    let (mut echoed, mut coalesced, mut gso) = (0u64, 0u64, 0usize);
     let mut peer = None;
     while begin.elapsed() < max {
-        let got = match peer {
-            None => s.recv_from(&mut buf).map(|(n, from)| (n, Some(from))),
-            Some(_) => s.recv(&mut buf).map(|n| (n, None)),
-        };
-        match got {
-            Ok((0, _)) => break,
-            Ok((n, from)) => {
+        match recv_shaped(&s, &mut buf, ack > 0, peer.is_none()) {
+            Ok((0, ..)) => break,
+            Ok((n, seg, from)) => {
                 if let Some(from) = from {
                     s.connect(from).map_err(io("connect"))?;
                     peer = Some(from);
                 }
-                s.send(&buf[..n]).map_err(io("send"))?;
+                coalesced += u64::from(seg.is_some());
+                send_shaped(&s, &buf[..n], seg.unwrap_or(0), &mut gso).map_err(io("send"))?;
                 echoed += 1;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) => return Err(io("recv")(e)),
         }
     }
-    Ok(json!({ "role": "udp-echo", "echoed": echoed, "connected_to": peer.map(|p| p.to_string()) }))
+    Ok(json!({
+        "role": "udp-echo",
+        "echoed": echoed,
+        "coalesced": coalesced,
+        "connected_to": peer.map(|p| p.to_string()),
+    }))
 }
 
 /// Quantiles at which latency distributions are written (the CDF plot's points).
@@ -272,8 +348,16 @@ pub fn rtt_result(mut fields: Value, hist: &Histogram<u64>) -> Value {
 
 /// `count` round trips of `size`-byte datagrams to the echo at `to` (after `warmup` more),
 /// spinning on non-blocking `recv`. Times in microseconds; `half_*` are half round trips, the
-/// unit `uroce bench write lat` reports.
-pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<Value, ProbeError> {
+/// unit `uroce bench write lat` reports. With `ack` > 0 each message is `size` + `ack` bytes
+/// in two GSO segments, received as [`shape`] says; `shaped_replies` counts the replies that
+/// came back coalesced in that shape (all of them, or the probe did not measure the shape).
+pub fn rtt_ping(
+    to: SocketAddr,
+    size: usize,
+    ack: usize,
+    count: u64,
+    warmup: u64,
+) -> Result<Value, ProbeError> {
     let local: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().unwrap_or(to)
     } else {
@@ -282,11 +366,14 @@ pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<
     let s = UdpSocket::bind(local).map_err(io("bind"))?;
     s.connect(to).map_err(io("connect"))?;
     spin_socket(&s)?;
-    let msg = vec![0x5au8; size.max(1)];
+    shape(&s, ack)?;
+    let msg = vec![0x5au8; size.max(1) + ack];
+    let seg = if ack > 0 { size.max(1) } else { 0 };
+    let mut gso = 0;
     let mut buf = [0u8; 2048];
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .map_err(|e| ProbeError::Timeout(format!("histogram: {e}")))?;
-    let mut lost = 0u64;
+    let (mut lost, mut shaped) = (0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut done = 0u64;
     while done < count + warmup {
@@ -298,13 +385,16 @@ pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<
         }
         let t0 = Instant::now();
         // ECONNREFUSED before the echo binds: try again.
-        if s.send(&msg).is_err() {
+        if send_shaped(&s, &msg, seg, &mut gso).is_err() {
             lost += 1;
             continue;
         }
         let answered = loop {
-            match s.recv(&mut buf) {
-                Ok(_) => break true,
+            match recv_shaped(&s, &mut buf, ack > 0, false) {
+                Ok((n, got, _)) => {
+                    shaped += u64::from(ack > 0 && n == msg.len() && got == Some(seg));
+                    break true;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if t0.elapsed() > Duration::from_millis(200) {
                         break false;
@@ -328,8 +418,11 @@ pub fn rtt_ping(to: SocketAddr, size: usize, count: u64, warmup: u64) -> Result<
     let fields = json!({
         "role": "udp-ping",
         "size": size,
+        "ack": ack,
         "round_trips": count,
+        "warmup": warmup,
         "lost": lost,
+        "shaped_replies": shaped,
     });
     Ok(rtt_result(fields, &hist))
 }
@@ -346,8 +439,8 @@ mod tests {
             .map(|a| a.port())
             .unwrap();
         let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let echo = std::thread::spawn(move || rtt_echo(at, Duration::from_secs(60)));
-        let ping = rtt_ping(at, 8, 200, 10).unwrap();
+        let echo = std::thread::spawn(move || rtt_echo(at, 0, Duration::from_secs(60)));
+        let ping = rtt_ping(at, 8, 0, 200, 10).unwrap();
         let echo = echo.join().unwrap().unwrap();
         assert_eq!(ping["round_trips"], 200);
         assert!(ping["half_median_us"].as_f64().unwrap() > 0.0, "{ping}");
@@ -361,5 +454,29 @@ mod tests {
         let peer: SocketAddr = echo["connected_to"].as_str().unwrap().parse().unwrap();
         assert_eq!(peer.ip(), at.ip());
         assert_ne!(peer.port(), port);
+    }
+
+    /// The shaped probe is what it claims: every message travels as one two-segment GSO send
+    /// and arrives coalesced with its segment size, both ways (loopback has GSO and GRO for
+    /// UDP as veth does).
+    #[test]
+    fn the_shaped_ping_pong_carries_a_write_and_its_ack_as_one_coalesced_datagram() {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let echo = std::thread::spawn(move || rtt_echo(at, 20, Duration::from_secs(60)));
+        let ping = rtt_ping(at, 40, 20, 200, 10).unwrap();
+        let echo = echo.join().unwrap().unwrap();
+        let lost = ping["lost"].as_u64().unwrap();
+        assert_eq!(ping["ack"], 20);
+        // Every answered ping came back as 40 + 20 bytes with segment size 40 ...
+        assert_eq!(ping["warmup"], 10);
+        assert_eq!(ping["shaped_replies"].as_u64().unwrap(), 210, "{ping}");
+        // ... and the echo saw each one coalesced (a lost ping may or may not have arrived).
+        let coalesced = echo["coalesced"].as_u64().unwrap();
+        assert!((210..=210 + lost).contains(&coalesced), "{echo} {ping}");
+        assert_eq!(echo["coalesced"], echo["echoed"], "{echo}");
     }
 }

@@ -255,6 +255,10 @@ fn bench_sh_quick_writes_well_formed_outputs() {
             "udp-busy-poll-rtt",
             // The paired latency round's UDP ping-pong.
             "udp-busy-poll-rtt-paired",
+            // Plain sockets in uroce's connected shape (the kernel's share of the latency),
+            // at the start and in the paired round; valid only if every reply came coalesced.
+            "udp-shape-rtt",
+            "udp-shape-rtt-paired",
             "uring-driver-rtt-raw-ack0",
             "uring-driver-rtt-raw-ack20",
             "tcp-iperf3"
