@@ -13,7 +13,15 @@ use serde_json::Value;
 
 /// Runs `bench test kind extra` with the server in namespace a and the client in b, which
 /// connects to `server_ip`; checks exit codes, JSON lines, addresses and the data check.
-fn run(ns: &Netns, server_ip: &str, client_ip: &str, test: &str, kind: &str, extra: &[&str]) {
+/// Returns both sides' result lines.
+fn run(
+    ns: &Netns,
+    server_ip: &str,
+    client_ip: &str,
+    test: &str,
+    kind: &str,
+    extra: &[&str],
+) -> Vec<Value> {
     let mut args = strings(&["bench", test, kind, "--json", "--timeout", "60"]);
     args.extend(strings(extra));
     let mut cargs = args.clone();
@@ -49,6 +57,7 @@ fn run(ns: &Netns, server_ip: &str, client_ip: &str, test: &str, kind: &str, ext
         client.stderr.contains(&format!("at {}", gid(server_ip))),
         "{client}"
     );
+    let mut all = Vec::new();
     for (o, role) in [(&server, "server"), (&client, "client")] {
         let lines: Vec<Value> = o
             .stdout
@@ -71,7 +80,9 @@ fn run(ns: &Netns, server_ip: &str, client_ip: &str, test: &str, kind: &str, ext
             };
             assert!(ok, "{test} {kind} {role}: data {data}\n{v}");
         }
+        all.extend(lines);
     }
+    all
 }
 
 fn every_test(ns: &Netns, server_ip: &str, client_ip: &str) {
@@ -102,6 +113,26 @@ fn every_test(ns: &Netns, server_ip: &str, client_ip: &str) {
         "lat",
         &["--progress", "polled", "-s", "4096", "-n", "200"],
     );
+    // Busy-polled from sockets connected to the peer, on both families: every send went
+    // from one, the peer's datagrams arrived on one, and nothing was dropped (a packet sent
+    // with a wrong ICRC would be).
+    for v in run(
+        ns,
+        server_ip,
+        client_ip,
+        "write",
+        "lat",
+        &["--progress", "polled", "--connected-tx", "-n", "300"],
+    ) {
+        let h = &v["health"];
+        assert!(h["connected_sends"].as_u64().unwrap_or(0) >= 300, "{v}");
+        assert!(h["connected_receives"].as_u64().unwrap_or(0) >= 300, "{v}");
+        assert_eq!(
+            (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
+            (Some(true), Some(0)),
+            "{v}"
+        );
+    }
 }
 
 #[test]

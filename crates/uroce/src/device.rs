@@ -90,12 +90,13 @@ pub struct DeviceConfig {
     /// the thread sleeps when there is nothing to send instead of polling
     /// (docs/PERFORMANCE.md, "A user-space send thread").
     pub tx_thread: bool,
-    /// io_uring back end, polled progress, IPv4: send to and receive from each peer through
-    /// a UDP socket connected to it (bound beside the device's socket, to its address and
-    /// port), whose route the kernel keeps instead of looking it up per datagram each way
-    /// (off by default; `UROCE_CONNECTED_TX=1` sets it). Each packet's ICRC is resealed for
-    /// the socket's IPv4 ID counter, learned from a looped-back transmit timestamp
-    /// (docs/PERFORMANCE.md, "Latency: a connected send path").
+    /// io_uring back end, polled progress, a specific IPv4 or IPv6 (not link-local) address:
+    /// send to and receive from each peer through a UDP socket connected to it (bound beside
+    /// the device's socket, to its address and port), whose route the kernel keeps instead
+    /// of looking it up per datagram each way (off by default; `UROCE_CONNECTED_TX=1` sets
+    /// it). On IPv4 each packet's ICRC is resealed for the socket's ID counter, learned from a
+    /// looped-back transmit timestamp (docs/PERFORMANCE.md, "Latency: a connected send
+    /// path"); IPv6 has no ID.
     pub connected_tx: bool,
 }
 

@@ -150,9 +150,9 @@ pub struct Args {
     /// given).
     #[arg(long)]
     pub tx_thread: bool,
-    /// io_uring back end, `--progress polled`, IPv4: send to and receive from the peer
-    /// through a socket connected to it (each packet's ICRC resealed for its IPv4 ID); the
-    /// peer must accept any IPv4 ID, as rxe and `uroce bench` do.
+    /// io_uring back end, `--progress polled`, IPv4 or IPv6: send to and receive from the
+    /// peer through a socket connected to it (on IPv4 each packet's ICRC resealed for its ID;
+    /// the peer must accept any IPv4 ID, as rxe and `uroce bench` do).
     #[arg(long)]
     pub connected_tx: bool,
     /// QPs, all used at once (perftest's -q).

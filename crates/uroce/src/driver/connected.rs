@@ -1,5 +1,7 @@
-//! A busy-polled IPv4 device's traffic with each peer through a socket connected to it
-//! (`DeviceConfig::connected_tx`).
+//! A busy-polled device's traffic with each peer through a socket connected to it
+//! (`DeviceConfig::connected_tx`), for a device on a specific IPv4 or IPv6 address (not an
+//! unspecified one, whose source the route picks, nor an IPv6 link-local one, whose scope a
+//! peer address does not carry).
 //!
 //! An unconnected socket costs a route lookup per datagram both ways: `sendto` looks up the
 //! route out, and a datagram arriving for an unconnected socket takes the slow input route
@@ -19,6 +21,9 @@
 //! every [`IDLE_EVERY`] polls, since each empty `recvmsg` sits in the loop (the device's
 //! socket polled on every loop beside the connected one gave the whole gain back).
 //!
+//! IPv6 has no Identification, and the ICRC masks the header fields a socket may set per
+//! datagram (traffic class, flow label, hop limit; IBTA A17.8.2): what the engine sealed goes
+//! out as it is. The rest of this paragraph is about IPv4.
 //! A connected socket takes the IPv4 Identification of each datagram from a per-socket
 //! counter that `connect` starts at a random value (`ip_select_ident_segs`), where the engine
 //! seals every packet for ID 0 (`i` for GSO segment `i`). The ICRC covers the field, so each
@@ -32,7 +37,7 @@
 //! it again before its next send, and keeps receiving meanwhile.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -64,9 +69,10 @@ const ACTIVE_POLLS: u64 = 4096;
 
 /// A connected socket, the IPv4 ID its next datagram takes, and when it last received.
 struct Peer {
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     sock: UdpSocket,
-    /// The ID of the next datagram; `None` after a failed send, until learned again.
+    /// The ID of the next datagram; `None` after a failed send, until learned again (IPv6:
+    /// always `Some(0)`, unused).
     next: Option<u16>,
     /// Whether the counter was learned before.
     learned: bool,
@@ -80,7 +86,7 @@ struct Peer {
 
 /// The connected sockets of one device (see the module documentation).
 pub(crate) struct ConnectedPeers {
-    local: SocketAddrV4,
+    local: SocketAddr,
     peers: Vec<Peer>,
     solver: Ipv4IdSolver,
     /// Sockets opened, counters learned again after a failed send, and sends that failed.
@@ -89,19 +95,24 @@ pub(crate) struct ConnectedPeers {
     pub failed: u64,
     /// Peers for which no connected socket could be opened: they are sent to as before,
     /// without trying again on every send (learning may wait [`LEARN_WAIT`]).
-    refused: Vec<SocketAddrV4>,
+    refused: Vec<SocketAddr>,
     /// Busy polls so far, and the one at which the device's own socket last received.
     polls: u64,
     main_heard: u64,
 }
 
 impl ConnectedPeers {
-    /// For a device bound to `local`: `None` unless it is a specific IPv4 address (the
-    /// engine seals for it; an unspecified one leaves the source to the route).
+    /// For a device bound to `local`: `None` unless it is a specific address (the engine
+    /// seals for it; an unspecified one leaves the source to the route) that is not IPv6
+    /// link-local.
     pub(crate) fn new(local: SocketAddr) -> Option<ConnectedPeers> {
+        let usable = match local.ip() {
+            IpAddr::V4(a) => !a.is_unspecified(),
+            IpAddr::V6(a) => !a.is_unspecified() && !a.is_unicast_link_local(),
+        };
         match local {
-            SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(ConnectedPeers {
-                local: a,
+            _ if usable => Some(ConnectedPeers {
+                local,
                 peers: Vec::new(),
                 solver: Ipv4IdSolver::default(),
                 opened: 0,
@@ -127,9 +138,9 @@ impl ConnectedPeers {
         buf: &mut [u8],
         segment: Option<usize>,
     ) -> Option<()> {
-        let SocketAddr::V4(dst) = dst else {
+        if dst.is_ipv4() != self.local.is_ipv4() {
             return None;
-        };
+        }
         let i = match self.peers.iter().position(|p| p.dst == dst) {
             Some(i) => i,
             None if self.peers.len() < MAX_PEERS && !self.refused.contains(&dst) => {
@@ -139,7 +150,7 @@ impl ConnectedPeers {
                         self.peers.push(Peer {
                             dst,
                             sock,
-                            next: None,
+                            next: (!dst.is_ipv4()).then_some(0),
                             learned: false,
                             sends_refused: false,
                             gso: 0,
@@ -162,9 +173,10 @@ impl ConnectedPeers {
         if p.sends_refused {
             return None;
         }
-        let next = match p.next {
-            Some(n) => n,
-            None => match learn_id(&p.sock, dst) {
+        let next = match (p.next, dst) {
+            (Some(n), _) => n,
+            (None, SocketAddr::V6(_)) => 0,
+            (None, SocketAddr::V4(dst)) => match learn_id(&p.sock, dst) {
                 Ok(id) => {
                     if p.learned {
                         self.relearned += 1;
@@ -185,7 +197,11 @@ impl ConnectedPeers {
         // Segment k: from ID k to the counter's ID + k (`back`: the other way). The socket
         // sends from the device's port, which the engine sealed for.
         let port = (self.local.port(), self.local.port());
+        let v4 = dst.is_ipv4();
         let reseal = |solver: &mut Ipv4IdSolver, buf: &mut [u8], back: bool| {
+            if !v4 {
+                return;
+            }
             for (k, pkt) in buf.chunks_mut(seg.max(1)).enumerate() {
                 let k = k as u16;
                 let id = (k, next.wrapping_add(k));
@@ -229,7 +245,7 @@ impl ConnectedPeers {
                 tracing::debug!("connected send to {dst} failed ({e}); sending unconnected");
                 reseal(&mut self.solver, buf, true);
                 self.failed += 1;
-                p.next = None;
+                p.next = (!v4).then_some(0);
                 None
             }
         }
@@ -253,7 +269,7 @@ impl ConnectedPeers {
         for p in &mut self.peers {
             if due(p.heard) {
                 let before = stats.rx_datagrams;
-                let got = rx.recv_ready_from(&p.sock, Some(p.dst.into()), sink, stats)?;
+                let got = rx.recv_ready_from(&p.sock, Some(p.dst), sink, stats)?;
                 if got > 0 {
                     p.heard = polls;
                     stats.rx_connected += stats.rx_datagrams - before;
@@ -274,12 +290,12 @@ impl ConnectedPeers {
 
 /// A socket bound to `local` beside `main` (the device's socket, bound there too) and
 /// connected to `dst`.
-fn open(main: &UdpSocket, local: SocketAddrV4, dst: SocketAddrV4) -> io::Result<UdpSocket> {
+fn open(main: &UdpSocket, local: SocketAddr, dst: SocketAddr) -> io::Result<UdpSocket> {
     let sock = bind_beside(main, local)?;
     // The device socket's options; the receive path splits GRO batches by their segment
     // size, so the socket must have GRO exactly when `main` has it.
     let gro = getsockopt(main, sockopt::UdpGroSegment).unwrap_or(false);
-    if crate::sys::roce_options(&sock, local.into(), gro)?.gro != gro {
+    if crate::sys::roce_options(&sock, local, gro)?.gro != gro {
         return Err(io::Error::other("UDP_GRO could not be set"));
     }
     sock.connect(dst)?;
@@ -289,19 +305,18 @@ fn open(main: &UdpSocket, local: SocketAddrV4, dst: SocketAddrV4) -> io::Result<
 /// A UDP socket bound to `local`, where `main` is bound already: both need `SO_REUSEADDR`
 /// for the bind; `main` has it only for the moment of the bind (unless it had it before), so
 /// no other socket can bind the address later.
-fn bind_beside(main: &UdpSocket, local: SocketAddrV4) -> io::Result<UdpSocket> {
+fn bind_beside(main: &UdpSocket, local: SocketAddr) -> io::Result<UdpSocket> {
     use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType};
     let had = getsockopt(main, sockopt::ReuseAddr)?;
     if !had {
         setsockopt(main, sockopt::ReuseAddr, &true)?;
     }
-    let r = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .and_then(|fd| {
+    let family = if local.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let r = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).and_then(|fd| {
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
         Ok(UdpSocket::from(fd))
@@ -424,7 +439,7 @@ mod tests {
         let (main, mut tx) = device_socket();
         // Learn, then send; a second learn on the same socket sees the counter moved by the
         // probe and the send.
-        let sock = open(&main, v4(main.local_addr().unwrap()), to).unwrap();
+        let sock = open(&main, main.local_addr().unwrap(), to.into()).unwrap();
         let first = learn_id(&sock, to).unwrap().wrapping_add(1);
         sock.send(b"x").unwrap();
         let again = learn_id(&sock, to).unwrap();
@@ -554,5 +569,62 @@ mod tests {
         assert_eq!((tx.opened, tx.failed, tx.peers.len()), (1, 1, 1));
         assert!(tx.send(&main, to, &mut [1u8; 40], None).is_some());
         assert_eq!((tx.opened, tx.relearned), (1, 1));
+    }
+
+    /// On IPv6 there is no ID to learn or reseal: the packets leave the connected socket as
+    /// the engine sealed them, a GSO send as its segments, from the device's address and
+    /// port; the peer's answer arrives on the same socket; an IPv4 peer of an IPv6 device is
+    /// left to the device's socket.
+    #[test]
+    fn ipv6_packets_leave_as_sealed_and_the_answer_comes_back_on_the_same_socket() {
+        let main = UdpSocket::bind("[::1]:0").unwrap();
+        let at = main.local_addr().unwrap();
+        let mut tx = ConnectedPeers::new(at).unwrap();
+        let peer = UdpSocket::bind("[::1]:0").unwrap();
+        let to = peer.local_addr().unwrap();
+        let built: Vec<u8> = (0..60u8).collect();
+        let mut buf = built.clone();
+        assert!(tx.send(&main, to, &mut buf, Some(20)).is_some());
+        assert_eq!(buf, built, "resealed");
+        let mut got = [0u8; 64];
+        for k in 0..3 {
+            let (n, from) = peer.recv_from(&mut got).unwrap();
+            assert_eq!((n, from), (20, at));
+            assert_eq!(got[..n], built[20 * k..20 * (k + 1)], "segment {k}");
+        }
+        assert_eq!((tx.opened, tx.relearned, tx.failed), (1, 0, 0));
+        peer.send_to(b"answer", at).unwrap();
+        let mut rx = SyscallRx::new();
+        rx.set_busy_poll(true);
+        let mut stats = DriverStats::default();
+        let mut got = Vec::new();
+        while got.is_empty() && tx.polls < 100 {
+            tx.recv_ready(
+                &main,
+                &mut rx,
+                &mut |from, _to, b: &[u8]| got.push((from, b.to_vec())),
+                &mut stats,
+            )
+            .unwrap();
+        }
+        assert_eq!(got, vec![(to, b"answer".to_vec())]);
+        assert_eq!(stats.rx_connected, 1);
+        assert!(tx
+            .send(
+                &main,
+                "127.0.0.1:4791".parse().unwrap(),
+                &mut [0u8; 40],
+                None
+            )
+            .is_none());
+        assert_eq!(tx.peers.len(), 1);
+    }
+
+    /// A device on an IPv6 link-local or unspecified address keeps its own socket.
+    #[test]
+    fn no_connected_sockets_for_a_link_local_or_unspecified_address() {
+        for a in ["[fe80::1]:4791", "[::]:4791", "0.0.0.0:4791"] {
+            assert!(ConnectedPeers::new(a.parse().unwrap()).is_none(), "{a}");
+        }
     }
 }

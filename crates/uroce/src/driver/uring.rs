@@ -172,8 +172,8 @@ pub(crate) struct Options {
     /// Hand the sends to a thread of the back end's own (`tx_thread.rs`) instead of
     /// submitting them on the ring; `sq_poll` is then not used.
     pub tx_thread: bool,
-    /// While busy-polled, send to each IPv4 peer from a socket connected to it
-    /// (`connected.rs`).
+    /// While busy-polled, send to and receive from each peer through a socket connected to
+    /// it (`connected.rs`).
     pub connected_tx: bool,
 }
 
