@@ -309,14 +309,7 @@ fn lat_from_connected_sockets() {
         &["-n", "300", "--progress", "polled", "--connected-tx"],
     );
     for v in s.iter().chain(&c) {
-        let h = &v["health"];
-        assert!(h["connected_sends"].as_u64().unwrap_or(0) >= 300, "{v}");
-        assert!(h["connected_receives"].as_u64().unwrap_or(0) >= 300, "{v}");
-        assert_eq!(
-            (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
-            (Some(true), Some(0)),
-            "{v}"
-        );
+        common::assert_connected_and_clean(v, 300);
     }
     let (s, c) = run_pair(92, "write", "lat", &["-n", "50", "--progress", "polled"]);
     for v in s.iter().chain(&c) {

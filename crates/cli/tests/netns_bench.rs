@@ -124,14 +124,7 @@ fn every_test(ns: &Netns, server_ip: &str, client_ip: &str) {
         "lat",
         &["--progress", "polled", "--connected-tx", "-n", "300"],
     ) {
-        let h = &v["health"];
-        assert!(h["connected_sends"].as_u64().unwrap_or(0) >= 300, "{v}");
-        assert!(h["connected_receives"].as_u64().unwrap_or(0) >= 300, "{v}");
-        assert_eq!(
-            (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
-            (Some(true), Some(0)),
-            "{v}"
-        );
+        common::assert_connected_and_clean(&v, 300);
     }
 }
 

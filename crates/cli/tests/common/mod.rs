@@ -252,3 +252,17 @@ pub fn pair(
 pub fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|x| x.to_string()).collect()
 }
+
+/// Asserts of one `uroce bench --json` result that at least `n` sends went from a socket
+/// connected to the peer and `n` datagrams arrived on one (`--connected-tx`), and that the
+/// run was clean with no ICRC drop (a packet resealed wrong would be one).
+pub fn assert_connected_and_clean(v: &serde_json::Value, n: u64) {
+    let h = &v["health"];
+    assert!(h["connected_sends"].as_u64().unwrap_or(0) >= n, "{v}");
+    assert!(h["connected_receives"].as_u64().unwrap_or(0) >= n, "{v}");
+    assert_eq!(
+        (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
+        (Some(true), Some(0)),
+        "{v}"
+    );
+}
