@@ -90,11 +90,13 @@ bench_to_rxe() { # test kind perftest-binary args...
     local test=$1 kind=$2 bin=$3; shift 3
     n=$((n + 1))
     local id u=0 g=0
-    id=$("$G" submit "$GUEST" "$bin -x 1 -F $*")
+    # gx, hdev: the GID index on both sides and uroce's device address (IPv4 unless set; the
+    # side channel stays on IPv4).
+    id=$("$G" submit "$GUEST" "$bin -x ${gx:-1} -F $*")
     "$G" wait-port "$GUEST" 18515 >/dev/null
     # shellcheck disable=SC2086 # uextra: options for uroce only, split on purpose
-    timeout 180 ip netns exec "$NS" "$U" bench "$test" "$kind" -x 1 -F "$@" ${uextra:-} --dev-ip "$H4" \
-        --timeout 150 "$G4" > "$art/$n.uroce" 2>&1 || u=$?
+    timeout 180 ip netns exec "$NS" "$U" bench "$test" "$kind" -x "${gx:-1}" -F "$@" ${uextra:-} \
+        --dev-ip "${hdev:-$H4}" --timeout 150 "$G4" > "$art/$n.uroce" 2>&1 || u=$?
     "$G" wait "$GUEST" "$id" > "$art/$n.rxe" 2>&1 || g=$?
     record "uroce bench $test $kind -> $bin on rxe: $*" "$([[ $u == 0 && $g == 0 ]] && echo 1 || echo 0)"
 }
@@ -141,6 +143,11 @@ UROCE_CONNECTED_TX=1 uextra="--progress polled" bench_to_rxe write bw ib_write_b
 c_bw=$(connected)
 record "connected sends to rxe: write lat ${c_lat:-0}, write bw ${c_bw:-0}" \
     "$([[ ${c_lat:-0} -gt 0 && ${c_bw:-0} -gt 0 ]] && echo 1 || echo 0)"
+# The same over IPv6 (GID index 2 on both sides): no ID there, the packets leave as sealed.
+UROCE_CONNECTED_TX=1 uextra="--progress polled" gx=2 hdev=$H6 \
+    bench_to_rxe write lat ib_write_lat -n 200 -s 8
+c6=$(connected)
+record "connected sends to rxe over IPv6: write lat ${c6:-0}" "$([[ ${c6:-0} -gt 0 ]] && echo 1 || echo 0)"
 
 # Messages large enough for zero-copy receive (>= 256 KiB of a message to come): rxe's WRITE
 # packets and READ responses (non-zero IPv4 IDs, solved for in the ICRC over the payload where
