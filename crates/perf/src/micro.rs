@@ -157,6 +157,63 @@ pub fn measure(each: Duration) -> Micro {
     }
 }
 
+/// Where a run of the suite stood in the VM's memory phases: one core's `memcpy` rate of
+/// 4 KiB packets into the packet buffers, from an 8 MiB region (as [`Micro::memcpy_read_gb_s`])
+/// and from a 256 MiB one (memory, past every cache), GB/s. On these VMs copy-bound runs
+/// sometimes take 2.5 × the CPU per byte for a minute while compute-bound passes do not
+/// (docs/PERFORMANCE.md, "Reading the committed run (19:09)"); sampled through the suite,
+/// these say when.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyPhase {
+    /// When in the suite: `start`, `round N`, `end`.
+    pub when: String,
+    /// From the 8 MiB region.
+    pub region_gb_s: f64,
+    /// From the 256 MiB region.
+    pub memory_gb_s: f64,
+}
+
+/// The cold region of [`CopyPhase::memory_gb_s`].
+const COLD: usize = 256 << 20;
+
+impl CopyPhase {
+    /// Samples both rates for about `each` each.
+    pub fn sample(when: &str, each: Duration) -> CopyPhase {
+        let mut buffers = vec![0u8; BUFFERS];
+        let mut copy = |len: usize| {
+            // What the bytes are does not change a copy's cost.
+            let src = vec![0x5au8; len];
+            rate(each, PACKET, |i| {
+                let (r, b) = ((i * PACKET) % len, (i * PACKET) % BUFFERS);
+                buffers[b..b + PACKET].copy_from_slice(&src[r..r + PACKET]);
+                black_box(&buffers);
+            })
+        };
+        let region_gb_s = copy(REGION);
+        let memory_gb_s = copy(COLD);
+        CopyPhase {
+            when: when.into(),
+            region_gb_s,
+            memory_gb_s,
+        }
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> Value {
+        json!({ "when": self.when, "region_gb_s": self.region_gb_s, "memory_gb_s": self.memory_gb_s })
+    }
+
+    /// From [`CopyPhase::to_json`]'s output.
+    pub fn from_json(v: &Value) -> CopyPhase {
+        let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        CopyPhase {
+            when: v["when"].as_str().unwrap_or_default().into(),
+            region_gb_s: f("region_gb_s"),
+            memory_gb_s: f("memory_gb_s"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +242,12 @@ mod tests {
         assert_eq!(fixed.to_json()["user_floor_cpu_s_per_gb"], 0.65);
         assert_eq!(Micro::from_json(&fixed.to_json()), Some(fixed));
         assert_eq!(Micro::from_json(&Value::Null), None);
+    }
+
+    #[test]
+    fn a_copy_phase_has_both_rates_and_survives_json() {
+        let p = CopyPhase::sample("start", Duration::from_millis(10));
+        assert!(p.region_gb_s > 0.01 && p.memory_gb_s > 0.01, "{p:?}");
+        assert_eq!(CopyPhase::from_json(&p.to_json()), p);
     }
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::micro::Micro;
+use crate::micro::{CopyPhase, Micro};
 
 /// The machine the suite ran on.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -186,6 +186,8 @@ pub struct Results {
     pub runs: Vec<Run>,
     /// Per-byte costs of the ICRC and region copies on this CPU (the design's floor).
     pub micro: Option<Micro>,
+    /// The copy rates sampled at the start, before each paired round and at the end.
+    pub copy_phases: Vec<CopyPhase>,
     /// The engine alone on the latency path: ns per half round trip of the polled 8-byte
     /// WRITE ping-pong between two engines in one thread (`uroce-perf engine-lat`, the
     /// median of its batches).
@@ -276,6 +278,7 @@ impl Results {
                 "tx_thread": r.tx_thread, "connected_sends": r.connected_sends, "valid": r.valid, "reason": r.reason,
             })).collect::<Vec<_>>(),
             "micro": self.micro.map(Micro::to_json),
+            "copy_phases": self.copy_phases.iter().map(CopyPhase::to_json).collect::<Vec<_>>(),
             "engine_lat_ns": self.engine_lat_ns,
         })
     }
@@ -379,6 +382,12 @@ impl Results {
                 })
                 .collect(),
             micro: Micro::from_json(&v["micro"]),
+            copy_phases: v["copy_phases"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(CopyPhase::from_json)
+                .collect(),
             engine_lat_ns: v["engine_lat_ns"].as_f64(),
         }
     }

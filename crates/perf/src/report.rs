@@ -1515,6 +1515,19 @@ pub fn markdown(r: &Results, link: &str) -> String {
     let _ = writeln!(o, "| load average before | {} |", m.load_before);
     let _ = writeln!(o, "| load average after | {} |", m.load_after);
     let _ = writeln!(o, "| CPU pressure during the run | {} |", m.cpu_pressure);
+    if !r.copy_phases.is_empty() {
+        let p: Vec<String> = r
+            .copy_phases
+            .iter()
+            .map(|p| format!("{} {:.1} / {:.1}", p.when, p.region_gb_s, p.memory_gb_s))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| copy rates through the run (one core's `memcpy` of 4 KiB packets from an 8 MiB / a \
+             256 MiB region, GB/s: a memory-slow phase shows as a drop) | {} |",
+            p.join("; ")
+        );
+    }
     let _ = writeln!(o, "| energy | {} |", m.rapl);
     let _ = writeln!(
         o,
@@ -2712,6 +2725,35 @@ mod tests {
         assert!(!new.contains("\nold\n"));
         assert_eq!(splice(&new, &md), new, "re-running replaces, not appends");
         assert!(splice("", &md).starts_with(BEGIN));
+        assert!(!md.contains("| copy rates"), "no row without samples");
+    }
+
+    /// The copy rates sampled through the run are one row of the machine table, in order,
+    /// and survive results.json.
+    #[test]
+    fn the_copy_phases_are_one_row_of_the_machine_table() {
+        let mut r = sample();
+        for (when, a, b) in [
+            ("start", 40.1, 7.2),
+            ("round 1", 16.0, 2.9),
+            ("end", 39.8, 7.1),
+        ] {
+            r.copy_phases.push(crate::micro::CopyPhase {
+                when: when.into(),
+                region_gb_s: a,
+                memory_gb_s: b,
+            });
+        }
+        let md = markdown(&r, "perf");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| copy rates through the run"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(
+            row.ends_with("| start 40.1 / 7.2; round 1 16.0 / 2.9; end 39.8 / 7.1 |"),
+            "{row}"
+        );
+        assert_eq!(Results::from_json(&r.to_json()).copy_phases, r.copy_phases);
     }
 
     #[test]

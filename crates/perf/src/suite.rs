@@ -1049,6 +1049,9 @@ pub fn run(o: Options) -> Results {
     eprintln!("uroce-perf: per-byte costs on this CPU (ICRC, region copies)");
     let each = Duration::from_millis(if s.o.quick { 30 } else { 300 });
     res.micro = Some(crate::micro::measure(each));
+    let phase_each = Duration::from_millis(if s.o.quick { 10 } else { 100 });
+    res.copy_phases
+        .push(crate::micro::CopyPhase::sample("start", phase_each));
     // The engine's share of the latency, beside the driver's layers (`raw_rtt` below).
     let trips = if s.o.quick { 20_000 } else { 1_000_000 };
     res.engine_lat_ns = match crate::engine_lat::run(trips, 10_000) {
@@ -1134,6 +1137,10 @@ pub fn run(o: Options) -> Results {
     // apart in one run, UDP half round trips of 3.61 and 4.10 µs in hand runs minutes apart.
     let rounds = if s.o.quick { 1 } else { PAIRED_ROUNDS };
     for round in 0..rounds {
+        res.copy_phases.push(crate::micro::CopyPhase::sample(
+            &format!("round {}", round + 1),
+            phase_each,
+        ));
         eprintln!("uroce-perf: paired round {} of {rounds}", round + 1);
         let tag = |note: &str| format!("paired round {}; {note}", round + 1);
         let n = s.iters(HEADLINE_SIZE);
@@ -1196,6 +1203,8 @@ pub fn run(o: Options) -> Results {
         end.note
     );
     res.udp.push(end);
+    res.copy_phases
+        .push(crate::micro::CopyPhase::sample("end", phase_each));
     res.machine.load_after = loadavg();
     res.machine.cpu_pressure = cpu_pressure_since(psi0, t0.elapsed());
     res
