@@ -171,6 +171,10 @@ pub struct CopyPhase {
     pub region_gb_s: f64,
     /// From the 256 MiB region.
     pub memory_gb_s: f64,
+    /// The machine's CPU time stolen by the hypervisor, and all CPU time, in ticks since
+    /// boot when the sample was taken (`/proc/stat`), if readable: the share stolen between
+    /// two samples is the other suspect for a slow phase.
+    pub steal_ticks: Option<(u64, u64)>,
 }
 
 /// The cold region of [`CopyPhase::memory_gb_s`].
@@ -179,6 +183,9 @@ const COLD: usize = 256 << 20;
 impl CopyPhase {
     /// Samples both rates for about `each` each.
     pub fn sample(when: &str, each: Duration) -> CopyPhase {
+        let steal_ticks = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| steal_of(&s));
         let mut buffers = vec![0u8; BUFFERS];
         let mut copy = |len: usize| {
             // What the bytes are does not change a copy's cost.
@@ -195,12 +202,23 @@ impl CopyPhase {
             when: when.into(),
             region_gb_s,
             memory_gb_s,
+            steal_ticks,
         }
+    }
+
+    /// The share of all CPU time stolen between `earlier` and this sample, in percent.
+    pub fn steal_since(&self, earlier: &CopyPhase) -> Option<f64> {
+        let ((s1, a1), (s0, a0)) = (self.steal_ticks?, earlier.steal_ticks?);
+        let all = a1.checked_sub(a0).filter(|&d| d > 0)?;
+        Some(s1.saturating_sub(s0) as f64 * 100.0 / all as f64)
     }
 
     /// As JSON.
     pub fn to_json(&self) -> Value {
-        json!({ "when": self.when, "region_gb_s": self.region_gb_s, "memory_gb_s": self.memory_gb_s })
+        json!({
+            "when": self.when, "region_gb_s": self.region_gb_s, "memory_gb_s": self.memory_gb_s,
+            "steal_ticks": self.steal_ticks.map(|(s, a)| [s, a]),
+        })
     }
 
     /// From [`CopyPhase::to_json`]'s output.
@@ -210,8 +228,25 @@ impl CopyPhase {
             when: v["when"].as_str().unwrap_or_default().into(),
             region_gb_s: f("region_gb_s"),
             memory_gb_s: f("memory_gb_s"),
+            steal_ticks: v["steal_ticks"]
+                .as_array()
+                .and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?))),
         }
     }
+}
+
+/// (steal, all) ticks from the `cpu` line of `/proc/stat` (user, nice, system, idle, iowait,
+/// irq, softirq, steal; guest time is inside user already).
+fn steal_of(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (v.len() == 8).then(|| (v[7], v.iter().sum()))
 }
 
 #[cfg(test)]
@@ -248,6 +283,26 @@ mod tests {
     fn a_copy_phase_has_both_rates_and_survives_json() {
         let p = CopyPhase::sample("start", Duration::from_millis(10));
         assert!(p.region_gb_s > 0.01 && p.memory_gb_s > 0.01, "{p:?}");
+        assert!(p.steal_ticks.is_some(), "Linux has /proc/stat");
         assert_eq!(CopyPhase::from_json(&p.to_json()), p);
+    }
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line_and_taken_as_a_share_between_samples() {
+        let stat = "cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(steal_of(stat), Some((30, 1000)));
+        assert_eq!(steal_of("cpu0 1 2 3\n"), None);
+        assert_eq!(steal_of("cpu  1 2 x 4 5 6 7 8\n"), None);
+        let at = |s, a| CopyPhase {
+            steal_ticks: Some((s, a)),
+            ..CopyPhase::default()
+        };
+        assert_eq!(at(80, 1200).steal_since(&at(30, 1000)), Some(25.0));
+        assert_eq!(
+            at(30, 1000).steal_since(&at(30, 1000)),
+            None,
+            "no time passed"
+        );
+        assert_eq!(CopyPhase::default().steal_since(&at(30, 1000)), None);
     }
 }

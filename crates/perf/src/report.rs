@@ -1519,12 +1519,23 @@ pub fn markdown(r: &Results, link: &str) -> String {
         let p: Vec<String> = r
             .copy_phases
             .iter()
-            .map(|p| format!("{} {:.1} / {:.1}", p.when, p.region_gb_s, p.memory_gb_s))
+            .enumerate()
+            .map(|(i, p)| {
+                let steal = i
+                    .checked_sub(1)
+                    .and_then(|j| p.steal_since(&r.copy_phases[j]))
+                    .map_or(String::new(), |s| format!(", {s:.1} % stolen since"));
+                format!(
+                    "{} {:.1} / {:.1}{steal}",
+                    p.when, p.region_gb_s, p.memory_gb_s
+                )
+            })
             .collect();
         let _ = writeln!(
             o,
-            "| copy rates through the run (one core's `memcpy` of 4 KiB packets from an 8 MiB / a \
-             256 MiB region, GB/s: a memory-slow phase shows as a drop) | {} |",
+            "| copy rates and CPU steal through the run (one core's `memcpy` of 4 KiB packets \
+             from an 8 MiB / a 256 MiB region, GB/s: a memory-slow phase shows as a drop; the \
+             share of CPU time the hypervisor took since the sample before, /proc/stat) | {} |",
             p.join("; ")
         );
     }
@@ -2733,24 +2744,27 @@ mod tests {
     #[test]
     fn the_copy_phases_are_one_row_of_the_machine_table() {
         let mut r = sample();
-        for (when, a, b) in [
-            ("start", 40.1, 7.2),
-            ("round 1", 16.0, 2.9),
-            ("end", 39.8, 7.1),
+        for (when, a, b, st) in [
+            ("start", 40.1, 7.2, Some((10, 1000))),
+            ("round 1", 16.0, 2.9, Some((60, 1200))),
+            ("end", 39.8, 7.1, None),
         ] {
             r.copy_phases.push(crate::micro::CopyPhase {
                 when: when.into(),
                 region_gb_s: a,
                 memory_gb_s: b,
+                steal_ticks: st,
             });
         }
         let md = markdown(&r, "perf");
         let row = md
             .lines()
-            .find(|l| l.starts_with("| copy rates through the run"))
+            .find(|l| l.starts_with("| copy rates and CPU steal through the run"))
             .unwrap_or_else(|| panic!("{md}"));
         assert!(
-            row.ends_with("| start 40.1 / 7.2; round 1 16.0 / 2.9; end 39.8 / 7.1 |"),
+            row.ends_with(
+                "| start 40.1 / 7.2; round 1 16.0 / 2.9, 25.0 % stolen since; end 39.8 / 7.1 |"
+            ),
             "{row}"
         );
         assert_eq!(Results::from_json(&r.to_json()).copy_phases, r.copy_phases);
