@@ -449,6 +449,67 @@ fn paired_with_write<'a>(r: &'a Results, group: &str) -> Vec<(&'a Run, &'a Run)>
         .collect()
 }
 
+/// The paired 4-QP rounds (as [`paired_with_write`]) to judge QP scaling by, and which were
+/// left out. The ratio sets threads against one thread, so a phase of the VM that slows one
+/// flow and not two (seen at 20:11 on 2026-11-27: the round's single-pair ceiling probe at 13
+/// Gbit/s, one QP at 12, 4 QPs on 2 threads at 40–45 in the same minute) makes it say
+/// nothing about uroce: a round whose single-pair io_uring ceiling probe fell below half the
+/// run's best single-pair probe is left out, unless every round was.
+fn qp_rounds_in_phase(r: &Results) -> (Vec<(&Run, &Run)>, Option<String>) {
+    let single_pair = |u: &&crate::model::UdpBw| {
+        u.valid
+            && [
+                "uring-gso-gro",
+                crate::suite::PAIRED_PROBE,
+                crate::suite::CEILING_END,
+            ]
+            .contains(&u.mode.as_str())
+    };
+    let best = r
+        .udp
+        .iter()
+        .filter(single_pair)
+        .map(|u| u.gbit_s)
+        .fold(0.0, f64::max);
+    let probes: Vec<&crate::model::UdpBw> = r
+        .udp
+        .iter()
+        .filter(|u| u.mode == crate::suite::PAIRED_PROBE)
+        .collect();
+    let writes = r.runs.iter().filter(|x| x.group == crate::suite::PAIRED);
+    let qps = r
+        .runs
+        .iter()
+        .filter(|x| x.group == crate::suite::PAIRED_QPS);
+    let (mut kept, mut all, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, (w, o)) in writes.zip(qps).enumerate() {
+        if !(w.valid && o.valid && w.gbit_s > 0.0 && o.gbit_s > 0.0) {
+            continue;
+        }
+        all.push((w, o));
+        match probes.get(k) {
+            Some(p) if p.valid && p.gbit_s < best / 2.0 => {
+                out.push(format!("{} ({:.2} Gbit/s)", k + 1, p.gbit_s));
+            }
+            _ => kept.push((w, o)),
+        }
+    }
+    if out.is_empty() || kept.is_empty() {
+        return (all, None);
+    }
+    let (s, its) = if out.len() > 1 {
+        ("s", "their")
+    } else {
+        ("", "its")
+    };
+    let note = format!(
+        "round{s} {} left out: {its} single-pair ceiling probe was below half the run's best \
+         ({best:.2} Gbit/s), a phase that slows one flow and not two",
+        out.join(", ")
+    );
+    (kept, Some(note))
+}
+
 /// The suite's paired latency rounds (`suite::LAT_PAIRED`, `Results::rtt_paired`): (WRITE
 /// median, UDP median) half round trips in µs of each round whose run and probe are both
 /// valid, in order.
@@ -946,7 +1007,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     // The threaded target from the paired rounds when the suite ran them: 4 QPs on the
     // threads beside that round's one-QP WRITE; the round with the median ratio stands for
     // the bounds below.
-    let qp_rounds = paired_with_write(r, crate::suite::PAIRED_QPS);
+    let (qp_rounds, qp_left_out) = qp_rounds_in_phase(r);
     let qp_paired = Paired::of(
         &qp_rounds
             .iter()
@@ -978,8 +1039,21 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 // more sockets and threads than the probe. A run that moved more than the
                 // best probe refutes the ceilings as a bound on it (session 20: 4 QPs on 2
                 // engine threads 40.4 Gbit/s against a best probe of 38.9).
+                // Every threaded 4-QP run of the suite counts, the rounds left out above too: a
+                // phase does not make a rate that was moved impossible.
+                let most = r
+                    .runs
+                    .iter()
+                    .filter(|x| {
+                        x.valid
+                            && x.qps == 4
+                            && x.threads == threads
+                            && (x.group == "qps" || x.group == crate::suite::PAIRED_QPS)
+                    })
+                    .map(|x| x.gbit_s)
+                    .fold(b.gbit_s, f64::max);
                 let by_ceilings = above_ceilings(1.6, a.gbit_s, top)
-                    .filter(|_| threads > 1 && top.is_some_and(|top| b.gbit_s <= top));
+                    .filter(|_| threads > 1 && top.is_some_and(|top| most <= top));
                 // The cores bound assumes more QPs cost what one QP costs per byte; a run in
                 // which they cost less refutes it (it would bound nothing).
                 let cores_bound = (threads > 1
@@ -1021,7 +1095,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                              {}{single}; the bounds from the median round",
                             p.what, p.ratios, p.values, p.baselines
                         ),
-                        Some(note),
+                        Some(with_note(&note, qp_left_out.clone())),
                     );
                 }
                 Target {
@@ -2222,6 +2296,58 @@ mod tests {
             "{}",
             t.note
         );
+    }
+
+    /// A round whose single-pair ceiling probe fell below half the run's best is left out of
+    /// QP scaling (two threads against one in a phase that slows one flow), and the note says
+    /// which; with every round in such a phase, or no probes, all rounds count.
+    #[test]
+    fn qp_rounds_of_a_one_flow_slow_phase_are_left_out() {
+        let mut r = sample();
+        set_ceiling(&mut r, "uring-gso-gro", 30.0);
+        // The 20:11 run: round 1 normal, rounds 2 and 3 with one flow slowed.
+        for (one, four, probe) in [
+            (27.2, 39.19, 38.68),
+            (12.42, 40.06, 13.33),
+            (11.24, 44.64, 12.63),
+        ] {
+            r.runs.push(Run {
+                gbit_s: one,
+                ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, true)
+            });
+            r.runs.push(Run {
+                gbit_s: four,
+                qps: 4,
+                threads: QPS_THREADS,
+                ..paired_run(crate::suite::PAIRED_QPS, "bw", QPS_SIZE, true)
+            });
+            r.udp.push(paired_probe(probe));
+        }
+        let t = targets(&r).swap_remove(11);
+        // 39.19 / 27.2 = 1.44 from round 1 alone; round 1's probe is the run's best. Not out
+        // of reach by the ceilings: a round left out moved 44.64, above them all.
+        assert_eq!(t.ratio, "1.44", "{t:?}");
+        assert_eq!(t.result(), "FAIL", "{t:?}");
+        assert!(
+            t.note.contains("median of 1 paired round")
+                && t.note.contains(
+                    "rounds 2 (13.33 Gbit/s), 3 (12.63 Gbit/s) left out: their single-pair \
+                     ceiling probe was below half the run's best (38.68 Gbit/s)"
+                ),
+            "{}",
+            t.note
+        );
+        // Every round in the phase (the start probe, 30, now the best): none is left out.
+        for u in r
+            .udp
+            .iter_mut()
+            .filter(|u| u.mode == crate::suite::PAIRED_PROBE)
+        {
+            u.gbit_s = 10.0;
+        }
+        let t = targets(&r).swap_remove(11);
+        assert!(!t.note.contains("left out"), "{}", t.note);
+        assert_eq!(t.ratio, "3.23");
     }
 
     /// Each paired round also runs the WRITE with the sender on SQPOLL: the target takes the
