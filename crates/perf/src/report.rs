@@ -2259,6 +2259,21 @@ mod tests {
         assert_eq!(t[5].value, gb(23.0));
     }
 
+    /// Adds one paired QP round to `r`: one QP's WRITE 1 MiB at `one` Gbit/s, then 4 QPs on
+    /// the engine threads at `four` (`valid` or not).
+    fn push_qp_round(r: &mut Results, one: f64, four: f64, valid: bool) {
+        r.runs.push(Run {
+            gbit_s: one,
+            ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, true)
+        });
+        r.runs.push(Run {
+            gbit_s: four,
+            qps: 4,
+            threads: QPS_THREADS,
+            ..paired_run(crate::suite::PAIRED_QPS, "bw", QPS_SIZE, valid)
+        });
+    }
+
     /// 4 QPs on two engine threads against one QP from the paired rounds: the median of each
     /// round's own ratio to that round's one-QP WRITE (a round with an invalid run left out),
     /// the QP sweep's single ratio only in the note.
@@ -2272,16 +2287,7 @@ mod tests {
             (25.0, 20.0, false),
             (24.0, 36.0, true),
         ] {
-            r.runs.push(Run {
-                gbit_s: one,
-                ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, true)
-            });
-            r.runs.push(Run {
-                gbit_s: four,
-                qps: 4,
-                threads: QPS_THREADS,
-                ..paired_run(crate::suite::PAIRED_QPS, "bw", QPS_SIZE, valid)
-            });
+            push_qp_round(&mut r, one, four, valid);
         }
         let t = targets(&r).swap_remove(11);
         // 34/20 = 1.70, 45/25 = 1.80, 36/24 = 1.50: median 1.70, that round's runs shown.
@@ -2311,16 +2317,7 @@ mod tests {
             (12.42, 40.06, 13.33),
             (11.24, 44.64, 12.63),
         ] {
-            r.runs.push(Run {
-                gbit_s: one,
-                ..paired_run(crate::suite::PAIRED, "bw", HEADLINE_SIZE, true)
-            });
-            r.runs.push(Run {
-                gbit_s: four,
-                qps: 4,
-                threads: QPS_THREADS,
-                ..paired_run(crate::suite::PAIRED_QPS, "bw", QPS_SIZE, true)
-            });
+            push_qp_round(&mut r, one, four, true);
             r.udp.push(paired_probe(probe));
         }
         let t = targets(&r).swap_remove(11);
