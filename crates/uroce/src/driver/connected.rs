@@ -72,7 +72,7 @@ struct Peer {
     dst: SocketAddr,
     sock: UdpSocket,
     /// The ID of the next datagram; `None` after a failed send, until learned again (IPv6:
-    /// always `Some(0)`, unused).
+    /// unused).
     next: Option<u16>,
     /// Whether the counter was learned before.
     learned: bool,
@@ -110,20 +110,17 @@ impl ConnectedPeers {
             IpAddr::V4(a) => !a.is_unspecified(),
             IpAddr::V6(a) => !a.is_unspecified() && !a.is_unicast_link_local(),
         };
-        match local {
-            _ if usable => Some(ConnectedPeers {
-                local,
-                peers: Vec::new(),
-                solver: Ipv4IdSolver::default(),
-                opened: 0,
-                relearned: 0,
-                failed: 0,
-                refused: Vec::new(),
-                polls: 0,
-                main_heard: 0,
-            }),
-            _ => None,
-        }
+        usable.then(|| ConnectedPeers {
+            local,
+            peers: Vec::new(),
+            solver: Ipv4IdSolver::default(),
+            opened: 0,
+            relearned: 0,
+            failed: 0,
+            refused: Vec::new(),
+            polls: 0,
+            main_heard: 0,
+        })
     }
 
     /// Sends `buf` to `dst` from the socket connected to it (opened beside `main`, the
@@ -150,7 +147,7 @@ impl ConnectedPeers {
                         self.peers.push(Peer {
                             dst,
                             sock,
-                            next: (!dst.is_ipv4()).then_some(0),
+                            next: None,
                             learned: false,
                             sends_refused: false,
                             gso: 0,
@@ -175,6 +172,7 @@ impl ConnectedPeers {
         }
         let next = match (p.next, dst) {
             (Some(n), _) => n,
+            // IPv6 has no ID: nothing to learn, and the value goes unused.
             (None, SocketAddr::V6(_)) => 0,
             (None, SocketAddr::V4(dst)) => match learn_id(&p.sock, dst) {
                 Ok(id) => {
@@ -245,7 +243,7 @@ impl ConnectedPeers {
                 tracing::debug!("connected send to {dst} failed ({e}); sending unconnected");
                 reseal(&mut self.solver, buf, true);
                 self.failed += 1;
-                p.next = (!v4).then_some(0);
+                p.next = None;
                 None
             }
         }
