@@ -101,6 +101,16 @@ fn rate(time: Duration, bytes_per_step: usize, mut step: impl FnMut(usize)) -> f
     (steps * bytes_per_step) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// `memcpy` of 4 KiB packets from `src` (cycled) into `buffers` (cycled) for about `time`;
+/// GB/s: [`Micro::memcpy_read_gb_s`] and [`CopyPhase`]'s rates.
+fn memcpy_rate(time: Duration, src: &[u8], buffers: &mut [u8]) -> f64 {
+    rate(time, PACKET, |i| {
+        let (r, b) = ((i * PACKET) % src.len(), (i * PACKET) % buffers.len());
+        buffers[b..b + PACKET].copy_from_slice(&src[r..r + PACKET]);
+        black_box(&buffers);
+    })
+}
+
 /// Measures every rate for about `each` per rate.
 pub fn measure(each: Duration) -> Micro {
     let region = AtomicMemory::zeroed(REGION);
@@ -118,11 +128,7 @@ pub fn measure(each: Duration) -> Micro {
         let (r, b) = offsets(i);
         region.write(r, &buffers[b..b + PACKET]);
     });
-    let memcpy_read_gb_s = rate(each, PACKET, |i| {
-        let (r, b) = offsets(i);
-        buffers[b..b + PACKET].copy_from_slice(&plain[r..r + PACKET]);
-        black_box(&buffers);
-    });
+    let memcpy_read_gb_s = memcpy_rate(each, &plain, &mut buffers);
     let memcpy_write_gb_s = rate(each, PACKET, |i| {
         let (r, b) = offsets(i);
         plain[r..r + PACKET].copy_from_slice(&buffers[b..b + PACKET]);
@@ -187,15 +193,8 @@ impl CopyPhase {
             .ok()
             .and_then(|s| steal_of(&s));
         let mut buffers = vec![0u8; BUFFERS];
-        let mut copy = |len: usize| {
-            // What the bytes are does not change a copy's cost.
-            let src = vec![0x5au8; len];
-            rate(each, PACKET, |i| {
-                let (r, b) = ((i * PACKET) % len, (i * PACKET) % BUFFERS);
-                buffers[b..b + PACKET].copy_from_slice(&src[r..r + PACKET]);
-                black_box(&buffers);
-            })
-        };
+        // What the bytes are does not change a copy's cost.
+        let mut copy = |len: usize| memcpy_rate(each, &vec![0x5au8; len], &mut buffers);
         let region_gb_s = copy(REGION);
         let memory_gb_s = copy(COLD);
         CopyPhase {
