@@ -97,25 +97,8 @@ pub fn bw_recv(
             break;
         }
         let got = if gro {
-            let mut cmsg = nix::cmsg_space!(i32);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            match socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
-                Ok(m) => {
-                    let seg = m
-                        .cmsgs()
-                        .ok()
-                        .and_then(|mut c| {
-                            c.find_map(|c| match c {
-                                ControlMessageOwned::UdpGroSegments(n) => Some(n),
-                                _ => None,
-                            })
-                        })
-                        .filter(|n| *n > 0)
-                        .map_or(m.bytes, |n| n as usize);
-                    Ok((m.bytes, m.bytes.div_ceil(seg.max(1))))
-                }
-                Err(e) => Err(std::io::Error::from(e)),
-            }
+            recvmsg_gro::<()>(fd, &mut buf, MsgFlags::empty())
+                .map(|(n, seg, _)| (n, n.div_ceil(seg.unwrap_or(n).max(1))))
         } else {
             s.recv(&mut buf).map(|n| (n, 1))
         };
@@ -235,6 +218,25 @@ fn send_shaped(s: &UdpSocket, msg: &[u8], seg: usize, gso: &mut usize) -> std::i
     s.send(msg)
 }
 
+/// One `recvmsg` on `fd` into `buf` with `flags`: its length, the `UDP_GRO` segment size the
+/// kernel gave (when positive), and the source address as `S` (`()` asks for none).
+fn recvmsg_gro<S: socket::SockaddrLike>(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    flags: MsgFlags,
+) -> std::io::Result<(usize, Option<usize>, Option<S>)> {
+    let mut cmsg = nix::cmsg_space!(i32);
+    let mut iov = [IoSliceMut::new(buf)];
+    let m = socket::recvmsg::<S>(fd, &mut iov, Some(&mut cmsg), flags)?;
+    let seg = m.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|c| match c {
+            ControlMessageOwned::UdpGroSegments(n) => usize::try_from(n).ok(),
+            _ => None,
+        })
+    });
+    Ok((m.bytes, seg.filter(|&n| n > 0), m.address))
+}
+
 /// One non-blocking receive: its length, the GRO segment size when the kernel coalesced
 /// segments, and the source when `from` is asked for. `shaped`: `recvmsg` with control
 /// messages; otherwise plain `recv`/`recv_from`.
@@ -251,23 +253,10 @@ fn recv_shaped(
             s.recv(buf).map(|n| (n, None, None))
         };
     }
-    let mut cmsg = nix::cmsg_space!(i32);
-    let mut iov = [IoSliceMut::new(buf)];
-    let m = socket::recvmsg::<socket::SockaddrStorage>(
-        s.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(std::io::Error::from)?;
-    let seg = m.cmsgs().ok().and_then(|mut c| {
-        c.find_map(|c| match c {
-            ControlMessageOwned::UdpGroSegments(n) => usize::try_from(n).ok(),
-            _ => None,
-        })
-    });
+    let (n, seg, address) =
+        recvmsg_gro::<socket::SockaddrStorage>(s.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?;
     let src = if from {
-        m.address.and_then(|a| {
+        address.and_then(|a| {
             a.as_sockaddr_in()
                 .map(|v| SocketAddr::from((v.ip(), v.port())))
                 .or_else(|| {
@@ -278,7 +267,7 @@ fn recv_shaped(
     } else {
         None
     };
-    Ok((m.bytes, seg.filter(|&n| n > 0 && n < m.bytes), src))
+    Ok((n, seg.filter(|&s| s < n), src))
 }
 
 /// Echoes every datagram back to its sender, spinning on non-blocking receives, until an
