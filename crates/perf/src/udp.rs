@@ -253,19 +253,23 @@ fn recv_shaped(
             s.recv(buf).map(|n| (n, None, None))
         };
     }
-    let (n, seg, address) =
-        recvmsg_gro::<socket::SockaddrStorage>(s.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?;
-    let src = if from {
-        address.and_then(|a| {
+    let fd = s.as_raw_fd();
+    // Only the first receive wants the source; the rest ask the kernel for none, as uroce's
+    // connected sockets do (`SyscallRx::recv_ready_from`).
+    let (n, seg, src) = if from {
+        let (n, seg, a) = recvmsg_gro::<socket::SockaddrStorage>(fd, buf, MsgFlags::MSG_DONTWAIT)?;
+        let src = a.and_then(|a| {
             a.as_sockaddr_in()
                 .map(|v| SocketAddr::from((v.ip(), v.port())))
                 .or_else(|| {
                     a.as_sockaddr_in6()
                         .map(|v| SocketAddr::from((v.ip(), v.port())))
                 })
-        })
+        });
+        (n, seg, src)
     } else {
-        None
+        let (n, seg, _) = recvmsg_gro::<()>(fd, buf, MsgFlags::MSG_DONTWAIT)?;
+        (n, seg, None)
     };
     Ok((n, seg.filter(|&s| s < n), src))
 }
