@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::model::{Results, Run, UdpRtt};
+use crate::model::{Results, Run, UdpBw, UdpRtt};
 use crate::svg::{size_label, Plot, Series};
 
 /// Marks the start of the generated section.
@@ -348,14 +348,12 @@ const SHAPE_LABEL: &str = "plain UDP in uroce's connected shape, busy-poll ping-
 /// the rounds where all three are valid). Past `goal` already, it says so: then no user space
 /// in this shape can reach the goal.
 fn kernel_share(r: &Results, group: &str, goal: f64) -> Option<String> {
-    let runs = r.runs.iter().filter(|x| x.group == group);
-    let rounds: Vec<(f64, f64, f64)> = runs
-        .zip(&r.rtt_paired)
-        .zip(&r.rtt_shape_paired)
-        .filter(|((l, u), k)| {
-            l.valid && u.valid && k.valid && l.lat_median_us > 0.0 && u.half_median_us > 0.0
+    let rounds: Vec<(f64, f64, f64)> = lat_rounds(r, group)
+        .into_iter()
+        .filter_map(|(i, l, u)| {
+            let k = r.rtt_shape_paired.get(i).filter(|k| k.valid)?;
+            Some((l.lat_median_us, u.half_median_us, k.half_median_us))
         })
-        .map(|((l, u), k)| (l.lat_median_us, u.half_median_us, k.half_median_us))
         .collect();
     if rounds.is_empty() {
         return None;
@@ -397,7 +395,7 @@ fn rtt_label(mode: &str) -> String {
 }
 
 /// The ceilings of a run: the io_uring UDP GSO/GRO probe (the issue's), else none.
-fn ceiling(r: &Results) -> Option<&crate::model::UdpBw> {
+fn ceiling(r: &Results) -> Option<&UdpBw> {
     r.udp("uring-gso-gro")
 }
 
@@ -441,11 +439,21 @@ fn paired_rounds(r: &Results, group: &str) -> Vec<(f64, f64)> {
 /// with the default WRITE of the same paired round (`suite::PAIRED`): (the WRITE, the run) of
 /// each round where both are valid and moved data, in order.
 fn paired_with_write<'a>(r: &'a Results, group: &str) -> Vec<(&'a Run, &'a Run)> {
+    rounds_with_write(r, group)
+        .into_iter()
+        .map(|(_, w, o)| (w, o))
+        .collect()
+}
+
+/// [`paired_with_write`] with each round's index (from 0), to find the round's probes.
+fn rounds_with_write<'a>(r: &'a Results, group: &str) -> Vec<(usize, &'a Run, &'a Run)> {
     let runs = r.runs.iter().filter(|x| x.group == group);
     let writes = r.runs.iter().filter(|x| x.group == crate::suite::PAIRED);
     writes
         .zip(runs)
-        .filter(|(w, o)| w.valid && o.valid && w.gbit_s > 0.0 && o.gbit_s > 0.0)
+        .enumerate()
+        .filter(|(_, (w, o))| w.valid && o.valid && w.gbit_s > 0.0 && o.gbit_s > 0.0)
+        .map(|(k, (w, o))| (k, w, o))
         .collect()
 }
 
@@ -456,7 +464,7 @@ fn paired_with_write<'a>(r: &'a Results, group: &str) -> Vec<(&'a Run, &'a Run)>
 /// nothing about uroce: a round whose single-pair io_uring ceiling probe fell below half the
 /// run's best single-pair probe is left out, unless every round was.
 fn qp_rounds_in_phase(r: &Results) -> (Vec<(&Run, &Run)>, Option<String>) {
-    let single_pair = |u: &&crate::model::UdpBw| {
+    let single_pair = |u: &&UdpBw| {
         u.valid
             && [
                 "uring-gso-gro",
@@ -471,21 +479,13 @@ fn qp_rounds_in_phase(r: &Results) -> (Vec<(&Run, &Run)>, Option<String>) {
         .filter(single_pair)
         .map(|u| u.gbit_s)
         .fold(0.0, f64::max);
-    let probes: Vec<&crate::model::UdpBw> = r
+    let probes: Vec<&UdpBw> = r
         .udp
         .iter()
         .filter(|u| u.mode == crate::suite::PAIRED_PROBE)
         .collect();
-    let writes = r.runs.iter().filter(|x| x.group == crate::suite::PAIRED);
-    let qps = r
-        .runs
-        .iter()
-        .filter(|x| x.group == crate::suite::PAIRED_QPS);
     let (mut kept, mut all, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    for (k, (w, o)) in writes.zip(qps).enumerate() {
-        if !(w.valid && o.valid && w.gbit_s > 0.0 && o.gbit_s > 0.0) {
-            continue;
-        }
+    for (k, w, o) in rounds_with_write(r, crate::suite::PAIRED_QPS) {
         all.push((w, o));
         match probes.get(k) {
             Some(p) if p.valid && p.gbit_s < best / 2.0 => {
@@ -514,10 +514,19 @@ fn qp_rounds_in_phase(r: &Results) -> (Vec<(&Run, &Run)>, Option<String>) {
 /// median, UDP median) half round trips in µs of each round whose run and probe are both
 /// valid, in order.
 fn paired_lat_rounds(r: &Results, group: &str) -> Vec<(f64, f64)> {
+    lat_rounds(r, group)
+        .into_iter()
+        .map(|(_, l, u)| (l.lat_median_us, u.half_median_us))
+        .collect()
+}
+
+/// [`paired_lat_rounds`] as the runs and probes, with each round's index (from 0).
+fn lat_rounds<'a>(r: &'a Results, group: &str) -> Vec<(usize, &'a Run, &'a UdpRtt)> {
     let runs = r.runs.iter().filter(|x| x.group == group);
     runs.zip(&r.rtt_paired)
-        .filter(|(l, u)| l.valid && u.valid && l.lat_median_us > 0.0 && u.half_median_us > 0.0)
-        .map(|(l, u)| (l.lat_median_us, u.half_median_us))
+        .enumerate()
+        .filter(|(_, (l, u))| l.valid && u.valid && l.lat_median_us > 0.0 && u.half_median_us > 0.0)
+        .map(|(k, (l, u))| (k, l, u))
         .collect()
 }
 
@@ -1021,10 +1030,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
         })
     });
     for (i, threads, goal) in [(10, 1, "reported"), (11, QPS_THREADS, "≥ 1.6")] {
-        let q4 = r.find_threads("qps", "write", "uring", HEADLINE_MTU, 4, threads, QPS_SIZE);
+        // The QP sweep's runs, and the pair the target is judged by.
+        let sweep = (
+            q1,
+            r.find_threads("qps", "write", "uring", HEADLINE_MTU, 4, threads, QPS_SIZE),
+        );
         let (q1, q4) = match qp_median {
             Some((a, b)) if threads > 1 => (Some(a), Some(b)),
-            _ => (q1, q4),
+            _ => sweep,
         };
         t.push(match (q1, q4) {
             (Some(a), Some(b)) if a.gbit_s > 0.0 => {
@@ -1077,12 +1090,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 let mut ratio = ratio;
                 if let Some(p) = qp_paired.as_ref().filter(|_| threads > 1) {
                     ratio = p.ratio;
-                    let single =
-                        r.find_threads("qps", "write", "uring", HEADLINE_MTU, 4, threads, QPS_SIZE);
-                    let single = match (
-                        r.find("qps", "write", "uring", HEADLINE_MTU, 1, QPS_SIZE),
-                        single,
-                    ) {
+                    let single = match sweep {
                         (Some(a), Some(b)) if a.gbit_s > 0.0 => {
                             format!("; the QP sweep's single runs: {:.2}", b.gbit_s / a.gbit_s)
                         }
