@@ -30,7 +30,7 @@ pub use icrc::{
     IcrcCache, IcrcCheck, IcrcContext, IcrcHasher, IcrcMismatch, IpFields, Ipv4IdMode, Ipv4IdSolver,
 };
 pub use opcode::{HeaderSet, Opcode, OpcodeInfo, Operation, Position, Transport};
-pub use packet::{Packet, PacketRepr};
+pub use packet::{stated_len, Packet, PacketRepr};
 pub use psn::Psn;
 
 /// The UDP destination port assigned to RoCEv2 (IBTA Annex A17.2.1).

@@ -4,7 +4,7 @@
 use crate::headers::{
     AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, DethRepr, RethRepr, BTH_LEN,
 };
-use crate::opcode::Header;
+use crate::opcode::{Header, Operation, Position};
 use crate::{
     Aeth, AtomicAckEth, AtomicEth, Bth, Deth, Error, Ieth, ImmDt, Opcode, OpcodeInfo, Result, Reth,
     ICRC_LEN,
@@ -151,6 +151,38 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let (start, end) = (self.info.header_len, self.payload_end());
         &mut self.buffer.as_mut()[start..end]
     }
+}
+
+/// The length of the transport packet at the start of `buf` as its headers state it, for the
+/// opcodes whose headers fix it: those without payload (ACKs, READ requests, atomics and
+/// their ACKs: the header length plus the ICRC) and RDMA WRITE Only with or without
+/// immediate, whose RETH DMA length is the payload's (IBTA §9.4.3: an Only packet carries the
+/// whole message). `None` for every other opcode (a SEND's or a READ response's payload
+/// length is only the datagram's), for an unknown opcode or short headers, and when the BTH's
+/// pad count is not the one the stated payload needs. Reads the headers only; the length may
+/// exceed `buf`.
+///
+/// A receiver that took a UDP GRO batch without its segment size splits it with this: every
+/// segment but the last is as long as the first.
+pub fn stated_len(buf: &[u8]) -> Option<usize> {
+    let bth = Bth::new_checked(buf.get(..BTH_LEN)?).ok()?;
+    let info = Opcode::from_u8(bth.opcode())?.info();
+    if !info.payload {
+        return Some(info.header_len + ICRC_LEN);
+    }
+    if info.operation != Operation::RdmaWrite || info.position != Position::Only {
+        return None;
+    }
+    let off = info.headers.offset(Header::Reth)?;
+    let reth = Reth::new_checked(buf.get(off..off + Header::Reth.len())?).ok()?;
+    let dma = usize::try_from(reth.dma_len()).ok()?;
+    let pad = dma.wrapping_neg() & 3;
+    if pad != usize::from(bth.pad_count()) {
+        return None;
+    }
+    info.header_len
+        .checked_add(dma)?
+        .checked_add(pad + ICRC_LEN)
 }
 
 /// Every header of a transport packet, validated. Absent headers are `None`; which are present

@@ -12,8 +12,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use uroce_wire::opcode::{Header, TABLE};
 use uroce_wire::{
     AckSyndrome, AethRepr, AtomicAckEthRepr, AtomicEthRepr, BthRepr, DethRepr, Error, IcrcCheck,
-    IcrcContext, IpFields, Ipv4IdMode, NakCode, Opcode, OpcodeInfo, Packet, PacketRepr, RethRepr,
-    ICRC_LEN, ROCE_UDP_PORT,
+    IcrcContext, IpFields, Ipv4IdMode, NakCode, Opcode, OpcodeInfo, Operation, Packet, PacketRepr,
+    Position, RethRepr, ICRC_LEN, ROCE_UDP_PORT,
 };
 
 /// Largest payload generated (a 4096-byte path MTU).
@@ -341,6 +341,23 @@ fn check_roundtrip(case: &Case, slack: usize) -> Result<(), TestCaseError> {
     prop_assert_eq!(ctx.verify(&out, Ipv4IdMode::Exact), Ok(IcrcCheck::Valid));
     prop_assert_eq!(ctx.verify(&out, Ipv4IdMode::Solve), Ok(IcrcCheck::Valid));
 
+    // What the headers state: the packet's length where they fix it (a WRITE Only's RETH
+    // states its DMA length, here random, and the pad count must be the one it needs).
+    let stated = uroce_wire::stated_len(&out);
+    if !info.payload {
+        prop_assert_eq!(stated, Some(len));
+    } else if info.operation == Operation::RdmaWrite && info.position == Position::Only {
+        let dma = repr.reth.map_or(0, |r| r.dma_len as usize);
+        let fits = pad_of(dma) == pad_of(payload.len());
+        let want = fits.then(|| info.header_len + dma + usize::from(pad_of(dma)) + ICRC_LEN);
+        prop_assert_eq!(stated, want);
+        if dma == payload.len() {
+            prop_assert_eq!(stated, Some(len));
+        }
+    } else {
+        prop_assert_eq!(stated, None);
+    }
+
     // parse_bytes is new_checked + parse.
     let (again, _) = PacketRepr::parse_bytes(&out)
         .map_err(|e| TestCaseError::fail(format!("parse_bytes failed: {e}")))?;
@@ -384,6 +401,11 @@ proptest! {
 /// Checks everything the crate offers on untrusted bytes. Panics (failing the test) only on a
 /// broken invariant; the calls under test must return, not panic.
 fn check_untrusted(bytes: &[u8], ctx: &IcrcContext) -> Result<(), TestCaseError> {
+    // Reads headers only: never panics, states nothing for an unknown opcode.
+    let stated = uroce_wire::stated_len(bytes);
+    if bytes.first().and_then(|b| Opcode::from_u8(*b)).is_none() {
+        prop_assert_eq!(stated, None);
+    }
     match Packet::new_checked(bytes) {
         Ok(p) => {
             let info = p.info();

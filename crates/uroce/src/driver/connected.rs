@@ -21,6 +21,17 @@
 //! every [`IDLE_EVERY`] polls, since each empty `recvmsg` sits in the loop (the device's
 //! socket polled on every loop beside the connected one gave the whole gain back).
 //!
+//! **Receiving.** A `recvmsg` that reads the GRO segment size (a control message) costs more
+//! than a plain `recv`: a C ping-pong of the WRITE + held-ACK shape measured 4.67 against
+//! 4.44 µs per half round trip, and uroce's 8-byte WRITE ping-pong went from 4.34–4.53 to
+//! 4.09–4.12 µs (docs/PERFORMANCE.md, "Receiving without the segment size"). So a socket
+//! whose last receive began with a packet that stated its length (`uroce_wire::stated_len`:
+//! ACKs, READ requests, atomics, WRITE Only), the length the kernel reported, reads with
+//! `recv` and cuts each receive by the length its first packet states. A receive whose first
+//! packet states none (a SEND, a READ response) is cut where every packet's ICRC verifies
+//! ([`split::find_segment`]), or handed on whole, and the next receive asks the kernel again.
+//! Nothing is lost either way: a cut by a wrong stated length gives packets whose ICRC fails.
+//!
 //! IPv6 has no Identification, and the ICRC masks the header fields a socket may set per
 //! datagram (traffic class, flow label, hop limit; IBTA A17.8.2): what the engine sealed goes
 //! out as it is. The rest of this paragraph is about IPv4.
@@ -44,9 +55,10 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{
     getsockopt, recvmsg, setsockopt, sockopt, MsgFlags, SockaddrStorage, TimestampingFlag,
 };
-use uroce_wire::Ipv4IdSolver;
+use uroce_wire::{IcrcContext, Ipv4IdMode, Ipv4IdSolver};
 
-use super::syscall::SyscallRx;
+use super::split;
+use super::syscall::{deliver, SyscallRx, RECV_BUDGET};
 use super::{DriverStats, Sink};
 
 /// Peers with a connected socket at once; a device talking to more sends to the others as
@@ -82,6 +94,13 @@ struct Peer {
     gso: u16,
     /// The poll at which it last received.
     heard: u64,
+    /// The socket has `UDP_GRO` on (as the device's socket): a receive may hold several
+    /// packets.
+    gro: bool,
+    /// The first packet of the last receive stated its length, the one the kernel reported:
+    /// the next receive is a plain `recv`, cut by the length its first packet states (see
+    /// "Receiving" in the module documentation).
+    by_headers: bool,
 }
 
 /// The connected sockets of one device (see the module documentation).
@@ -144,6 +163,7 @@ impl ConnectedPeers {
                 match open(main, self.local, dst) {
                     Ok(sock) => {
                         self.opened += 1;
+                        let gro = getsockopt(&sock, sockopt::UdpGroSegment).unwrap_or(false);
                         self.peers.push(Peer {
                             dst,
                             sock,
@@ -152,6 +172,8 @@ impl ConnectedPeers {
                             sends_refused: false,
                             gso: 0,
                             heard: self.polls,
+                            gro,
+                            by_headers: false,
                         });
                         self.peers.len() - 1
                     }
@@ -267,7 +289,7 @@ impl ConnectedPeers {
         for p in &mut self.peers {
             if due(p.heard) {
                 let before = stats.rx_datagrams;
-                let got = rx.recv_ready_from(&p.sock, Some(p.dst), sink, stats)?;
+                let got = p.recv_ready(self.local, &mut self.solver, rx, sink, stats)?;
                 if got > 0 {
                     p.heard = polls;
                     stats.rx_connected += stats.rx_datagrams - before;
@@ -283,6 +305,82 @@ impl ConnectedPeers {
             }
         }
         Ok(n)
+    }
+}
+
+impl Peer {
+    /// Hands what this socket has received to `sink` (at most [`RECV_BUDGET`] receives),
+    /// each receive cut into its packets: by the GRO segment size the kernel reports, or,
+    /// while [`Peer::by_headers`], by the length the first packet states, or where neither
+    /// is known by [`split::find_segment`], checking ICRCs for `local` (see "Receiving").
+    fn recv_ready(
+        &mut self,
+        local: SocketAddr,
+        solver: &mut Ipv4IdSolver,
+        rx: &mut SyscallRx,
+        sink: Sink<'_>,
+        stats: &mut DriverStats,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        for _ in 0..RECV_BUDGET {
+            let plain = self.by_headers || !self.gro;
+            let (data, gro, cut) = match rx.recv_connected(&self.sock, !plain) {
+                Ok(r) => r,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => break,
+                // ICMP errors surface as ECONNREFUSED on the next receive: not ours to act on.
+                Err(nix::errno::Errno::ECONNREFUSED) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if cut {
+                stats.rx_truncated += 1;
+                continue;
+            }
+            let stated = uroce_wire::stated_len(data);
+            let segment = if !self.gro {
+                None
+            } else if self.by_headers {
+                stats.rx_by_headers += 1;
+                match stated {
+                    Some(s) if s <= data.len() => Some(s),
+                    _ => {
+                        // A packet that states no length: this receive's cut is searched
+                        // for, and the next one asks the kernel again.
+                        self.by_headers = false;
+                        stats.rx_segment_searches += 1;
+                        let ctx = icrc_context(self.dst, local);
+                        split::find_segment(data, |p| {
+                            ctx.verify_with(p, Ipv4IdMode::Solve, solver).is_ok()
+                        })
+                    }
+                }
+            } else {
+                let whole = gro.unwrap_or(data.len());
+                self.by_headers = stated == Some(whole);
+                gro
+            };
+            let got = deliver(self.dst, local.ip(), data, segment, sink, stats);
+            n += got;
+            if rx.stop_after(got) {
+                break;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The ICRC context of a packet from `peer` to `local` (IPv4 ID 0: a connected socket's
+/// peer sends others, which verification solves for).
+fn icrc_context(peer: SocketAddr, local: SocketAddr) -> IcrcContext {
+    match (peer.ip(), local.ip()) {
+        (IpAddr::V4(p), IpAddr::V4(l)) => IcrcContext::v4(p, l, 0, peer.port(), local.port()),
+        (p, l) => IcrcContext::v6(v6(p), v6(l), peer.port(), local.port()),
+    }
+}
+
+fn v6(a: IpAddr) -> std::net::Ipv6Addr {
+    match a {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
     }
 }
 
@@ -535,6 +633,92 @@ mod tests {
             poll(&mut tx, &mut stats, &mut got);
         }
         assert_eq!((got.len(), stats.rx_connected), (1, 2));
+    }
+
+    /// A RoCE packet from `from` to `to`, sealed for IPv4 ID 0.
+    fn roce(op: uroce_wire::Opcode, payload: &[u8], from: SocketAddr, to: SocketAddr) -> Vec<u8> {
+        use uroce_wire::{AckSyndrome, AethRepr, BthRepr, PacketRepr, RethRepr};
+        let mut repr = PacketRepr::new(BthRepr::new(op, 0x11, 7), payload.len());
+        let h = op.info().headers;
+        if h.has(uroce_wire::opcode::Header::Reth) {
+            let dma_len = payload.len() as u32;
+            repr.reth = Some(RethRepr {
+                va: 0x1000,
+                rkey: 5,
+                dma_len,
+            });
+        }
+        if h.has(uroce_wire::opcode::Header::Aeth) {
+            let syndrome = AckSyndrome::Ack { credits: 31 };
+            repr.aeth = Some(AethRepr { syndrome, msn: 1 });
+        }
+        let mut buf = vec![0; repr.buffer_len()];
+        let ctx = icrc_context(from, to);
+        repr.emit_with_payload(&mut buf, payload, &ctx).unwrap();
+        buf
+    }
+
+    /// Coalesced packets on a connected socket with GRO: the first receive reads the segment
+    /// size from the kernel; once a first packet stated that length, receives are plain
+    /// `recv`s cut by the stated length; a SEND, which states none, is then cut where every
+    /// ICRC verifies, and the receive after it asks the kernel again.
+    #[test]
+    fn coalesced_packets_are_cut_by_their_headers_or_else_by_their_icrcs() {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        use uroce_wire::Opcode;
+        let main = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = main.local_addr().unwrap();
+        crate::sys::roce_options(&main, at, true).unwrap();
+        let mut tx = ConnectedPeers::new(at).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = peer.local_addr().unwrap();
+        crate::sys::roce_options(&peer, from, false).unwrap();
+        assert!(tx.send(&main, from, &mut [0u8; 40], None).is_some());
+        let write = roce(Opcode::RcWriteOnly, &[1; 8], from, at);
+        let ack = roce(Opcode::RcAcknowledge, &[], from, at);
+        let send = roce(Opcode::RcSendOnly, &[2; 24], from, at);
+        assert_eq!((write.len(), ack.len(), send.len()), (40, 20, 40));
+        let mut rx = SyscallRx::new();
+        rx.set_busy_poll(true);
+        let mut stats = DriverStats::default();
+        let mut batch = |pkts: &[&Vec<u8>], stats: &mut DriverStats| -> Vec<Vec<u8>> {
+            let seg = pkts[0].len() as u16;
+            let data: Vec<u8> = pkts.iter().flat_map(|p| p.iter().copied()).collect();
+            sendmsg(
+                peer.as_raw_fd(),
+                &[io::IoSlice::new(&data)],
+                &[ControlMessage::UdpGsoSegments(&seg)],
+                MsgFlags::empty(),
+                Some(&SockaddrStorage::from(at)),
+            )
+            .unwrap();
+            let mut got = Vec::new();
+            for _ in 0..1000 {
+                let mut sink = |_: SocketAddr, _: IpAddr, b: &[u8]| got.push(b.to_vec());
+                if tx.recv_ready(&main, &mut rx, &mut sink, stats).unwrap() > 0 {
+                    break;
+                }
+            }
+            got
+        };
+        let owned = |p: &[&Vec<u8>]| p.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
+        let cut = |s: &DriverStats| (s.rx_receives, s.rx_by_headers, s.rx_segment_searches);
+        // The kernel says 40; the WRITE states 40: the next receive is a plain `recv`.
+        assert_eq!(batch(&[&write, &ack], &mut stats), owned(&[&write, &ack]));
+        assert_eq!(cut(&stats), (1, 0, 0));
+        assert_eq!(batch(&[&write, &ack], &mut stats), owned(&[&write, &ack]));
+        assert_eq!(cut(&stats), (2, 1, 0));
+        // A SEND and its held ACK: no stated length, cut where both ICRCs verify.
+        assert_eq!(batch(&[&send, &ack], &mut stats), owned(&[&send, &ack]));
+        assert_eq!(cut(&stats), (3, 2, 1));
+        // Asked the kernel again: the SEND states nothing, so it asks once more.
+        assert_eq!(batch(&[&send, &ack], &mut stats), owned(&[&send, &ack]));
+        assert_eq!(
+            batch(&[&send, &send, &ack], &mut stats),
+            owned(&[&send, &send, &ack])
+        );
+        assert_eq!(cut(&stats), (5, 2, 1));
+        assert_eq!((stats.rx_datagrams, stats.rx_connected), (11, 11));
     }
 
     /// A peer whose socket cannot be opened (a loopback source cannot reach a remote address)

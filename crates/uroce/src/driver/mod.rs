@@ -6,6 +6,7 @@ pub mod faults;
 pub(crate) mod place;
 pub mod raw;
 pub(crate) mod region;
+pub(crate) mod split;
 pub(crate) mod syscall;
 pub(crate) mod tx_thread;
 pub(crate) mod uring;
@@ -120,6 +121,12 @@ pub struct DriverStats {
     /// Datagrams received on a socket connected to their peer (`DeviceConfig::connected_tx`;
     /// counted in `rx_datagrams` too).
     pub rx_connected: u64,
+    /// Among those, receives made with a plain `recv` (no GRO segment size asked for) and
+    /// split by the length the first packet's headers state (`driver/connected.rs`).
+    pub rx_by_headers: u64,
+    /// Among those, receives whose first packet stated no length, split at the segment size
+    /// whose every packet's ICRC verified (or handed on whole where none did).
+    pub rx_segment_searches: u64,
     /// Times a send found every send buffer in flight and waited for one to come back: the
     /// kernel's sends (or the send thread) could not keep up with the engine.
     pub tx_slot_waits: u64,

@@ -10,11 +10,11 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessageOwned, MsgFlags, Sockaddr
 use super::{Backend, BackendKind, DriverFeatures, DriverStats, Sink};
 
 /// Most datagrams taken per `recv_ready` call, so transmission interleaves with reception.
-const RECV_BUDGET: usize = 64;
+pub(crate) const RECV_BUDGET: usize = 64;
 
 /// Datagrams in one receive (a GRO buffer) from which a busy-polled receive takes the next one
 /// at once ([`SyscallRx::one_per_call`]); a ping-pong's receive carries one or two.
-const STREAM_DATAGRAMS: usize = 8;
+pub(crate) const STREAM_DATAGRAMS: usize = 8;
 
 pub(crate) struct SyscallBackend {
     sock: UdpSocket,
@@ -152,18 +152,6 @@ impl SyscallRx {
         sink: Sink<'_>,
         stats: &mut DriverStats,
     ) -> io::Result<usize> {
-        self.recv_ready_from(sock, None, sink, stats)
-    }
-
-    /// [`SyscallRx::recv_ready`] for a socket connected to `peer` (when `Some`): every
-    /// datagram comes from it, so the kernel is not asked for the source address.
-    pub(crate) fn recv_ready_from(
-        &mut self,
-        sock: &UdpSocket,
-        peer: Option<SocketAddr>,
-        sink: Sink<'_>,
-        stats: &mut DriverStats,
-    ) -> io::Result<usize> {
         let local_default = match self.local {
             Some(ip) => ip,
             None => *self.local.insert(sock.local_addr()?.ip()),
@@ -172,16 +160,7 @@ impl SyscallRx {
         let mut receives = 0;
         while receives < RECV_BUDGET {
             let fd = sock.as_fd().as_raw_fd_compat();
-            let r = match peer {
-                Some(p) => recv_one::<()>(fd, &mut self.buf, &mut self.cmsg, local_default)
-                    .map(|(len, _, to, gro, cut)| (len, Some(p), to, gro, cut)),
-                None => {
-                    recv_one::<SockaddrStorage>(fd, &mut self.buf, &mut self.cmsg, local_default)
-                        .map(|(len, from, to, gro, cut)| {
-                            (len, from.as_ref().and_then(to_socket_addr), to, gro, cut)
-                        })
-                }
-            };
+            let r = recv_one::<SockaddrStorage>(fd, &mut self.buf, &mut self.cmsg, local_default);
             let (len, from, to, gro, truncated) = match r {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => break,
@@ -195,15 +174,44 @@ impl SyscallRx {
                 continue;
             }
             let mut got = 0;
-            if let Some(from) = from {
+            if let Some(from) = from.as_ref().and_then(to_socket_addr) {
                 got = deliver(from, to, &self.buf[..len], gro, sink, stats);
                 n += got;
             }
-            if self.one_per_call && got < STREAM_DATAGRAMS {
+            if self.stop_after(got) {
                 break;
             }
         }
         Ok(n)
+    }
+
+    /// Whether a busy-polled receive loop stops after a receive that handed on `got`
+    /// datagrams (see [`SyscallRx::one_per_call`]).
+    pub(crate) fn stop_after(&self, got: usize) -> bool {
+        self.one_per_call && got < STREAM_DATAGRAMS
+    }
+
+    /// One non-blocking receive from a connected socket (every datagram comes from its peer,
+    /// so no source address is asked for): a `recvmsg` that reads the GRO segment size when
+    /// `segment` is set, else a plain `recv`, which copies no `msghdr` or control message
+    /// (see `connected.rs`). Returns the bytes, the segment size if read, and whether the
+    /// datagram was cut short.
+    pub(crate) fn recv_connected(
+        &mut self,
+        sock: &UdpSocket,
+        segment: bool,
+    ) -> nix::Result<(&[u8], Option<usize>, bool)> {
+        let fd = sock.as_fd().as_raw_fd_compat();
+        if segment {
+            let unused = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            let (len, _, _, gro, cut) = recv_one::<()>(fd, &mut self.buf, &mut self.cmsg, unused)?;
+            return Ok((&self.buf[..len], gro, cut));
+        }
+        // MSG_TRUNC: the datagram's whole length, so a cut one is seen as such.
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+        let len = nix::sys::socket::recv(fd, &mut self.buf, flags)?;
+        let cut = len > self.buf.len();
+        Ok((&self.buf[..len.min(self.buf.len())], None, cut))
     }
 }
 
