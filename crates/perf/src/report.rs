@@ -339,7 +339,7 @@ fn driver_bound(r: &Results, udp: f64, goal: f64) -> Option<String> {
 
 /// The baselines table's name of the shape probe (`Results::rtt_shape`).
 const SHAPE_LABEL: &str = "plain UDP in uroce's connected shape, busy-poll ping-pong, 40 + 20 B \
-                           GSO send into a `UDP_GRO` recvmsg (half RTT)";
+                           GSO send into a `UDP_GRO` socket's `recv` (half RTT)";
 
 /// How much of the paired latency rounds of `group` is the kernel's: that round's shape probe
 /// (`Results::rtt_shape_paired`, plain sockets sending and receiving what uroce's connected
@@ -372,7 +372,7 @@ fn kernel_share(r: &Results, group: &str, goal: f64) -> Option<String> {
     let spent = med(&|x| x.0 - x.2);
     let mut s = format!(
         "the kernel's share, plain sockets in uroce's connected shape (a 40 + 20-byte GSO send \
-         into a `UDP_GRO` recvmsg, `udp-ping --ack 20`) in the same rounds: {} µs, {}× the \
+         into a `UDP_GRO` socket's `recv`, `udp-ping --ack 20`) in the same rounds: {} µs, {}× the \
          UDP ping-pong (median {ratio:.2}×); so the goal leaves {spare:.2} µs per half round \
          trip above the kernel, where uroce spent {spent:.2} µs (medians of the rounds)",
         list(&|x| x.2, 2),

@@ -611,7 +611,7 @@ impl Suite {
 
     /// The busy-poll ping-pong: plain UDP sockets (`udp-echo`/`udp-ping`, 8 bytes), plain
     /// sockets in uroce's connected shape (the same with `--ack`: the 40-byte packet of an
-    /// 8-byte WRITE and the held ACK as a second GSO segment, into a `UDP_GRO` `recvmsg`), or
+    /// 8-byte WRITE and the held ACK as a second GSO segment, into a `UDP_GRO` socket's `recv`), or
     /// uroce's io_uring driver without the engine (`raw-echo`/`raw-ping`, the 40-byte packet,
     /// with `ack` bytes more as a second GSO segment when nonzero).
     fn udp_rtt(&mut self, kind: Rtt) -> UdpRtt {
@@ -714,7 +714,8 @@ impl Suite {
                         "plain sockets in uroce's connected shape: both sides connected, each \
                          message one GSO send of the 40-byte packet of an 8-byte WRITE and a \
                          {a}-byte second segment (the held ACK), received whole by a \
-                         `UDP_GRO` `recvmsg`; {shaped} replies coalesced"
+                         plain `recv` on a `UDP_GRO` socket (the warm-up's by `recvmsg`, which \
+                         read the segment size); {shaped} replies coalesced"
                     )
                 }
                 Rtt::Driver(0) => "uroce's io_uring driver without the engine (a polled device's \

@@ -196,8 +196,10 @@ fn spin_socket(s: &UdpSocket) -> Result<(), ProbeError> {
 /// `recv`: the baseline. `ack` > 0: uroce's shape under the kernel, with nothing above it:
 /// each message is one UDP GSO send of two segments (the first as long as the ping's
 /// datagram, then `ack` bytes: an RC responder's ACK leaving with its reply, as
-/// `Config::ack_delay` sends it), received whole by `recvmsg` with `UDP_GRO` and its segment
-/// size read from the control message, as uroce's connected sockets receive. So the `ack`
+/// `Config::ack_delay` sends it), received whole on a socket with `UDP_GRO` by a plain `recv`,
+/// as uroce's connected sockets receive once a first packet states its length (the segment
+/// size is known: the ping's own; the echo reads it from its first receive's control
+/// message, and the ping reads it on every warm-up receive to check the shape). So the `ack`
 /// probe is the kernel's share of the connected WRITE ping-pong.
 fn shape(s: &UdpSocket, ack: usize) -> Result<(), ProbeError> {
     if ack > 0 {
@@ -238,15 +240,15 @@ fn recvmsg_gro<S: socket::SockaddrLike>(
 }
 
 /// One non-blocking receive: its length, the GRO segment size when the kernel coalesced
-/// segments, and the source when `from` is asked for. `shaped`: `recvmsg` with control
-/// messages; otherwise plain `recv`/`recv_from`.
+/// segments and `cmsg` asked for it, and the source when `from` is asked for. `cmsg`:
+/// `recvmsg` with control messages; otherwise plain `recv`/`recv_from`.
 fn recv_shaped(
     s: &UdpSocket,
     buf: &mut [u8],
-    shaped: bool,
+    cmsg: bool,
     from: bool,
 ) -> std::io::Result<(usize, Option<usize>, Option<SocketAddr>)> {
-    if !shaped {
+    if !cmsg {
         return if from {
             s.recv_from(buf).map(|(n, a)| (n, None, Some(a)))
         } else {
@@ -254,8 +256,6 @@ fn recv_shaped(
         };
     }
     let fd = s.as_raw_fd();
-    // Only the first receive wants the source; the rest ask the kernel for none, as uroce's
-    // connected sockets do (`SyscallRx::recv_ready_from`).
     let (n, seg, src) = if from {
         let (n, seg, a) = recvmsg_gro::<socket::SockaddrStorage>(fd, buf, MsgFlags::MSG_DONTWAIT)?;
         let src = a.and_then(|a| {
@@ -288,14 +288,20 @@ pub fn rtt_echo(bind: SocketAddr, ack: usize, max: Duration) -> Result<Value, Pr
     let begin = Instant::now();
     let (mut echoed, mut coalesced, mut gso) = (0u64, 0u64, 0usize);
     let mut peer = None;
+    // The first message's segment size, read from its control message; later messages,
+    // received by plain `recv`, are answered in the same shape.
+    let mut first_seg = None;
     while begin.elapsed() < max {
-        match recv_shaped(&s, &mut buf, ack > 0, peer.is_none()) {
+        let first = peer.is_none();
+        match recv_shaped(&s, &mut buf, ack > 0 && first, first) {
             Ok((0, ..)) => break,
             Ok((n, seg, from)) => {
                 if let Some(from) = from {
                     s.connect(from).map_err(io("connect"))?;
                     peer = Some(from);
+                    first_seg = seg;
                 }
+                let seg = seg.or(first_seg).filter(|&s| s < n);
                 coalesced += u64::from(seg.is_some());
                 send_shaped(&s, &buf[..n], seg.unwrap_or(0), &mut gso).map_err(io("send"))?;
                 echoed += 1;
@@ -382,10 +388,14 @@ pub fn rtt_ping(
             lost += 1;
             continue;
         }
+        // Warm-up replies are read with the control message, which must give the shape; the
+        // measured ones by plain `recv`, whole (both segments in one receive).
+        let check = done < warmup;
         let answered = loop {
-            match recv_shaped(&s, &mut buf, ack > 0, false) {
+            match recv_shaped(&s, &mut buf, ack > 0 && check, false) {
                 Ok((n, got, _)) => {
-                    shaped += u64::from(ack > 0 && n == msg.len() && got == Some(seg));
+                    let whole = ack > 0 && n == msg.len();
+                    shaped += u64::from(whole && (!check || got == Some(seg)));
                     break true;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
