@@ -243,12 +243,6 @@ fn rc_every_opcode_from_connected_sockets() {
         assert!(d.tx_connected > 0 && d.tx_connected == d.tx_sends, "{d:?}");
         assert!(d.rx_connected > 0, "{d:?}");
     }
-    // Between them, receives read without the GRO segment size (cut by the first packet's
-    // stated length) and, after a SEND or READ response, cut where the ICRCs verify; every
-    // opcode still arrived whole (checked by every_rc_opcode_with).
-    let d = |s: &Side| s.dev.driver_stats();
-    assert!(d(&a).rx_by_headers + d(&b).rx_by_headers > 0);
-    assert!(d(&a).rx_segment_searches + d(&b).rx_segment_searches > 0);
 }
 
 #[test]

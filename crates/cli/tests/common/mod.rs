@@ -254,12 +254,18 @@ pub fn strings(s: &[&str]) -> Vec<String> {
 }
 
 /// Asserts of one `uroce bench --json` result that at least `n` sends went from a socket
-/// connected to the peer and `n` datagrams arrived on one (`--connected-tx`), and that the
-/// run was clean with no ICRC drop (a packet resealed wrong would be one).
+/// connected to the peer and `n` datagrams arrived on one (`--connected-tx`), that (on a
+/// WRITE ping-pong of `n` > 128 round trips) receives were cut by the lengths the packets
+/// state once 64 in a row allowed it, and that the run was clean with no ICRC drop (a packet
+/// resealed or cut wrong would be one).
 pub fn assert_connected_and_clean(v: &serde_json::Value, n: u64) {
     let h = &v["health"];
     assert!(h["connected_sends"].as_u64().unwrap_or(0) >= n, "{v}");
     assert!(h["connected_receives"].as_u64().unwrap_or(0) >= n, "{v}");
+    assert!(
+        h["connected_header_cuts"].as_u64().unwrap_or(0) >= n - 128,
+        "{v}"
+    );
     assert_eq!(
         (h["clean"].as_bool(), h["icrc_drops"].as_u64()),
         (Some(true), Some(0)),

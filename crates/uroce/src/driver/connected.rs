@@ -75,6 +75,12 @@ const LEARN_WAIT: Duration = Duration::from_millis(50);
 /// ping-pong was ≈ 0.05 µs slower with every 32nd than with every 1024th.
 const IDLE_EVERY: u64 = 256;
 
+/// Receives in a row whose first packet stated its length (read with the segment size)
+/// before a connected socket reads by plain `recv`: traffic that mixes packets that state
+/// their length with ones that do not (a SEND or READ stream beside its ACKs) stays with
+/// the segment size instead of searching for cuts ([`split::find_segment`]) again and again.
+const STATED_IN_A_ROW: u32 = 64;
+
 /// Polls after its last datagram during which a socket counts as active (≈ 1–2 ms of busy
 /// polling).
 const ACTIVE_POLLS: u64 = 4096;
@@ -97,10 +103,10 @@ struct Peer {
     /// The socket has `UDP_GRO` on (as the device's socket): a receive may hold several
     /// packets.
     gro: bool,
-    /// The first packet of the last receive stated its length, the one the kernel reported:
-    /// the next receive is a plain `recv`, cut by the length its first packet states (see
-    /// "Receiving" in the module documentation).
-    by_headers: bool,
+    /// Receives in a row, read with the segment size, whose first packet stated the length
+    /// the kernel reported; from [`STATED_IN_A_ROW`] on, receives are plain `recv`s cut by
+    /// the length their first packet states (see "Receiving" in the module documentation).
+    stated: u32,
 }
 
 /// The connected sockets of one device (see the module documentation).
@@ -173,7 +179,7 @@ impl ConnectedPeers {
                             gso: 0,
                             heard: self.polls,
                             gro,
-                            by_headers: false,
+                            stated: 0,
                         });
                         self.peers.len() - 1
                     }
@@ -311,7 +317,7 @@ impl ConnectedPeers {
 impl Peer {
     /// Hands what this socket has received to `sink` (at most [`RECV_BUDGET`] receives),
     /// each receive cut into its packets: by the GRO segment size the kernel reports, or,
-    /// while [`Peer::by_headers`], by the length the first packet states, or where neither
+    /// after [`STATED_IN_A_ROW`] receives that allowed it, by the length the first packet states, or where neither
     /// is known by [`split::find_segment`], checking ICRCs for `local` (see "Receiving").
     fn recv_ready(
         &mut self,
@@ -323,7 +329,8 @@ impl Peer {
     ) -> io::Result<usize> {
         let mut n = 0;
         for _ in 0..RECV_BUDGET {
-            let plain = self.by_headers || !self.gro;
+            let by_headers = self.stated >= STATED_IN_A_ROW;
+            let plain = by_headers || !self.gro;
             let (data, gro, cut) = match rx.recv_connected(&self.sock, !plain) {
                 Ok(r) => r,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => break,
@@ -338,14 +345,14 @@ impl Peer {
             let stated = uroce_wire::stated_len(data);
             let segment = if !self.gro {
                 None
-            } else if self.by_headers {
+            } else if by_headers {
                 stats.rx_by_headers += 1;
                 match stated {
                     Some(s) if s <= data.len() => Some(s),
                     _ => {
                         // A packet that states no length: this receive's cut is searched
-                        // for, and the next one asks the kernel again.
-                        self.by_headers = false;
+                        // for, and the next ones ask the kernel again.
+                        self.stated = 0;
                         stats.rx_segment_searches += 1;
                         let ctx = icrc_context(self.dst, local);
                         split::find_segment(data, |p| {
@@ -355,7 +362,11 @@ impl Peer {
                 }
             } else {
                 let whole = gro.unwrap_or(data.len());
-                self.by_headers = stated == Some(whole);
+                self.stated = if stated == Some(whole) {
+                    self.stated + 1
+                } else {
+                    0
+                };
                 gro
             };
             let got = deliver(self.dst, local.ip(), data, segment, sink, stats);
@@ -703,22 +714,30 @@ mod tests {
         };
         let owned = |p: &[&Vec<u8>]| p.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
         let cut = |s: &DriverStats| (s.rx_receives, s.rx_by_headers, s.rx_segment_searches);
-        // The kernel says 40; the WRITE states 40: the next receive is a plain `recv`.
+        // The kernel says 40 and the WRITE states 40, STATED_IN_A_ROW times: from then on
+        // plain `recv`s.
+        let n = u64::from(STATED_IN_A_ROW);
+        for _ in 0..n {
+            assert_eq!(batch(&[&write, &ack], &mut stats), owned(&[&write, &ack]));
+        }
+        assert_eq!(cut(&stats), (n, 0, 0));
         assert_eq!(batch(&[&write, &ack], &mut stats), owned(&[&write, &ack]));
-        assert_eq!(cut(&stats), (1, 0, 0));
-        assert_eq!(batch(&[&write, &ack], &mut stats), owned(&[&write, &ack]));
-        assert_eq!(cut(&stats), (2, 1, 0));
+        assert_eq!(cut(&stats), (n + 1, 1, 0));
         // A SEND and its held ACK: no stated length, cut where both ICRCs verify.
         assert_eq!(batch(&[&send, &ack], &mut stats), owned(&[&send, &ack]));
-        assert_eq!(cut(&stats), (3, 2, 1));
-        // Asked the kernel again: the SEND states nothing, so it asks once more.
+        assert_eq!(cut(&stats), (n + 2, 2, 1));
+        // Asking the kernel again: the SEND states nothing, a WRITE starts a new count.
         assert_eq!(batch(&[&send, &ack], &mut stats), owned(&[&send, &ack]));
+        let three = batch(&[&send, &send, &ack], &mut stats);
+        assert_eq!(three, owned(&[&send, &send, &ack]));
+        assert_eq!(batch(&[&write, &ack], &mut stats), owned(&[&write, &ack]));
+        assert_eq!(cut(&stats), (n + 5, 2, 1));
+        assert_eq!(tx.peers[0].stated, 1);
+        let datagrams = 2 * (n + 1) + 2 + 2 + 3 + 2;
         assert_eq!(
-            batch(&[&send, &send, &ack], &mut stats),
-            owned(&[&send, &send, &ack])
+            (stats.rx_datagrams, stats.rx_connected),
+            (datagrams, datagrams)
         );
-        assert_eq!(cut(&stats), (5, 2, 1));
-        assert_eq!((stats.rx_datagrams, stats.rx_connected), (11, 11));
     }
 
     /// A peer whose socket cannot be opened (a loopback source cannot reach a remote address)

@@ -13,6 +13,9 @@ use uroce_wire::{Packet, ICRC_LEN};
 /// The shortest RoCE packet: a BTH and the ICRC.
 const MIN_PACKET: usize = BTH_LEN + ICRC_LEN;
 
+/// Most segments one receive can hold: a UDP GSO send's limit (`UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 128;
+
 /// The segment size of `buf`, a receive that may hold several coalesced packets, whose first
 /// packet does not state its length: the smallest `s` (a multiple of 4, as every RoCE packet
 /// is) below `buf.len()` that cuts `buf` into pieces of `s` bytes and a last one of at most
@@ -28,7 +31,10 @@ pub(crate) fn find_segment(buf: &[u8], mut verify: impl FnMut(&[u8]) -> bool) ->
     if len % 4 != 0 {
         return None;
     }
-    (MIN_PACKET..len).step_by(4).find(|&s| {
+    // A GSO send carries at most 128 segments (UDP_MAX_SEGMENTS), GRO merges at most 64: no
+    // cut below len / 128 need be tried (rounded up to a multiple of 4).
+    let from = MIN_PACKET.max(len.div_ceil(MAX_SEGMENTS).next_multiple_of(4));
+    (from..len).step_by(4).find(|&s| {
         buf.chunks(s).all(|p| Packet::new_checked(p).is_ok()) && buf.chunks(s).all(&mut verify)
     })
 }

@@ -70,6 +70,10 @@ pub struct Health {
     /// Datagrams received on those sockets (`DriverStats::rx_connected`). Reported
     /// alongside, not part of `clean`.
     pub connected_receives: u64,
+    /// Among the receives on those sockets, those read without the GRO segment size and cut
+    /// by the length the first packet's headers state (`DriverStats::rx_by_headers`).
+    /// Reported alongside, not part of `clean`.
+    pub connected_header_cuts: u64,
 }
 
 impl Health {
@@ -95,6 +99,7 @@ impl Health {
         h.send_buffer_waits = s.tx_slot_waits;
         h.connected_sends = s.tx_connected;
         h.connected_receives = s.rx_connected;
+        h.connected_header_cuts = s.rx_by_headers;
         h.rx_drops = d.malformed
             + d.unknown_qp
             + d.wrong_qp
@@ -138,6 +143,9 @@ impl Health {
             connected_receives: self
                 .connected_receives
                 .saturating_sub(before.connected_receives),
+            connected_header_cuts: self
+                .connected_header_cuts
+                .saturating_sub(before.connected_header_cuts),
         }
     }
 
@@ -176,6 +184,7 @@ impl Health {
             "send_buffer_waits": self.send_buffer_waits,
             "connected_sends": self.connected_sends,
             "connected_receives": self.connected_receives,
+            "connected_header_cuts": self.connected_header_cuts,
             "clean": self.clean(),
         })
     }
