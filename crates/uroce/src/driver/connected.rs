@@ -25,12 +25,13 @@
 //! than a plain `recv`: a C ping-pong of the WRITE + held-ACK shape measured 4.67 against
 //! 4.44 µs per half round trip, and uroce's 8-byte WRITE ping-pong went from 4.34–4.53 to
 //! 4.09–4.12 µs (docs/PERFORMANCE.md, "Receiving without the segment size"). So a socket
-//! whose last receive began with a packet that stated its length (`uroce_wire::stated_len`:
-//! ACKs, READ requests, atomics, WRITE Only), the length the kernel reported, reads with
-//! `recv` and cuts each receive by the length its first packet states. A receive whose first
-//! packet states none (a SEND, a READ response) is cut where every packet's ICRC verifies
-//! ([`split::find_segment`]), or handed on whole, and the next receive asks the kernel again.
-//! Nothing is lost either way: a cut by a wrong stated length gives packets whose ICRC fails.
+//! whose last [`STATED_IN_A_ROW`] receives each began with a packet that stated its length
+//! (`uroce_wire::stated_len`: ACKs, READ requests, atomics, WRITE Only), the length the
+//! kernel reported, reads with `recv` and cuts each receive by the length its first packet
+//! states. A receive whose first packet states none (a SEND, a READ response) is cut where
+//! every packet's ICRC verifies ([`split::find_segment`]), or handed on whole, and the
+//! receives after it read the segment size again. A wrong cut cannot pass silently: its
+//! pieces fail their ICRC and are dropped and counted, as damage is.
 //!
 //! IPv6 has no Identification, and the ICRC masks the header fields a socket may set per
 //! datagram (traffic class, flow label, hop limit; IBTA A17.8.2): what the engine sealed goes
