@@ -649,25 +649,7 @@ mod tests {
 
     /// A RoCE packet from `from` to `to`, sealed for IPv4 ID 0.
     fn roce(op: uroce_wire::Opcode, payload: &[u8], from: SocketAddr, to: SocketAddr) -> Vec<u8> {
-        use uroce_wire::{AckSyndrome, AethRepr, BthRepr, PacketRepr, RethRepr};
-        let mut repr = PacketRepr::new(BthRepr::new(op, 0x11, 7), payload.len());
-        let h = op.info().headers;
-        if h.has(uroce_wire::opcode::Header::Reth) {
-            let dma_len = payload.len() as u32;
-            repr.reth = Some(RethRepr {
-                va: 0x1000,
-                rkey: 5,
-                dma_len,
-            });
-        }
-        if h.has(uroce_wire::opcode::Header::Aeth) {
-            let syndrome = AckSyndrome::Ack { credits: 31 };
-            repr.aeth = Some(AethRepr { syndrome, msn: 1 });
-        }
-        let mut buf = vec![0; repr.buffer_len()];
-        let ctx = icrc_context(from, to);
-        repr.emit_with_payload(&mut buf, payload, &ctx).unwrap();
-        buf
+        split::sealed_packet(op, payload, 7, &icrc_context(from, to))
     }
 
     /// Coalesced packets on a connected socket with GRO: the first receive reads the segment

@@ -39,12 +39,43 @@ pub(crate) fn find_segment(buf: &[u8], mut verify: impl FnMut(&[u8]) -> bool) ->
     })
 }
 
+/// A packet of `opcode` to QP 0x11 with PSN `psn` and `payload`, sealed for `ctx`: an ACK's
+/// AETH says ACK, a RETH states the payload's length (tests of the receive paths).
+#[cfg(test)]
+pub(crate) fn sealed_packet(
+    opcode: uroce_wire::Opcode,
+    payload: &[u8],
+    psn: u32,
+    ctx: &uroce_wire::IcrcContext,
+) -> Vec<u8> {
+    use uroce_wire::opcode::Header;
+    use uroce_wire::{AckSyndrome, AethRepr, BthRepr, PacketRepr, RethRepr};
+    let mut bth = BthRepr::new(opcode, 0x11, psn);
+    bth.ack_req = true;
+    let mut repr = PacketRepr::new(bth, payload.len());
+    let h = opcode.info().headers;
+    if h.has(Header::Reth) {
+        let dma_len = payload.len() as u32;
+        repr.reth = Some(RethRepr {
+            va: 0x1000,
+            rkey: 5,
+            dma_len,
+        });
+    }
+    if h.has(Header::Aeth) {
+        let syndrome = AckSyndrome::Ack { credits: 31 };
+        repr.aeth = Some(AethRepr { syndrome, msn: 1 });
+    }
+    let mut buf = vec![0; repr.buffer_len()];
+    repr.emit_with_payload(&mut buf, payload, ctx).unwrap();
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
-    use uroce_wire::opcode::Header;
-    use uroce_wire::{AckSyndrome, AethRepr, BthRepr, IcrcContext, Ipv4IdMode, Opcode, PacketRepr};
+    use uroce_wire::{IcrcContext, Ipv4IdMode, Opcode};
 
     use super::*;
 
@@ -59,18 +90,7 @@ mod tests {
     }
 
     fn packet(opcode: Opcode, payload: &[u8], psn: u32) -> Vec<u8> {
-        let mut bth = BthRepr::new(opcode, 0x11, psn);
-        bth.ack_req = true;
-        let mut repr = PacketRepr::new(bth, payload.len());
-        if opcode.info().headers.has(Header::Aeth) {
-            repr.aeth = Some(AethRepr {
-                syndrome: AckSyndrome::Ack { credits: 31 },
-                msn: 1,
-            });
-        }
-        let mut buf = vec![0; repr.buffer_len()];
-        repr.emit_with_payload(&mut buf, payload, &ctx()).unwrap();
-        buf
+        sealed_packet(opcode, payload, psn, &ctx())
     }
 
     fn verify(p: &[u8]) -> bool {
