@@ -102,6 +102,12 @@ fn bw(id: u8, test: &str, iters: u64, sizes: &[u64], extra: &[&str]) {
         assert!(v["mb_s"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["mpps"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["cpu_s_per_gb"].as_f64().unwrap() >= 0.0, "{v}");
+        // The CPU time split: user space is part of the whole.
+        let (cpu, user) = (
+            v["cpu_s"].as_f64().unwrap(),
+            v["cpu_user_s"].as_f64().unwrap(),
+        );
+        assert!((0.0..=cpu + 1e-9).contains(&user), "{v}");
         let want = match test {
             "read" | "atomic" => "verified",
             _ => "verified-by-peer",

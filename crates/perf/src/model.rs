@@ -120,6 +120,9 @@ pub struct Run {
     pub cpu_s: f64,
     /// `cpu_s` per GB moved.
     pub cpu_s_per_gb: f64,
+    /// Of `cpu_s`, the seconds in user space (0 where the bench did not report them); the
+    /// rest ran in the kernel.
+    pub cpu_user_s: f64,
     /// Joules per GB from RAPL, when present.
     pub joules_per_gb: Option<f64>,
     /// Median half round trip, µs (lat).
@@ -269,7 +272,7 @@ impl Results {
                 "progress": r.progress, "mtu": r.mtu, "qps": r.qps, "threads": r.threads,
                 "size": r.size,
                 "iters": r.iters, "gbit_s": r.gbit_s, "mmsg_s": r.mmsg_s, "cpu_s": r.cpu_s,
-                "cpu_s_per_gb": r.cpu_s_per_gb, "joules_per_gb": r.joules_per_gb,
+                "cpu_s_per_gb": r.cpu_s_per_gb, "cpu_user_s": r.cpu_user_s, "joules_per_gb": r.joules_per_gb,
                 "lat_median_us": r.lat_median_us, "lat_p99_us": r.lat_p99_us,
                 "cdf": cdf_json(&r.cdf), "retransmits": r.retransmits,
                 "timeouts": r.timeouts, "drops": r.drops, "errors": r.errors,
@@ -363,6 +366,7 @@ impl Results {
                     mmsg_s: f(r, "mmsg_s"),
                     cpu_s: f(r, "cpu_s"),
                     cpu_s_per_gb: f(r, "cpu_s_per_gb"),
+                    cpu_user_s: f(r, "cpu_user_s"),
                     joules_per_gb: r["joules_per_gb"].as_f64(),
                     lat_median_us: f(r, "lat_median_us"),
                     lat_p99_us: f(r, "lat_p99_us"),
@@ -475,7 +479,7 @@ pub fn run_from_bench(
             reasons.push(format!("no result line from the {side}"));
             continue;
         }
-        let mut cpu: f64 = 0.0;
+        let (mut cpu, mut user): (f64, f64) = (0.0, 0.0);
         for l in lines {
             let h = &l["health"];
             run.retransmits += u(h, "retransmits");
@@ -506,9 +510,12 @@ pub fn run_from_bench(
             }
             // Each thread's `cpu_s` is its process's CPU time over that thread's run, and the
             // threads run at the same time: the largest is the process's (one line: itself).
-            cpu = cpu.max(f(l, "cpu_s"));
+            if f(l, "cpu_s") > cpu {
+                (cpu, user) = (f(l, "cpu_s"), f(l, "cpu_user_s"));
+            }
         }
         run.cpu_s += cpu;
+        run.cpu_user_s += user;
     }
     let aggregate = c_threads.filter(|_| !c.is_empty());
     if let Some(agg) = aggregate {
@@ -600,6 +607,30 @@ mod tests {
         assert!((r.cpu_s - 1.0).abs() < 1e-12);
         assert!((r.cpu_s_per_gb - 1.0 / (1000.0 * 1048576.0 / 1e9)).abs() < 1e-9);
         assert_eq!(r.drops, 2);
+        assert_eq!(r.cpu_user_s, 0.0, "not reported");
+    }
+
+    /// Each side's user-space seconds come from the same line as its CPU seconds (with
+    /// threads, the largest process figure), summed over the sides, and survive the JSON.
+    #[test]
+    fn user_space_seconds_follow_each_sides_cpu_figure() {
+        let with = |cpu: f64, user: f64| {
+            let mut l = line(0, true, "verified");
+            (l["cpu_s"], l["cpu_user_s"]) = (json!(cpu), json!(user));
+            l
+        };
+        let r = run_from_bench(
+            bw(),
+            &[with(0.5, 0.2), with(0.7, 0.25)],
+            &[with(0.4, 0.1)],
+            (true, true),
+        );
+        assert!((r.cpu_s - 1.1).abs() < 1e-12, "{}", r.cpu_s);
+        assert!((r.cpu_user_s - 0.35).abs() < 1e-12, "{}", r.cpu_user_s);
+        let mut res = Results::default();
+        res.runs.push(r.clone());
+        let back = Results::from_json(&res.to_json());
+        assert_eq!(back.runs[0].cpu_user_s, r.cpu_user_s);
     }
 
     #[test]

@@ -92,6 +92,22 @@ impl Target {
     }
 }
 
+/// The CPU target's note: what its ratio compares and, where the bench reported them, how
+/// the WRITE's CPU time split between user space and the kernel (both sides).
+fn cpu_note(w: &Run) -> String {
+    let mut note = String::from("ratio: to the first baseline");
+    if w.cpu_user_s > 0.0 && w.cpu_s > 0.0 {
+        let user = w.cpu_s_per_gb * w.cpu_user_s / w.cpu_s;
+        note += &format!(
+            "; of uroce's {:.3}, user space {user:.3} and the kernel {:.3} CPU-s/GB (both \
+             sides, getrusage)",
+            w.cpu_s_per_gb,
+            w.cpu_s_per_gb - user
+        );
+    }
+    note
+}
+
 /// CPU floors in a run, CPU-seconds per GB for both sides, and what the machine's cores can
 /// move at them (both sides share the cores).
 #[derive(Debug, Clone, Copy)]
@@ -793,7 +809,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 }),
                 target: "≤ 0.3 CPU-s/GB",
                 pass: w.cpu_s_per_gb <= 0.3,
-                note: "ratio: to the first baseline".into(),
+                note: cpu_note(w),
                 reach: fl.filter(|f| f.any() > 0.3 && f.holds(f.any())).map(|f| {
                     format!(
                         "any software RoCE over the kernel's UDP spends at least {:.3} CPU-s/GB \
@@ -2066,6 +2082,26 @@ mod tests {
             get(11).note
         );
         assert_eq!(get(0).note, "the issue's ceiling");
+        assert_eq!(
+            get(3).note,
+            "ratio: to the first baseline",
+            "no split reported"
+        );
+        // With the bench's user-space seconds, the CPU target's note splits uroce's figure.
+        let mut r = sample();
+        let w = r
+            .runs
+            .iter_mut()
+            .find(|x| x.group == "size" && x.test == "write" && x.backend == "uring")
+            .unwrap();
+        (w.cpu_s, w.cpu_user_s, w.cpu_s_per_gb) = (1.0, 0.4, 0.25);
+        let t = targets(&r);
+        assert!(
+            t[3].note
+                .ends_with("of uroce's 0.250, user space 0.100 and the kernel 0.150 CPU-s/GB (both sides, getrusage)"),
+            "{}",
+            t[3].note
+        );
         // A run where plain syscalls beat the io_uring probe says so on the first row.
         let mut r = sample();
         r.udp[1].gbit_s = 90.0;

@@ -699,10 +699,10 @@ impl Session<'_, '_> {
                 None
             };
             let h0 = Health::of(&c.dev, &c.qps);
-            let cpu0 = report::cpu_seconds();
+            let cpu0 = report::cpu_times();
             let label = format!("{} {size} B", o.name());
             let run = c.run_bw_client(&self.bw_params(), size, &self.rem, &mut tick, &label)?;
-            let cpu = report::cpu_seconds() - cpu0;
+            let cpu = report::cpu_times().since(&cpu0);
             let health = Health::of(&c.dev, &c.qps).since(&h0);
             let data = match (o.op, before) {
                 (Op::FetchAdd | Op::CmpSwap, Some(before)) => {
@@ -765,7 +765,8 @@ impl Session<'_, '_> {
                 size,
                 iters: run.msgs,
                 secs: run.secs,
-                cpu,
+                cpu: cpu.total(),
+                cpu_user: cpu.user,
                 cpu_bytes: bytes,
                 source: "measured",
                 health,
@@ -812,10 +813,10 @@ impl Session<'_, '_> {
             c.post_initial_recvs(size, initial, true)?;
             self.hs0()?;
             let h0 = Health::of(&c.dev, &c.qps);
-            let cpu0 = report::cpu_seconds();
+            let cpu0 = report::cpu_times();
             let label = format!("send {size} B");
             let run = c.run_send_server(size, o.iters, initial, &mut tick, &label)?;
-            let cpu = report::cpu_seconds() - cpu0;
+            let cpu = report::cpu_times().since(&cpu0);
             let health = Health::of(&c.dev, &c.qps).since(&h0);
             let data = if self.peer_uroce {
                 let mut r = Ok(());
@@ -835,7 +836,8 @@ impl Session<'_, '_> {
                 size,
                 iters: run.msgs,
                 secs: run.secs,
-                cpu,
+                cpu: cpu.total(),
+                cpu_user: cpu.user,
                 cpu_bytes: size * run.msgs,
                 source: "measured",
                 health,
@@ -868,14 +870,14 @@ impl Session<'_, '_> {
         let c = self.c;
         let n = self.my.len() as u64;
         let h0 = Health::of(&c.dev, &c.qps);
-        let cpu0 = report::cpu_seconds();
+        let cpu0 = report::cpu_times();
         eprintln!("uroce bench: waiting for the client to finish");
         self.hs0()?;
         let rep = self
             .ch
             .xchg_bw_reports(&BwReport::default())
             .map_err(|e| fail(format!("exchanging reports: {e}")))?;
-        let cpu = report::cpu_seconds() - cpu0;
+        let cpu = report::cpu_times().since(&cpu0);
         let health = Health::of(&c.dev, &c.qps).since(&h0);
         let per_qp = rep.iters / n.max(1);
         let data = match o.op {
@@ -960,7 +962,8 @@ impl Session<'_, '_> {
             size: rep.size,
             iters: rep.iters,
             secs,
-            cpu,
+            cpu: cpu.total(),
+            cpu_user: cpu.user,
             cpu_bytes,
             source: "peer-report",
             health,

@@ -9,12 +9,40 @@ use hdrhistogram::Histogram;
 use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::{json, Value};
 
-/// User + system CPU seconds of this process so far (all its threads: the progress thread's
-/// receive work counts too).
-pub fn cpu_seconds() -> f64 {
-    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+/// CPU seconds of this process so far, in user space and in the kernel (all its threads: the
+/// progress thread's receive work counts too).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    /// User-space seconds.
+    pub user: f64,
+    /// Kernel seconds (syscalls, and the softirq work that runs in them: on veth a send
+    /// delivers to the peer's socket on the sender's CPU).
+    pub sys: f64,
+}
+
+impl CpuTimes {
+    /// User plus kernel seconds.
+    pub fn total(&self) -> f64 {
+        self.user + self.sys
+    }
+
+    /// The times spent since `before`.
+    pub fn since(&self, before: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - before.user,
+            sys: self.sys - before.sys,
+        }
+    }
+}
+
+/// [`CpuTimes`] of this process so far (`getrusage`).
+pub fn cpu_times() -> CpuTimes {
+    getrusage(UsageWho::RUSAGE_SELF).map_or(CpuTimes::default(), |u| {
         let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
+        CpuTimes {
+            user: t(u.user_time()),
+            sys: t(u.system_time()),
+        }
     })
 }
 
@@ -230,6 +258,8 @@ pub struct BwRow {
     pub secs: f64,
     /// CPU seconds of this process during the run.
     pub cpu: f64,
+    /// Of them, the seconds in user space (the rest ran in the kernel).
+    pub cpu_user: f64,
     /// Bytes the CPU time is charged to (usually `size * iters`).
     pub cpu_bytes: u64,
     /// Where the numbers come from: "measured", or "peer-report" (a server that only hosts
@@ -401,6 +431,7 @@ impl<'a> Reporter<'a> {
                 "mb_s": r.mbps(),
                 "mpps": r.mpps(),
                 "cpu_s": r.cpu,
+                "cpu_user_s": r.cpu_user,
                 "cpu_s_per_gb": r.cpu_per_gb(),
                 "source": r.source,
                 "health": r.health.json(),
@@ -597,6 +628,7 @@ mod tests {
             iters: 1000,
             secs,
             cpu: 0.5,
+            cpu_user: 0.2,
             cpu_bytes: 65_536_000,
             source: "measured",
             health: Health::default(),

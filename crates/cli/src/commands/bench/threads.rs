@@ -16,23 +16,26 @@ use serde_json::Value;
 use super::{fail, Args};
 use crate::commands::CliError;
 
-/// One thread's result for one size: (size, bytes moved, seconds, process CPU seconds).
-fn parse(line: &str) -> Option<(u64, u64, f64, f64)> {
+/// One thread's result for one size: (size, bytes moved, seconds, process CPU seconds, of
+/// them in user space).
+fn parse(line: &str) -> Option<(u64, u64, f64, f64, f64)> {
     let v: Value = serde_json::from_str(line).ok()?;
     let size = v.get("size")?.as_u64()?;
     let iters = v.get("iterations")?.as_u64()?;
     let secs = v.get("seconds")?.as_f64()?;
     let cpu = v.get("cpu_s").and_then(Value::as_f64).unwrap_or(0.0);
-    Some((size, size * iters, secs, cpu))
+    let user = v.get("cpu_user_s").and_then(Value::as_f64).unwrap_or(0.0);
+    Some((size, size * iters, secs, cpu, user))
 }
 
-/// Per size: bytes of all threads, the longest time, the largest process CPU figure, and each
-/// thread's Gb/s.
+/// Per size: bytes of all threads, the longest time, the largest process CPU figure (and its
+/// user-space part), and each thread's Gb/s.
 struct Agg {
     size: u64,
     bytes: u64,
     secs: f64,
     cpu: f64,
+    user: f64,
     per: Vec<f64>,
 }
 
@@ -91,13 +94,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             } else {
                 writeln!(out, "thread {i}: {line}")?;
             }
-            if let Some((size, bytes, secs, cpu)) = parse(line) {
+            if let Some((size, bytes, secs, cpu, user)) = parse(line) {
                 let gbps = bytes as f64 * 8.0 / secs.max(1e-12) / 1e9;
                 match agg.iter_mut().find(|e| e.size == size) {
                     Some(e) => {
                         e.bytes += bytes;
                         e.secs = e.secs.max(secs);
-                        e.cpu = e.cpu.max(cpu);
+                        if cpu > e.cpu {
+                            (e.cpu, e.user) = (cpu, user);
+                        }
                         e.per.push(gbps);
                     }
                     None => agg.push(Agg {
@@ -105,6 +110,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
                         bytes,
                         secs,
                         cpu,
+                        user,
                         per: vec![gbps],
                     }),
                 }
@@ -116,6 +122,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
         bytes,
         secs,
         cpu,
+        user,
         per,
     } in agg
     {
@@ -129,7 +136,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<ExitCode, CliError> {
             let v = serde_json::json!({
                 "aggregate": true, "threads": n, "qps": args.qps, "size": size,
                 "bytes": bytes, "seconds": secs, "gbit_s": gbps, "per_thread_gbit_s": per,
-                "cpu_s": cpu, "cpu_s_per_gb": cpu_per_gb,
+                "cpu_s": cpu, "cpu_user_s": user, "cpu_s_per_gb": cpu_per_gb,
             });
             writeln!(out, "{v}")?;
         } else {
