@@ -611,9 +611,9 @@ impl Suite {
 
     /// The busy-poll ping-pong: plain UDP sockets (`udp-echo`/`udp-ping`, 8 bytes), plain
     /// sockets in uroce's connected shape (the same with `--ack`: the 40-byte packet of an
-    /// 8-byte WRITE and the held ACK as a second GSO segment, into a `UDP_GRO` socket's `recv`), or
-    /// uroce's io_uring driver without the engine (`raw-echo`/`raw-ping`, the 40-byte packet,
-    /// with `ack` bytes more as a second GSO segment when nonzero).
+    /// 8-byte WRITE and the held ACK as a second GSO segment, into a `UDP_GRO` socket's
+    /// `recv`), or uroce's io_uring driver without the engine (`raw-echo`/`raw-ping`, the
+    /// 40-byte packet, with `ack` bytes more as a second GSO segment when nonzero).
     fn udp_rtt(&mut self, kind: Rtt) -> UdpRtt {
         let port = match kind {
             Rtt::Udp => "47912",

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use uroce_wire::{IcrcCheck, IcrcContext, IpFields, Ipv4IdMode, PacketRepr, Psn, Transport};
+use uroce_wire::{IcrcCheck, IcrcContext, Ipv4IdMode, PacketRepr, Psn, Transport};
 
 use crate::cq::{Completion, CompletionQueue};
 use crate::idmap::IdMap;
@@ -896,13 +896,10 @@ impl Device {
     ) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += data.len() as u64;
-        let ctx_ip = match (from.ip(), to) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, 0),
-            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
-            _ => {
-                self.counters.malformed += 1;
-                return;
-            }
+        let Some(icrc) = IcrcContext::between(from, SocketAddr::new(to, self.config.udp_port), 0)
+        else {
+            self.counters.malformed += 1;
+            return;
         };
         // Too short to hold a BTH and an ICRC: not a transport packet at all, so it is counted
         // as malformed rather than as an ICRC failure (rxe's `rxe_udp_encap_recv` likewise
@@ -911,11 +908,6 @@ impl Device {
             self.counters.malformed += 1;
             return;
         }
-        let icrc = IcrcContext {
-            ip: ctx_ip,
-            src_port: from.port(),
-            dst_port: self.config.udp_port,
-        };
         let check = match placed {
             None => icrc.verify_with(data, self.config.ipv4_id_mode, &mut self.solver),
             Some(p) => place::verify_placed(
@@ -1007,19 +999,12 @@ impl Device {
     }
 
     fn seal(&mut self, dst: SocketAddr, packet: &mut [u8], ipv4_id: u16) {
-        let ip = match (self.config.local_ip, dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
-            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
-            // create_ah and modify_qp refuse mixed families, so this is unreachable in
-            // practice; an unsealed packet would be dropped by the peer, never misdelivered.
-            _ => return,
-        };
-        IcrcContext {
-            ip,
-            src_port: self.config.udp_port,
-            dst_port: dst.port(),
+        let src = SocketAddr::new(self.config.local_ip, self.config.udp_port);
+        // create_ah and modify_qp refuse mixed families, so `None` is unreachable in practice;
+        // an unsealed packet would be dropped by the peer, never misdelivered.
+        if let Some(ctx) = IcrcContext::between(src, dst, ipv4_id) {
+            ctx.seal_with(packet, &mut self.icrc);
         }
-        .seal_with(packet, &mut self.icrc);
     }
 
     /// Writes the next datagram (or GSO batch) into `buf`. `buf` should hold at least one

@@ -452,15 +452,8 @@ pub fn capture_pcap<W: std::io::Write + 'static>(
     let st = state.clone();
     sim.set_tap(Box::new(move |at, src, dst, bytes| {
         let mut st = st.borrow_mut();
-        let ip = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => uroce_wire::IpFields::v4(s, d, 0),
-            (IpAddr::V6(s), IpAddr::V6(d)) => uroce_wire::IpFields::v6(s, d),
-            _ => return,
-        };
-        let mut ctx = uroce_wire::IcrcContext {
-            ip,
-            src_port: src.port(),
-            dst_port: dst.port(),
+        let Some(mut ctx) = uroce_wire::IcrcContext::between(src, dst, 0) else {
+            return;
         };
         if let Ok(uroce_wire::IcrcCheck::SolvedIpv4Id(id)) =
             ctx.verify(bytes, uroce_wire::Ipv4IdMode::SolveBelow(bound))

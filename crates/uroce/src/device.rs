@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use uroce_proto::{Config, DeviceCounters, Instant};
-use uroce_wire::{IcrcContext, IpFields, Ipv4IdMode};
+use uroce_wire::{IcrcContext, Ipv4IdMode};
 
 use crate::driver::{
     faults::{Faults, FaultyBackend},
@@ -152,15 +152,8 @@ impl Capture {
         ipv4_id: Option<u16>,
         bytes: &[u8],
     ) {
-        let ip = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id.unwrap_or(0)),
-            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
-            _ => return,
-        };
-        let mut ctx = IcrcContext {
-            ip,
-            src_port: src.port(),
-            dst_port: dst.port(),
+        let Some(mut ctx) = IcrcContext::between(src, dst, ipv4_id.unwrap_or(0)) else {
+            return;
         };
         if ipv4_id.is_none() {
             if let Ok(uroce_wire::IcrcCheck::SolvedIpv4Id(id)) =

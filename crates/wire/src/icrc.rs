@@ -12,7 +12,7 @@
 //! corrupted packet with probability 2^-16 instead of 2^-32, so it is an explicit mode whose
 //! outcome ([`IcrcCheck::SolvedIpv4Id`]) callers count.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crc32fast::Hasher;
 
@@ -188,6 +188,22 @@ impl IcrcContext {
             src_port,
             dst_port,
         }
+    }
+
+    /// The context of a packet from `src` to `dst` (addresses and UDP ports; IPv4 with DF and
+    /// `ipv4_id`). `None` when the two are of different families: no packet travels so.
+    #[inline]
+    pub fn between(src: SocketAddr, dst: SocketAddr, ipv4_id: u16) -> Option<Self> {
+        let ip = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpFields::v4(s, d, ipv4_id),
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpFields::v6(s, d),
+            _ => return None,
+        };
+        Some(IcrcContext {
+            ip,
+            src_port: src.port(),
+            dst_port: dst.port(),
+        })
     }
 
     /// The same context with another IPv4 Identification (no change for IPv6).
@@ -1050,6 +1066,32 @@ mod tests {
         ctx.seal(&mut p);
         p[50] ^= 0x10;
         assert!(ctx.verify(&p, Ipv4IdMode::Solve).is_err());
+    }
+
+    #[test]
+    fn a_context_between_two_sockets_takes_their_addresses_and_ports() {
+        let a4: SocketAddr = "10.0.0.1:49152".parse().unwrap();
+        let b4: SocketAddr = "10.0.0.2:4791".parse().unwrap();
+        let want = IcrcContext::v4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            7,
+            49152,
+            4791,
+        );
+        assert_eq!(IcrcContext::between(a4, b4, 7), Some(want));
+        let (a6, b6): (SocketAddr, SocketAddr) = (
+            "[fd00::1]:4791".parse().unwrap(),
+            "[fd00::2]:5000".parse().unwrap(),
+        );
+        let want6 = IcrcContext::v6(
+            "fd00::1".parse().unwrap(),
+            "fd00::2".parse().unwrap(),
+            4791,
+            5000,
+        );
+        assert_eq!(IcrcContext::between(a6, b6, 7), Some(want6));
+        assert_eq!(IcrcContext::between(a4, b6, 0), None, "mixed families");
     }
 
     #[test]

@@ -318,8 +318,9 @@ impl ConnectedPeers {
 impl Peer {
     /// Hands what this socket has received to `sink` (at most [`RECV_BUDGET`] receives),
     /// each receive cut into its packets: by the GRO segment size the kernel reports, or,
-    /// after [`STATED_IN_A_ROW`] receives that allowed it, by the length the first packet states, or where neither
-    /// is known by [`split::find_segment`], checking ICRCs for `local` (see "Receiving").
+    /// after [`STATED_IN_A_ROW`] receives that allowed it, by the length the first packet
+    /// states, or where neither is known by [`split::find_segment`], checking ICRCs for
+    /// `local` (see "Receiving").
     fn recv_ready(
         &mut self,
         local: SocketAddr,
@@ -355,9 +356,11 @@ impl Peer {
                         // for, and the next ones ask the kernel again.
                         self.stated = 0;
                         stats.rx_segment_searches += 1;
-                        let ctx = icrc_context(self.dst, local);
-                        split::find_segment(data, |p| {
-                            ctx.verify_with(p, Ipv4IdMode::Solve, solver).is_ok()
+                        // IPv4 ID 0: the peer's socket sends others, which the check solves.
+                        IcrcContext::between(self.dst, local, 0).and_then(|ctx| {
+                            split::find_segment(data, |p| {
+                                ctx.verify_with(p, Ipv4IdMode::Solve, solver).is_ok()
+                            })
                         })
                     }
                 }
@@ -377,22 +380,6 @@ impl Peer {
             }
         }
         Ok(n)
-    }
-}
-
-/// The ICRC context of a packet from `peer` to `local` (IPv4 ID 0: a connected socket's
-/// peer sends others, which verification solves for).
-fn icrc_context(peer: SocketAddr, local: SocketAddr) -> IcrcContext {
-    match (peer.ip(), local.ip()) {
-        (IpAddr::V4(p), IpAddr::V4(l)) => IcrcContext::v4(p, l, 0, peer.port(), local.port()),
-        (p, l) => IcrcContext::v6(v6(p), v6(l), peer.port(), local.port()),
-    }
-}
-
-fn v6(a: IpAddr) -> std::net::Ipv6Addr {
-    match a {
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-        IpAddr::V6(a) => a,
     }
 }
 
@@ -649,7 +636,7 @@ mod tests {
 
     /// A RoCE packet from `from` to `to`, sealed for IPv4 ID 0.
     fn roce(op: uroce_wire::Opcode, payload: &[u8], from: SocketAddr, to: SocketAddr) -> Vec<u8> {
-        split::sealed_packet(op, payload, 7, &icrc_context(from, to))
+        split::sealed_packet(op, payload, 7, &IcrcContext::between(from, to, 0).unwrap())
     }
 
     /// Coalesced packets on a connected socket with GRO: the first receive reads the segment
