@@ -397,24 +397,20 @@ type Basis = [u64; 32];
 /// What one message length needs: the CRC change of each ID bit, and those rows reduced.
 #[derive(Debug, Clone)]
 struct Table {
-    /// `effect[j]`: how flipping ID bit `j` changes the CRC.
-    effect: [u32; 16],
     /// `low[v]`: the change for an ID difference `v` below 256 (a GSO batch's segment
     /// IDs): one load per packet instead of a loop over its set bits.
     low: [u32; 256],
+    /// `high[v]`: the change for an ID difference `v << 8`. A socket connected to its peer
+    /// numbers datagrams from a random start, so its IDs use all 16 bits.
+    high: [u32; 256],
     basis: Basis,
 }
 
 impl Table {
-    /// How an ID difference of `delta` changes the CRC (CRC-32 is linear in it).
+    /// How an ID difference of `delta` changes the CRC (CRC-32 is linear in it): two loads.
     fn effect(&self, delta: u16) -> u32 {
-        let mut d = self.low[usize::from(delta & 0xFF)];
-        let mut bits = delta >> 8;
-        while bits != 0 {
-            d ^= self.effect[8 + bits.trailing_zeros() as usize];
-            bits &= bits - 1;
-        }
-        d
+        let [hi, lo] = delta.to_be_bytes();
+        self.low[usize::from(lo)] ^ self.high[usize::from(hi)]
     }
 }
 
@@ -668,16 +664,14 @@ fn table(trailing: usize) -> Table {
             row ^= basis[bit];
         }
     }
-    let mut low = [0u32; 256];
-    for v in 1..256 {
+    let (mut low, mut high) = ([0u32; 256], [0u32; 256]);
+    for v in 1..256usize {
         // `v` with its lowest set bit cleared is already filled.
-        low[v] = low[v & (v - 1)] ^ diffs[v.trailing_zeros() as usize];
+        let bit = v.trailing_zeros() as usize;
+        low[v] = low[v & (v - 1)] ^ diffs[bit];
+        high[v] = high[v & (v - 1)] ^ diffs[8 + bit];
     }
-    Table {
-        effect: diffs,
-        low,
-        basis,
-    }
+    Table { low, high, basis }
 }
 
 /// Finds the 16-bit XOR difference to the ID that changes the CRC by `diff`, if any.
@@ -970,7 +964,7 @@ mod tests {
             for delta in 0..=u16::MAX {
                 let want = (0..16)
                     .filter(|j| delta >> j & 1 == 1)
-                    .fold(0, |d, j| d ^ t.effect[j]);
+                    .fold(0, |d, j| d ^ t.effect(1 << j));
                 assert_eq!(
                     t.effect(delta),
                     want,
