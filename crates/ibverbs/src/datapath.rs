@@ -280,21 +280,33 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
     }
     // SAFETY: cq came from ibv_create_cq.
     let u = unsafe { &*cq.cast::<UCq>() };
-    match u.cq.poll(n) {
-        Ok(got) => {
-            for (i, c) in got.iter().enumerate() {
-                // SAFETY: the caller gives room for n >= got.len() entries.
-                unsafe { wc.add(i).write(wc_of(c)) };
+    // One buffer per thread, reused: no allocation per poll.
+    POLLED.with_borrow_mut(|got| {
+        got.clear();
+        match u.cq.poll_into(n, got) {
+            Ok(_) => {
+                for (i, c) in got.iter().enumerate() {
+                    // SAFETY: the caller gives room for n >= got.len() entries.
+                    unsafe { wc.add(i).write(wc_of(c)) };
+                }
+                if got.is_empty() {
+                    // A program spinning on an empty CQ would otherwise keep the device lock
+                    // hot and, on a busy machine, the progress thread that fills the CQ off
+                    // the CPU.
+                    std::thread::yield_now();
+                }
+                got.len() as c_int
             }
-            if got.is_empty() {
-                // A program spinning on an empty CQ would otherwise keep the device lock hot
-                // and, on a busy machine, the progress thread that fills the CQ off the CPU.
-                std::thread::yield_now();
-            }
-            got.len() as c_int
+            Err(_) => -1,
         }
-        Err(_) => -1,
-    }
+    })
+}
+
+thread_local! {
+    /// [`poll_cq`]'s completions on their way into the caller's array.
+    static POLLED: std::cell::RefCell<Vec<uroce::Completion>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
 }
 
 /// `ops.req_notify_cq`.

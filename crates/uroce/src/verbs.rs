@@ -208,8 +208,17 @@ impl CompletionQueue {
     /// Takes up to `max` completions (in polled mode this also drives progress).
     pub fn poll(&self, max: usize) -> Result<Vec<Completion>> {
         let mut out = Vec::new();
+        self.poll_into(max, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::poll`] appending to `out`: returns how many it appended. A caller that reuses
+    /// `out` allocates nothing per poll (a busy-polled ping-pong's completion otherwise
+    /// costs an allocation and a free between its arrival and the reply).
+    pub fn poll_into(&self, max: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        let start = out.len();
         let take = |g: &mut crate::device::Inner, out: &mut Vec<Completion>| -> Result<()> {
-            while out.len() < max {
+            while out.len() - start < max {
                 match g.eng.poll_cq(self.h)? {
                     Some(c) => out.push(c),
                     None => break,
@@ -222,13 +231,13 @@ impl CompletionQueue {
             // already sent its own), receive, and return what this poll's receive completed
             // now, not one poll (a receive syscall) later.
             let (mut g, now) = self.shared.lock_now();
-            take(&mut g, &mut out)?;
+            take(&mut g, out)?;
             if g.eng.has_transmit() {
                 g.transmit(now);
             }
             g.pump(now);
-            if out.is_empty() {
-                take(&mut g, &mut out)?;
+            if out.len() == start {
+                take(&mut g, out)?;
             }
         } else {
             // The progress thread does the I/O; polling only takes the lock briefly, so a
@@ -236,9 +245,9 @@ impl CompletionQueue {
             // It does not receive either: the io_uring back end's multishot receive posts its
             // completions from the task that armed it, which must stay the progress thread
             // (a busy application thread, descheduled, would delay every packet).
-            take(&mut self.shared.lock(), &mut out)?;
+            take(&mut self.shared.lock(), out)?;
         }
-        Ok(out)
+        Ok(out.len() - start)
     }
 
     /// Polls until `n` completions arrived or `timeout` passed (busy-polls in polled mode,

@@ -5,6 +5,9 @@
 //! and every `handle_datagram` (the WRITEs and their ACKs, both ways). (It lives in
 //! this crate, not in `uroce-sim`, because a global allocator needs `unsafe`, which only the
 //! driver and C ABI crates allow.)
+//!
+//! And a busy-polled device's `CompletionQueue::poll_into` with a reused vector allocates
+//! nothing either, the completion's receive included (real sockets on loopback).
 
 #![allow(unsafe_code)]
 
@@ -12,6 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 
+use uroce::{Access, Connect, Device, DeviceConfig, Progress, QpCap, QpType};
 use uroce_proto::{Instant, Mtu, Payload, SendOp, SendWr, WcStatus};
 use uroce_sim::scenario::{pair, PairOpts};
 use uroce_sim::{Link, Sim};
@@ -143,5 +147,69 @@ fn streaming_multi_packet_writes_allocates_nothing_per_packet() {
     assert_eq!(
         rx_allocs, 0,
         "{rx_allocs} allocations in handle_datagram over {datagrams} datagrams"
+    );
+}
+
+#[test]
+fn a_busy_poll_that_returns_a_completion_allocates_nothing() {
+    const ROUNDS: u64 = 2000;
+    let open = |ip: &str| {
+        let mut cfg = DeviceConfig::new(ip.parse().unwrap());
+        cfg.progress = Progress::Polled;
+        let dev = Device::open(cfg).expect("open device");
+        let pd = dev.alloc_pd();
+        let all = Access::from_bits(0xF);
+        let mr = pd.reg_mr(0x10_0000, 4096, all).expect("mr");
+        let cq = dev.create_cq(16, None).expect("cq");
+        let qp = pd
+            .create_qp(QpType::Rc, &cq, &cq, None, QpCap::default())
+            .expect("qp");
+        (dev, pd, mr, cq, qp)
+    };
+    let (a_dev, _a_pd, a_mr, a_cq, a_qp) = open("127.0.66.1");
+    let (b_dev, _b_pd, b_mr, _b_cq, b_qp) = open("127.0.66.2");
+    let (a_at, b_at) = (a_dev.local_addr(), b_dev.local_addr());
+    a_qp.connect(&Connect::new(b_at.ip(), b_qp.qpn(), 100, 200))
+        .expect("connect a");
+    b_qp.connect(&Connect::new(a_at.ip(), a_qp.qpn(), 200, 100))
+        .expect("connect b");
+    let mut wcs = Vec::with_capacity(4);
+    let (mut allocs, mut polls, mut counted) = (0u64, 0u64, 0u64);
+    for i in 0..ROUNDS {
+        a_mr.write(7, &[i as u8]);
+        a_qp.post_send(SendWr::new(
+            i,
+            SendOp::RdmaWrite {
+                remote_addr: b_mr.addr(),
+                rkey: b_mr.rkey(),
+            },
+            Payload::Sge(a_mr.sge(0, 8)),
+        ))
+        .expect("post");
+        wcs.clear();
+        let count = i >= 200;
+        loop {
+            b_dev.progress();
+            COUNTING.with(|c| c.set(count));
+            let before = ALLOCS.with(Cell::get);
+            let got = a_cq.poll_into(4, &mut wcs);
+            COUNTING.with(|c| c.set(false));
+            allocs += ALLOCS.with(Cell::get) - before;
+            polls += u64::from(count);
+            if got.expect("poll") > 0 {
+                break;
+            }
+        }
+        assert_eq!(wcs.len(), 1, "{wcs:?}");
+        assert_eq!((wcs[0].status, wcs[0].wr_id), (WcStatus::Success, i));
+        counted += u64::from(count);
+        let mut last = [0u8; 8];
+        b_mr.read(0, &mut last);
+        assert_eq!(last[7], i as u8, "round {i}: the peer's region");
+    }
+    assert_eq!(counted, ROUNDS - 200);
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations in {polls} polls returning {counted} completions"
     );
 }

@@ -421,20 +421,31 @@ impl Ctx {
     /// Waits for at least one completion: busy polling in polled mode; in thread mode a few
     /// polls, then sleeping on the CQ's completion channel.
     fn wait_some(&self, max: usize, what: &str) -> Result<Vec<Completion>, CliError> {
+        let mut w = Vec::new();
+        self.wait_some_into(max, what, &mut w)?;
+        Ok(w)
+    }
+
+    /// [`Self::wait_some`] into `w` (cleared first), which the caller reuses.
+    fn wait_some_into(
+        &self,
+        max: usize,
+        what: &str,
+        w: &mut Vec<Completion>,
+    ) -> Result<(), CliError> {
+        w.clear();
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            let w = self.cq.poll(max)?;
-            if !w.is_empty() {
-                return Ok(w);
+            if self.cq.poll_into(max, w)? > 0 {
+                return Ok(());
             }
             spins = spins.wrapping_add(1);
             match &self.events {
                 Some(ch) if spins > 16 => {
                     self.cq.req_notify(false)?;
-                    let w = self.cq.poll(max)?;
-                    if !w.is_empty() {
-                        return Ok(w);
+                    if self.cq.poll_into(max, w)? > 0 {
+                        return Ok(());
                     }
                     ch.get_event(Duration::from_millis(100))?;
                     if self.timed_out(start) {
@@ -890,6 +901,7 @@ impl Ctx {
         let mut tposted = Vec::with_capacity(iters as usize);
         let (mut scnt, mut ccnt, mut rcnt) = (0u64, 0u64, 0u64);
         let label = format!("write_lat {size} B");
+        let mut wcs = Vec::with_capacity(1);
         while scnt < iters || ccnt < iters || rcnt < iters {
             if rcnt < iters && !(scnt < 1 && server) {
                 rcnt += 1;
@@ -912,8 +924,9 @@ impl Ctx {
                     .map_err(|e| fail(format!("Couldn't post send: scnt={scnt}: {e}")))?;
             }
             if ccnt < iters {
-                for c in self.wait_some(1, &label)? {
-                    Self::check_wc(&c, WcOpcode::RdmaWrite, &label)?;
+                self.wait_some_into(1, &label, &mut wcs)?;
+                for c in &wcs {
+                    Self::check_wc(c, WcOpcode::RdmaWrite, &label)?;
                     ccnt += 1;
                 }
             }
