@@ -764,7 +764,7 @@ impl Ctx {
     }
 
     /// `run_iter_lat` (ib_read_lat, ib_atomic_lat): one READ or atomic at a time at the
-    /// peer's advertised address, each waited for. Returns the post times.
+    /// peer's advertised address, each waited for. Returns the times the posts returned.
     pub fn run_lat_req(
         &self,
         op: Op,
@@ -776,13 +776,14 @@ impl Ctx {
         let label = format!("{op:?} lat {size} B");
         let mut tposted = Vec::with_capacity(iters as usize);
         for k in 0..iters {
-            tposted.push(Instant::now());
             // Slot 0 every time: latency tests do not step addresses.
             let mut wr = self.send_wr(op, 0, 0, size, rem, true);
             wr.wr_id = k;
             self.qps[0]
                 .post_send(wr)
                 .map_err(|e| fail(format!("Couldn't post send: scnt={k}: {e}")))?;
+            // After the post, as in the ping-pongs below (see `run_lat_write`).
+            tposted.push(Instant::now());
             for c in self.wait_some(1, &label)? {
                 Self::check_wc(&c, op.wc(), &label)?;
             }
@@ -794,7 +795,7 @@ impl Ctx {
     /// `run_iter_lat_send` (ib_send_lat): a ping-pong of SENDs; the client sends first, each
     /// side answers every message it receives, every send is signaled and waited for (CQ
     /// moderation is the TX depth, 1). Receives were posted before the handshake; they are
-    /// reposted while fewer than `iters` were. Returns the post times.
+    /// reposted while fewer than `iters` were. Returns the times the posts returned.
     pub fn run_lat_send(
         &self,
         size: u64,
@@ -840,12 +841,13 @@ impl Ctx {
                 rcnt += 1;
             }
             if scnt < iters {
-                tposted.push(Instant::now());
                 let wr = self.send_wr(Op::Send, 0, 0, size, &Dest::default(), true);
                 scnt += 1;
                 self.qps[0]
                     .post_send(SendWr { wr_id: scnt, ..wr })
                     .map_err(|e| fail(format!("Couldn't post send: scnt={scnt}: {e}")))?;
+                // When the post returned (see `run_lat_write`).
+                tposted.push(Instant::now());
                 while ccnt < scnt {
                     handle(self, &mut ready, &mut ccnt)?;
                 }
@@ -886,8 +888,8 @@ impl Ctx {
 
     /// `run_iter_lat_write`: the RDMA WRITE ping-pong. Each side writes `size` bytes whose
     /// last byte is its message count into the peer's advertised area and waits for the
-    /// peer's count in the last byte of its own; the server sends first. Returns the post
-    /// times, whose differences are round trips.
+    /// peer's count in the last byte of its own; the server sends first. Returns the times
+    /// the posts returned, whose differences are round trips.
     pub fn run_lat_write(
         &self,
         size: u64,
@@ -908,7 +910,6 @@ impl Ctx {
                 self.wait_byte(poll_off, rcnt as u8)?;
             }
             if scnt < iters {
-                tposted.push(Instant::now());
                 scnt += 1;
                 self.mr.write((post_off + size - 1) as usize, &[scnt as u8]);
                 let wr = SendWr::new(
@@ -922,6 +923,11 @@ impl Ctx {
                 self.qps[0]
                     .post_send(wr)
                     .map_err(|e| fail(format!("Couldn't post send: scnt={scnt}: {e}")))?;
+                // Stamped when the post returned (perftest stamps just before it): one
+                // stamp per iteration at the same point either way, so the differences are
+                // the round trips, and the clock read waits with the reply instead of
+                // lying between the peer's message and this side's answer.
+                tposted.push(Instant::now());
             }
             if ccnt < iters {
                 self.wait_some_into(1, &label, &mut wcs)?;
