@@ -242,7 +242,7 @@ impl Inner {
             eng.handle_timeout(now);
         }
         self.transmit(now);
-        if let Some(f) = self.stats.as_mut() {
+        if let Some(f) = self.stats.as_mut().filter(|f| f.due(now)) {
             f.maybe_write(now, self.local, &self.eng, &self.backend.stats());
         }
     }

@@ -63,6 +63,12 @@ impl StatsFile {
         })
     }
 
+    /// Whether a second has passed since the last write (checked before the driver's
+    /// counters are gathered: a busy poll asks on every pass).
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        now.as_nanos() >= self.next
+    }
+
     /// Writes the counters if a second has passed since the last write.
     pub(crate) fn maybe_write(
         &mut self,
@@ -71,7 +77,7 @@ impl StatsFile {
         eng: &uroce_proto::Device,
         drv: &DriverStats,
     ) {
-        if now.as_nanos() < self.next {
+        if !self.due(now) {
             return;
         }
         self.next = now.as_nanos() + 1_000_000_000;
