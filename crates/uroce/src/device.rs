@@ -187,6 +187,12 @@ pub(crate) struct Inner {
     last_now: u64,
 }
 
+/// `now`, or `*last` if that is later; `*last` becomes the result.
+fn not_before(last: &mut u64, now: Instant) -> Instant {
+    *last = (*last).max(now.as_nanos());
+    Instant::from_nanos(*last)
+}
+
 /// Most back-end receive budgets one pump takes in before timers and transmission (syscall:
 /// 64 datagrams each, io_uring: 32 buffers each), so a flood cannot starve them.
 const RX_ROUNDS: usize = 16;
@@ -202,8 +208,7 @@ impl Inner {
     /// `now` as the engine may take it: never before the last instant it was given (the
     /// engine's call contract), whatever the cores' counters say.
     fn after(&mut self, now: Instant) -> Instant {
-        self.last_now = self.last_now.max(now.as_nanos());
-        Instant::from_nanos(self.last_now)
+        not_before(&mut self.last_now, now)
     }
 
     /// Receives what is waiting, fires due timers, transmits, and signals CQ events.
@@ -734,6 +739,16 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engines_now_never_goes_back() {
+        let mut last = 0;
+        let got: Vec<u64> = [5u64, 9, 7, 9, 12, 3]
+            .into_iter()
+            .map(|t| not_before(&mut last, Instant::from_nanos(t)).as_nanos())
+            .collect();
+        assert_eq!(got, [5, 9, 9, 9, 12, 12]);
+    }
     use crate::{Access, Connect, Payload, QpCap, QpType, SendOp, SendWr};
     use std::sync::mpsc;
 
