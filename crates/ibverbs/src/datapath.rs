@@ -280,8 +280,7 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
     }
     // SAFETY: cq came from ibv_create_cq.
     let u = unsafe { &*cq.cast::<UCq>() };
-    // One buffer per thread, reused: no allocation per poll.
-    POLLED.with_borrow_mut(|got| {
+    let fill = |got: &mut Vec<uroce::Completion>| -> c_int {
         got.clear();
         match u.cq.poll_into(n, got) {
             Ok(_) => {
@@ -299,7 +298,16 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
             }
             Err(_) => -1,
         }
-    })
+    };
+    // One buffer per thread, reused: no allocation per poll. A call while it is in use (from
+    // a signal handler) or while the thread's locals are being torn down gets a fresh one
+    // instead of a panic.
+    POLLED
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut got) => fill(&mut got),
+            Err(_) => fill(&mut Vec::new()),
+        })
+        .unwrap_or_else(|_| fill(&mut Vec::new()))
 }
 
 thread_local! {
