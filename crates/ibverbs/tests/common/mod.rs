@@ -1,6 +1,8 @@
-//! What the ibverbs integration tests share.
+//! What the ibverbs integration tests share. Each test binary uses a part of it.
+#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// A directory holding `libibverbs.so.1` → the cdylib cargo built with this test (in
@@ -28,4 +30,46 @@ pub fn lib_dir() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// Compiles `tests/c/<name>.c` against the system's verbs.h (linked with `-libverbs` and
+/// `libs`), runs it on this library with `args` and `UROCE_DEVICES=devices`, and asserts that
+/// it exits 0 printing "ok". Says SKIPPED and returns without libibverbs-dev.
+pub fn run_c_program(name: &str, libs: &[&str], args: &[&str], devices: &str) {
+    if !Path::new("/usr/include/infiniband/verbs.h").exists() {
+        println!("SKIPPED: verbs.h missing (apt-get install libibverbs-dev; scripts/test.sh does)");
+        return;
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let dir = std::env::temp_dir().join(format!("uroce-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("-libverbs")
+        .args(libs)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "{cc} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe)
+        .args(args)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .env("UROCE_DEVICES", devices)
+        .output()
+        .expect("run the program");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && stdout.trim() == "ok",
+        "{:?}\nstdout: {stdout}\nstderr: {}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
