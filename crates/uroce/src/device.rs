@@ -739,6 +739,8 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Access, Connect, Payload, QpCap, QpType, SendOp, SendWr};
+    use std::sync::mpsc;
 
     #[test]
     fn the_engines_now_never_goes_back() {
@@ -749,8 +751,6 @@ mod tests {
             .collect();
         assert_eq!(got, [5, 9, 9, 9, 12, 12]);
     }
-    use crate::{Access, Connect, Payload, QpCap, QpType, SendOp, SendWr};
-    use std::sync::mpsc;
 
     /// A post that waited for the engine's lock arms the ACK timer from when it got the
     /// lock, not from before: another thread may have run the engine meanwhile, and a timer

@@ -27,8 +27,9 @@
 //! version message carries a mark after the string perftest reads; atomics against any peer);
 //! bandwidth is the average (no peak); latency percentiles come from an HDR histogram of all
 //! samples (perftest drops the two largest), each iteration stamped when its post returned
-//! (perftest: just before it; the differences are the same round trips); `-D` only on a WRITE/READ/atomic bandwidth
-//! client; RC only; no `--run_infinitely`, bidirectional (`-b`) or rdma_cm modes.
+//! (perftest: just before it; the differences are the same round trips); `-D` only on a
+//! WRITE/READ/atomic bandwidth client; RC only; no `--run_infinitely`, bidirectional (`-b`)
+//! or rdma_cm modes.
 
 mod channel;
 mod ctx;
