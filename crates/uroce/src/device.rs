@@ -467,6 +467,10 @@ impl Device {
         };
         let mut backend = backend;
         backend.set_busy_poll(cfg.progress == Progress::Polled);
+        if cfg.progress == Progress::Thread {
+            // Only the progress thread arms receives (it claims them when it starts).
+            backend.set_receive_owner(None);
+        }
         let features = backend.features();
         let membership = membership.map(Arc::new);
         let mut ecfg = Config::new(cfg.local_ip);
@@ -640,6 +644,10 @@ impl Device {
     pub fn progress(&self) {
         let (mut g, now) = self.shared.lock_now();
         g.pump(now);
+        if !self.shared.polled {
+            // This thread may have left the receive for the progress thread to re-arm.
+            self.shared.wake_if_needed(&g);
+        }
     }
 
     /// Allocates a protection domain.
@@ -695,6 +703,9 @@ impl Drop for Device {
 
 /// The progress thread: wait for the socket, a wake-up or the next timer; then pump.
 fn progress_loop(s: &Shared, wait: OwnedFd) {
+    s.lock()
+        .backend
+        .set_receive_owner(Some(std::thread::current().id()));
     while !s.stop.load(Ordering::Acquire) {
         // Threads that have waited long for the lock get it before the next pass
         // (engine_lock.rs: std's Mutex would give it back to this thread).

@@ -203,6 +203,10 @@ impl Backend for FaultyBackend {
         self.inner.set_busy_poll(on);
     }
 
+    fn set_receive_owner(&mut self, owner: Option<std::thread::ThreadId>) {
+        self.inner.set_receive_owner(owner);
+    }
+
     fn features(&self) -> DriverFeatures {
         self.inner.features()
     }

@@ -69,6 +69,9 @@ pub struct DriverFeatures {
     /// Sends are made by a send thread of the back end's own (see
     /// [`crate::DeviceConfig::tx_thread`]).
     pub tx_thread: bool,
+    /// The io_uring is set up with `COOP_TASKRUN`: a datagram's arrival does not interrupt
+    /// the running thread that receives it.
+    pub coop_taskrun: bool,
 }
 
 /// Counters of the driver (the engine's own are in [`crate::DeviceCounters`]).
@@ -199,6 +202,11 @@ pub(crate) trait Backend: Send {
     /// [`Backend::recv_ready`] is then called in a tight loop and may spend a syscall on
     /// fetching completions rather than wait for the kernel to notify.
     fn set_busy_poll(&mut self, _on: bool) {}
+    /// Told at open by a device with a progress thread (`None`: it is about to start), then
+    /// by that thread (its id): from then on only the progress thread arms receive
+    /// operations whose completion work the kernel runs on the arming thread; others
+    /// receive with syscalls, and [`Backend::rx_pending`] asks the owner to re-arm.
+    fn set_receive_owner(&mut self, _owner: Option<std::thread::ThreadId>) {}
     /// What the back end does.
     fn features(&self) -> DriverFeatures;
     /// Its counters.

@@ -314,6 +314,7 @@ impl Backend for SyscallBackend {
             gso: false,
             sq_poll: false,
             tx_thread: false,
+            coop_taskrun: false,
         }
     }
 

@@ -36,16 +36,32 @@
 //! end's own instead of the ring, and come back with their results through `reap`. It sleeps
 //! when idle instead of polling, and `SQPOLL` is then not set up.
 //!
-//! `SINGLE_ISSUER`/`DEFER_TASKRUN` (and `COOP_TASKRUN`) are not used. In thread mode both the
-//! progress thread and application threads submit; in polled mode whichever application thread
-//! polls a CQ submits, since a device may be shared between threads. A second submitter would
-//! get `EEXIST` under `SINGLE_ISSUER`, and under `DEFER_TASKRUN`/`COOP_TASKRUN` the completion
-//! work of a request runs only when its submitting thread next enters the kernel, which an idle
-//! application thread may never do. With the default notification a submitting thread is
-//! interrupted briefly to post the completion instead, so the progress thread, which polls the
-//! ring's descriptor, always sees it. The multishot receive is (re-)armed from
-//! [`Backend::recv_ready`], which in thread mode runs on the progress thread. A busy-polled
-//! device ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
+//! `COOP_TASKRUN` is set up where the kernel has it (5.19), except with `SQPOLL`, whose
+//! kernel thread runs that work itself. Each datagram for the multishot receive queues
+//! completion work to the thread that armed the receive. By default the kernel interrupts
+//! that thread when it is running and its list was empty: an inter-processor interrupt, a VM
+//! exit on a guest, and on a veth paid by the sending CPU, which delivers the datagram in its
+//! softirq. Under `COOP_TASKRUN` the work waits for the thread's next entry into the kernel
+//! (a submission, or the `poll` it sleeps in: a sleeping thread is still woken at once). For
+//! 4 KiB WRITEs at path MTU 1024 (two datagrams per message) those wake-ups were 26 % of the
+//! sender's CPU samples (docs/PERFORMANCE.md, "Completion work without interrupts").
+//!
+//! So only the thread that will run that work arms receives: a device with a progress thread
+//! reserves them for it at open ([`Backend::set_receive_owner`], [`RxOwner`]), and the
+//! thread claims them when it starts. Another thread (an application's
+//! [`crate::Device::progress`], steering set-up before the thread starts) receives with
+//! `recvmsg` syscalls and leaves the re-arming to the owner ([`Backend::rx_pending`]); had it
+//! armed and then spun in user space, every datagram would wait for its next interrupt.
+//! Application threads still submit their own sends. A UDP send completes while it is
+//! submitted; only one that finds the socket's send buffer full waits for `POLLOUT` and is
+//! retried by completion work on its submitting thread: at that thread's next system call,
+//! sleep or interrupt (at most a timer tick later), and RC retransmits from the progress
+//! thread meanwhile. Between namespaces over a veth and on loopback the buffer does not
+//! fill: each skb's charge is released as it leaves the sending device (`skb_orphan`).
+//! `SINGLE_ISSUER`/`DEFER_TASKRUN` are not used: several threads submit (a second
+//! submitter would get `EEXIST`), since a device may be shared between threads. The multishot
+//! receive is (re-)armed from [`Backend::recv_ready`]. A busy-polled device
+//! ([`Backend::set_busy_poll`]) never arms it and receives with `recvmsg` syscalls: a
 //! thread that never leaves user space gets its completion work only after an interrupt. It
 //! also sends with syscalls from the send buffers (measured faster for one datagram at a time
 //! than a ring submission): `sendto` when the socket's own `UDP_SEGMENT` fits the send (it
@@ -566,6 +582,27 @@ pub(crate) struct UringBackend {
     /// ([`Options::connected_tx`]; set while busy-polled).
     connected: Option<ConnectedPeers>,
     connected_tx: bool,
+    /// Which thread may arm the receive operations.
+    rx_owner: RxOwner,
+    /// A thread that may not arm saw the multishot receive end: the owner must re-arm it.
+    rearm_wanted: bool,
+    /// The ring was set up with `COOP_TASKRUN`.
+    coop: bool,
+}
+
+/// Which thread may arm the ring's receive operations (the multishot receive, the placing
+/// receive's `POLL_ADD`). The kernel runs their completion work on the thread that armed
+/// them, and under `COOP_TASKRUN` only when that thread enters the kernel: an application
+/// thread that armed one (by polling a thread-mode device's progress) and then spun in user
+/// space would hold back every datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxOwner {
+    /// Any thread: no progress thread (a busy-polled device never arms).
+    Any,
+    /// The progress thread, not started yet: nobody arms, receives are syscalls.
+    Reserved,
+    /// Only this thread, the progress thread.
+    Thread(std::thread::ThreadId),
 }
 
 // SAFETY: the raw pointers inside (`RxRing`, the `msghdr`s and iovecs of the send slots) point
@@ -597,6 +634,17 @@ fn build_ring(sq_poll: Option<Duration>) -> io::Result<(IoUring, &'static str)> 
                 tracing::warn!("io_uring: SQPOLL refused ({e}); submitting from the caller")
             }),
         }
+    }
+    // COOP_TASKRUN (5.19): completion work queued to a running thread waits for its next
+    // entry into the kernel instead of an interrupt (see the module documentation).
+    let mut b = IoUring::builder();
+    b.setup_submit_all()
+        .setup_coop_taskrun()
+        .setup_cqsize(CQ_ENTRIES);
+    match b.build(SQ_ENTRIES) {
+        Ok(r) => return Ok((r, "SUBMIT_ALL|COOP_TASKRUN|CQSIZE")),
+        Err(e) if errno(&e) == libc::EINVAL => {}
+        Err(e) => return Err(e),
     }
     let mut b = IoUring::builder();
     b.setup_submit_all().setup_cqsize(CQ_ENTRIES);
@@ -696,6 +744,9 @@ impl UringBackend {
             tx_held: 0,
             connected: None,
             connected_tx: opts.connected_tx,
+            rx_owner: RxOwner::Any,
+            rearm_wanted: false,
+            coop: flags.contains("COOP_TASKRUN"),
         };
         let rx = if opts.multishot {
             b.probe_multishot()
@@ -825,6 +876,7 @@ impl UringBackend {
         .user_data(UD_RECV);
         self.push(entry)?;
         self.armed = true;
+        self.rearm_wanted = false;
         self.stats.rx_arms += 1;
         Ok(())
     }
@@ -855,6 +907,15 @@ impl UringBackend {
     /// The ring's submissions are taken by a kernel thread (`SQPOLL`).
     fn sq_poll(&self) -> bool {
         self.ring.params().is_setup_sqpoll()
+    }
+
+    /// Whether the calling thread may arm receive operations ([`RxOwner`]).
+    fn may_arm(&self) -> bool {
+        match self.rx_owner {
+            RxOwner::Any => true,
+            RxOwner::Reserved => false,
+            RxOwner::Thread(id) => id == std::thread::current().id(),
+        }
     }
 
     /// Submits what is queued.
@@ -1267,7 +1328,15 @@ impl Backend for UringBackend {
 
     fn recv_ready(&mut self, sink: Sink<'_>) -> io::Result<usize> {
         let drained = !self.armed && self.pending_rx.is_empty();
-        if self.rx.is_none() || (self.busy_poll && drained) {
+        let may_arm = self.may_arm();
+        if may_arm {
+            // The owner's own pass does what is needed (arms, or the placing receive).
+            self.rearm_wanted = false;
+        }
+        // A thread that may not arm receives what the socket holds with syscalls.
+        if self.rx.is_none() || ((self.busy_poll || !may_arm) && drained) {
+            // Only the owner arms; it is asked to (`rx_pending`).
+            self.rearm_wanted |= self.rx.is_some() && !self.busy_poll;
             if let Some(c) = &mut self.connected {
                 return c.recv_ready(&self.sock, &mut self.syscall_rx, sink, &mut self.stats);
             }
@@ -1303,8 +1372,12 @@ impl Backend for UringBackend {
             }
         }
         if !self.armed && !self.busy_poll && !self.hold_arm {
-            self.arm()?;
-            self.submit()?;
+            if may_arm {
+                self.arm()?;
+                self.submit()?;
+            } else {
+                self.rearm_wanted = true;
+            }
         }
         match err {
             Some(e) => Err(e),
@@ -1328,7 +1401,13 @@ impl Backend for UringBackend {
     fn rx_pending(&self) -> bool {
         // In placing mode with no poll armed, the socket may hold data that nothing signals
         // (a receive budget ended before it was drained).
-        !self.pending_rx.is_empty() || (self.placing && !self.poll_armed && !self.armed)
+        !self.pending_rx.is_empty()
+            || (self.placing && !self.poll_armed && !self.armed)
+            || self.rearm_wanted
+    }
+
+    fn set_receive_owner(&mut self, owner: Option<std::thread::ThreadId>) {
+        self.rx_owner = owner.map_or(RxOwner::Reserved, RxOwner::Thread);
     }
 
     /// Thread progress with [`Options::place`]: the multishot receive while no inbound
@@ -1345,10 +1424,11 @@ impl Backend for UringBackend {
         eng: &mut uroce_proto::Device,
         now: uroce_proto::Instant,
     ) -> io::Result<usize> {
-        if !self.place || self.rx.is_none() || self.busy_poll {
+        if !self.place || self.rx.is_none() || self.busy_poll || !self.may_arm() {
             return self
                 .recv_ready(&mut |from, to, bytes| eng.handle_datagram(now, from, to, bytes));
         }
+        self.rearm_wanted = false;
         self.reap();
         let mut n = 0;
         if self.armed || !self.pending_rx.is_empty() {
@@ -1459,6 +1539,7 @@ impl Backend for UringBackend {
             gso: self.gso.on,
             sq_poll: self.sq_poll(),
             tx_thread: self.tx.is_some(),
+            coop_taskrun: self.coop,
         }
     }
 
@@ -1746,6 +1827,46 @@ mod tests {
             "the multishot receive stays off"
         );
         assert!(!rx.armed);
+    }
+
+    /// Under a progress thread only that thread arms the multishot receive (its completion
+    /// work runs on the arming thread, under `COOP_TASKRUN` only when that thread enters the
+    /// kernel); another thread receives with syscalls and leaves the re-arming to the owner.
+    #[test]
+    fn only_the_receive_owner_arms_the_multishot_receive() {
+        let mut rx = backend("127.0.40.17", Options::default());
+        let mut tx = backend("127.0.40.18", Options::default());
+        assert!(
+            rx.features().coop_taskrun,
+            "kernel 5.19+ sets up COOP_TASKRUN"
+        );
+        let dst = rx.sock.local_addr().unwrap();
+        let probe_arms = rx.stats().rx_arms;
+        let other = std::thread::spawn(|| std::thread::current().id());
+        let other = other.join().unwrap();
+        // The progress thread not started yet, then started on another thread.
+        for owner in [None, Some(other)] {
+            rx.set_receive_owner(owner);
+            tx.send(dst, b"not armed", None).unwrap();
+            tx.flush().unwrap();
+            let got = collect(&mut rx, 1);
+            assert_eq!(got.len(), 1, "{owner:?}");
+            assert_eq!(got[0].2, b"not armed");
+            assert_eq!(rx.stats().rx_arms, probe_arms, "{owner:?}: armed");
+            assert!(!rx.armed);
+            assert!(rx.rx_pending(), "{owner:?}: the owner is not asked to arm");
+        }
+        // This thread is the owner: it arms, and the datagram comes through the ring.
+        rx.set_receive_owner(Some(std::thread::current().id()));
+        assert_eq!(rx.recv_ready(&mut |_, _, _| {}).unwrap(), 0);
+        assert_eq!(rx.stats().rx_arms, probe_arms + 1);
+        assert!(rx.armed && !rx.rx_pending());
+        tx.send(dst, b"armed", None).unwrap();
+        tx.flush().unwrap();
+        let got = collect(&mut rx, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2, b"armed");
+        assert!(rx.stats().rx_receives >= 1 && rx.armed);
     }
 
     /// The probed GSO segment limit is exact, and the same when another device asks.
