@@ -276,14 +276,19 @@ pub enum AsyncEvent {
 }
 
 /// A packet that did not fit the GSO batch it was built for (a WRITE's FIRST, whose RETH
-/// makes it longer than the MIDDLEs before it), sent as the next datagram. Its buffer is
-/// kept between uses, so staging allocates nothing in steady state.
+/// makes it longer than the MIDDLEs before it; a READ response's LAST, whose AETH does), sent
+/// first in the next datagram. Its buffer is kept between uses, so staging allocates nothing
+/// in steady state.
 #[derive(Debug, Default)]
 struct Staged {
     /// Where the staged packet goes; `None`: nothing staged.
     dst: Option<SocketAddr>,
     /// The packet, unsealed (its ICRC depends on the datagram it ends up in).
     bytes: Vec<u8>,
+    /// The QP that built it.
+    qpn: u32,
+    /// A timeout's probe: it goes alone.
+    alone: bool,
 }
 
 /// The sans-IO RoCEv2 endpoint.
@@ -1010,6 +1015,10 @@ impl Device {
     /// Writes the next datagram (or GSO batch) into `buf`. `buf` should hold at least one
     /// packet of the largest path MTU in use plus 64 bytes of headers.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        // A staged packet opens the next batch, which its QP's next packets of the same
+        // size join: a READ response's LAST and the next response's FIRST (both carry an
+        // AETH) share a datagram.
+        let mut opened = None;
         if let Some(dst) = self.staged.dst {
             let len = self.staged.bytes.len();
             if len > buf.len() {
@@ -1017,15 +1026,25 @@ impl Device {
             }
             self.staged.dst = None;
             buf[..len].copy_from_slice(&self.staged.bytes);
-            self.seal(dst, &mut buf[..len], 0);
-            self.count_tx(1, len);
-            return Some(Transmit {
-                dst,
-                len,
-                segment_size: None,
-            });
+            let qpn = self.staged.qpn;
+            let ready = self.qps.get(&qpn).is_some_and(|q| q.req.in_ready);
+            if self.staged.alone || !ready {
+                self.seal(dst, &mut buf[..len], 0);
+                self.count_tx(1, len);
+                return Some(Transmit {
+                    dst,
+                    len,
+                    segment_size: None,
+                });
+            }
+            self.ready.retain(|&q| q != qpn);
+            opened = Some((qpn, (dst, dest_qp(&buf[..len])), len));
         }
-        while let Some(qpn) = self.ready.pop_front() {
+        loop {
+            let (qpn, first) = match opened.take() {
+                Some((qpn, d, len)) => (qpn, Some((d, len))),
+                None => (self.ready.pop_front()?, None),
+            };
             let Some(qp) = self.qps.get_mut(&qpn) else {
                 continue;
             };
@@ -1036,6 +1055,9 @@ impl Device {
             // all (no list of sizes: nothing is allocated per batch).
             let (mut off, mut n, mut seg) = (0, 0, 0);
             let mut dst = None;
+            if let Some((d, len)) = first {
+                (dst, off, n, seg) = (Some(d), len, 1, len);
+            }
             while n < self.config.max_segments {
                 let Some((len, d)) = qp.emit(&mut buf[off..], &mut ctx) else {
                     break;
@@ -1071,6 +1093,8 @@ impl Device {
                         // Larger than the batch's segments, for another peer, or a probe:
                         // send it next.
                         self.staged.dst = Some(d.0);
+                        self.staged.qpn = qpn;
+                        self.staged.alone = alone;
                         self.staged.bytes.clear();
                         self.staged.bytes.extend_from_slice(&buf[off..off + len]);
                         break;
@@ -1103,7 +1127,6 @@ impl Device {
                 segment_size: (n > 1).then_some(seg),
             });
         }
-        None
     }
 
     fn count_tx(&mut self, packets: usize, bytes: usize) {
