@@ -117,8 +117,10 @@ fn streaming_multi_packet_writes_allocates_nothing_per_packet() {
                 let Some(t) = t else { break };
                 if count && from == a.host {
                     datagrams += 1;
-                    // A lone packet the size of a FIRST (BTH + RETH + 4096 + ICRC): staged.
-                    staged += u64::from(t.segment_size.is_none() && t.len == 12 + 16 + 4096 + 4);
+                    // A datagram opened by a packet the size of a FIRST (BTH + RETH + 4096 +
+                    // ICRC): staged, since it did not fit the MIDDLEs' batch before it.
+                    let first = t.segment_size.unwrap_or(t.len) == 12 + 16 + 4096 + 4;
+                    staged += u64::from(first);
                 }
                 let seg = t.segment_size.unwrap_or(t.len);
                 for p in buf[..t.len].chunks(seg) {
