@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 const HEADER: &str = "/usr/include/infiniband/verbs.h";
 
 #[test]
@@ -42,18 +44,7 @@ fn rust_layout_matches_verbs_h() {
     let src = dir.join("layout.c");
     let exe = dir.join("layout");
     std::fs::write(&src, &c).unwrap();
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        out.status.success(),
-        "{cc} failed on the generated layout program:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::compile_c(&src, &exe, &[]);
     let run = Command::new(&exe).output().expect("run the layout program");
     assert!(run.status.success());
     let got: Vec<String> = String::from_utf8_lossy(&run.stdout)

@@ -44,20 +44,9 @@ pub fn run_c_program(name: &str, libs: &[&str], args: &[&str], devices: &str) {
     let dir = std::env::temp_dir().join(format!("uroce-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join(name);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(&cc)
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .arg("-libverbs")
-        .args(libs)
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        out.status.success(),
-        "{cc} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut flags = vec!["-O1", "-Wall", "-libverbs"];
+    flags.extend_from_slice(libs);
+    compile_c(&src, &exe, &flags);
     let run = Command::new(&exe)
         .args(args)
         .env("LD_LIBRARY_PATH", lib_dir())
@@ -72,4 +61,23 @@ pub fn run_c_program(name: &str, libs: &[&str], args: &[&str], devices: &str) {
         String::from_utf8_lossy(&run.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Compiles the C program `src` into `exe` with `$CC` (default `cc`) and `flags` after the
+/// source, and asserts that the compiler succeeded.
+pub fn compile_c(src: &Path, exe: &Path, flags: &[&str]) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .arg("-o")
+        .arg(exe)
+        .arg(src)
+        .args(flags)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "{cc} failed on {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
