@@ -499,7 +499,13 @@ pub fn run_from_bench(
                 run.app_lock_longest_us = Some(run.app_lock_longest_us.unwrap_or(0).max(w));
             }
             if !b(h, "clean") {
-                reasons.push(format!("{side}: link not clean ({h})"));
+                // An RNR NAK's resends are the receive queue running dry, not the link.
+                let why = if u(h, "rnr_naks") + u(h, "rnr_naks_sent") > 0 {
+                    "receive queue ran dry (RNR NAKs), packets resent"
+                } else {
+                    "link not clean"
+                };
+                reasons.push(format!("{side}: {why} ({h})"));
             }
             if s(l, "data") == "FAILED" {
                 run.errors += 1;
@@ -663,6 +669,18 @@ mod tests {
         assert!(!r.valid);
         assert_eq!(r.retransmits, 3);
         assert!(r.reason.contains("client: link not clean"), "{}", r.reason);
+        // A receive queue that ran dry is named as such, and still not a result.
+        let mut dry = line(0, false, "verified");
+        dry["health"]["rnr_naks_sent"] = json!(2);
+        dry["health"]["out_of_sequence"] = json!(87);
+        let r = run_from_bench(bw(), &[line(0, true, "verified")], &[dry], (true, true));
+        assert!(!r.valid, "{r:?}");
+        assert!(
+            r.reason
+                .contains("server: receive queue ran dry (RNR NAKs)"),
+            "{}",
+            r.reason
+        );
         let r = run_from_bench(
             bw(),
             &[line(0, true, "verified")],

@@ -58,6 +58,8 @@ pub struct Health {
     pub naks: u64,
     /// RNR NAKs received (the receiver had no receive posted: not a loss).
     pub rnr_naks: u64,
+    /// RNR NAKs sent: this side's receive queue ran dry.
+    pub rnr_naks_sent: u64,
     /// Duplicate requests the responder saw.
     pub duplicates: u64,
     /// Requests that arrived ahead of the expected PSN (a packet before them was lost).
@@ -114,6 +116,7 @@ impl Health {
                 h.timeouts += c.timeouts;
                 h.naks += c.naks_received.iter().sum::<u64>();
                 h.rnr_naks += c.rnr_naks_received;
+                h.rnr_naks_sent += c.rnr_naks_sent;
                 h.duplicates += c.duplicates;
                 h.out_of_sequence += c.out_of_sequence;
             }
@@ -150,6 +153,7 @@ impl Health {
             timeouts: self.timeouts.saturating_sub(before.timeouts),
             naks: self.naks.saturating_sub(before.naks),
             rnr_naks: self.rnr_naks.saturating_sub(before.rnr_naks),
+            rnr_naks_sent: self.rnr_naks_sent.saturating_sub(before.rnr_naks_sent),
             duplicates: self.duplicates.saturating_sub(before.duplicates),
             out_of_sequence: self.out_of_sequence.saturating_sub(before.out_of_sequence),
             icrc_drops: self.icrc_drops.saturating_sub(before.icrc_drops),
@@ -177,9 +181,11 @@ impl Health {
         }
     }
 
-    /// Nothing was lost, resent, damaged or dropped (RNR NAKs alone are flow control). Socket
-    /// drops alone do not count: a lost request shows as a retransmission, and a lost ACK that
-    /// a later one covered cost nothing.
+    /// Nothing was lost, resent, damaged or dropped. An RNR NAK is flow control, not a loss,
+    /// but the requester resends from the packet it refused and the responder drops what
+    /// followed (IBTA 9.7.5.2.8), so a run with one is not clean either: it measured a
+    /// receive queue that ran dry. Socket drops alone do not count: a lost request shows as a
+    /// retransmission, and a lost ACK that a later one covered cost nothing.
     pub fn clean(&self) -> bool {
         self.retransmits == 0
             && self.timeouts == 0
@@ -191,12 +197,42 @@ impl Health {
             && self.io_errors == 0
     }
 
+    /// Why a run of `size`-byte messages is not clean, for the operator (`None` if it is).
+    /// RNR NAKs are named first: the resends and out-of-sequence drops that follow them are
+    /// the queue running dry, not the link losing anything.
+    pub fn verdict(&self, size: u64) -> Option<String> {
+        if self.clean() {
+            return None;
+        }
+        let counts = format!(
+            "retransmits {}, timeouts {}, ICRC drops {}, out of sequence {}, socket drops {}, \
+             receive drops {}",
+            self.retransmits,
+            self.timeouts,
+            self.icrc_drops,
+            self.out_of_sequence,
+            self.socket_drops,
+            self.rx_drops
+        );
+        Some(if self.rnr_naks + self.rnr_naks_sent > 0 {
+            format!(
+                "{size} B: the receiver ran out of posted receives (RNR NAKs received {}, sent \
+                 {}; the SEND server's queue depth is -r) and packets were resent ({counts}): \
+                 not a clean run",
+                self.rnr_naks, self.rnr_naks_sent
+            )
+        } else {
+            format!("{size} B: the link lost or damaged packets ({counts}): not a clean run")
+        })
+    }
+
     fn json(&self) -> Value {
         json!({
             "retransmits": self.retransmits,
             "timeouts": self.timeouts,
             "naks": self.naks,
             "rnr_naks": self.rnr_naks,
+            "rnr_naks_sent": self.rnr_naks_sent,
             "duplicates": self.duplicates,
             "out_of_sequence": self.out_of_sequence,
             "icrc_drops": self.icrc_drops,
@@ -646,6 +682,38 @@ mod tests {
         // A peer whose clock failed reports 0: no rate, not infinity.
         let z = row(0.0);
         assert_eq!((z.gbps(), z.mbps(), z.mpps()), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn an_unclean_run_names_rnr_naks_as_the_cause_when_there_were_any() {
+        assert_eq!(Health::default().verdict(4096), None);
+        let lost = Health {
+            retransmits: 5,
+            out_of_sequence: 4,
+            ..Health::default()
+        };
+        let v = lost.verdict(4096).expect("unclean");
+        assert!(
+            v.starts_with("4096 B: the link lost or damaged packets"),
+            "{v}"
+        );
+        assert!(
+            v.contains("retransmits 5") && v.contains("out of sequence 4"),
+            "{v}"
+        );
+        // The responder's side of an RNR episode: it sent the NAK and dropped what followed.
+        let dry = Health {
+            rnr_naks_sent: 2,
+            out_of_sequence: 87,
+            ..Health::default()
+        };
+        let v = dry.verdict(4096).expect("unclean");
+        assert!(
+            v.contains("ran out of posted receives (RNR NAKs received 0, sent 2"),
+            "{v}"
+        );
+        assert!(v.contains("out of sequence 87"), "{v}");
+        assert!(!v.contains("lost or damaged"), "{v}");
     }
 
     #[test]
