@@ -44,70 +44,69 @@ if ((!report_only)) && [[ $(id -u) -ne 0 ]]; then
     exit 77
 fi
 run_all() {
-rm -rf "$art"
-mkdir -p "$art"
-A=cmpa A4=10.77.0.11 B=cmpb B4=10.77.0.12
-UPORT=4792
+    rm -rf "$art"
+    mkdir -p "$art"
+    A=cmpa A4=10.77.0.11 B=cmpb B4=10.77.0.12
+    UPORT=4792
 
-cd "$root"
-cargo build --release --locked -q -p uroce-cli >&2
-U=$root/target/release/uroce
-if ! command -v iperf3 >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 >/dev/null
-fi
+    cd "$root"
+    cargo build --release --locked -q -p uroce-cli >&2
+    U=$root/target/release/uroce
+    if ! command -v iperf3 >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 >/dev/null
+    fi
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    "$G" stop "$A" 2>/dev/null || true
-    "$G" stop "$B" 2>/dev/null || true
-    exit "$rc"
-}
-trap cleanup EXIT INT TERM
-"$G" setup >&2
-"$G" start "$A" "$A4" > "$art/guest-$A.txt"
-"$G" start "$B" "$B4" > "$art/guest-$B.txt"
+    cleanup() {
+        local rc=$?
+        trap - EXIT INT TERM
+        "$G" stop "$A" 2>/dev/null || true
+        "$G" stop "$B" 2>/dev/null || true
+        exit "$rc"
+    }
+    trap cleanup EXIT INT TERM
+    "$G" setup >&2
+    "$G" start "$A" "$A4" > "$art/guest-$A.txt"
+    "$G" start "$B" "$B4" > "$art/guest-$B.txt"
 
-# pair NAME SERVER-CMD CLIENT-CMD: the server in A, the client in B after the server's side
-# channel listens; both outputs kept, the client's on stdout.
-pair() {
-    local name=$1 srv=$2 cli=$3 id rc=0
-    id=$("$G" submit "$A" -t 300 "$srv")
-    "$G" wait-port "$A" 18515 >/dev/null
-    "$G" run "$B" -t 300 "$cli" > "$art/$name.client" 2>&1 || rc=$?
-    "$G" wait "$A" "$id" > "$art/$name.server" 2>&1 || rc=$((rc ? rc : $?))
-    [[ $rc == 0 ]] || echo "compare.sh: $name exited $rc (see $art/$name.*)" >&2
-}
-stats() { # NAME: rxe's counters in both guests
-    "$G" run "$A" 'rdma statistic show link rxe0/1' > "$art/$1.stats-$A" 2>&1 || true
-    "$G" run "$B" 'rdma statistic show link rxe0/1' > "$art/$1.stats-$B" 2>&1 || true
-}
-rxe() { # ROUND
-    stats "r$1-rxe-bw.before"
-    pair "r$1-rxe-bw" "ib_write_bw -d rxe0 -x 1 -s 1048576 -n $iters -F --report_gbits" \
-        "ib_write_bw -d rxe0 -x 1 -s 1048576 -n $iters -F --report_gbits $A4"
-    stats "r$1-rxe-bw.after"
-    stats "r$1-rxe-lat.before"
-    pair "r$1-rxe-lat" "ib_write_lat -d rxe0 -x 1 -s 8 -n 2000 -F" \
-        "ib_write_lat -d rxe0 -x 1 -s 8 -n 2000 -F $A4"
-    stats "r$1-rxe-lat.after"
-}
-uroce() { # ROUND
-    local b="$U bench write bw -s 1048576 -n $iters --udp-port $UPORT --json --timeout 240"
-    pair "r$1-uroce-bw-polled" "$b --progress polled" "$b --progress polled $A4"
-    pair "r$1-uroce-bw-thread" "$b" "$b $A4"
-    local l="$U bench write lat -s 8 -n 2000 --udp-port $UPORT --json --timeout 240 --progress polled"
-    pair "r$1-uroce-lat" "$l" "$l $A4"
-}
-for r in $(seq 1 "$rounds"); do
-    echo "compare.sh: round $r of $rounds" >&2
-    id=$("$G" submit "$A" -t 60 "iperf3 -s -1")
-    "$G" wait-port "$A" 5201 >/dev/null
-    "$G" run "$B" -t 60 "iperf3 -J -c $A4 -t 5" > "$art/r$r-tcp.client" 2>&1 || true
-    "$G" wait "$A" "$id" > "$art/r$r-tcp.server" 2>&1 || true
-    if ((r % 2)); then rxe "$r"; uroce "$r"; else uroce "$r"; rxe "$r"; fi
-done
-
+    # pair NAME SERVER-CMD CLIENT-CMD: the server in A, the client in B after the server's side
+    # channel listens; both outputs kept, the client's on stdout.
+    pair() {
+        local name=$1 srv=$2 cli=$3 id rc=0
+        id=$("$G" submit "$A" -t 300 "$srv")
+        "$G" wait-port "$A" 18515 >/dev/null
+        "$G" run "$B" -t 300 "$cli" > "$art/$name.client" 2>&1 || rc=$?
+        "$G" wait "$A" "$id" > "$art/$name.server" 2>&1 || rc=$((rc ? rc : $?))
+        [[ $rc == 0 ]] || echo "compare.sh: $name exited $rc (see $art/$name.*)" >&2
+    }
+    stats() { # NAME: rxe's counters in both guests
+        "$G" run "$A" 'rdma statistic show link rxe0/1' > "$art/$1.stats-$A" 2>&1 || true
+        "$G" run "$B" 'rdma statistic show link rxe0/1' > "$art/$1.stats-$B" 2>&1 || true
+    }
+    rxe() { # ROUND
+        stats "r$1-rxe-bw.before"
+        pair "r$1-rxe-bw" "ib_write_bw -d rxe0 -x 1 -s 1048576 -n $iters -F --report_gbits" \
+            "ib_write_bw -d rxe0 -x 1 -s 1048576 -n $iters -F --report_gbits $A4"
+        stats "r$1-rxe-bw.after"
+        stats "r$1-rxe-lat.before"
+        pair "r$1-rxe-lat" "ib_write_lat -d rxe0 -x 1 -s 8 -n 2000 -F" \
+            "ib_write_lat -d rxe0 -x 1 -s 8 -n 2000 -F $A4"
+        stats "r$1-rxe-lat.after"
+    }
+    uroce() { # ROUND
+        local b="$U bench write bw -s 1048576 -n $iters --udp-port $UPORT --json --timeout 240"
+        pair "r$1-uroce-bw-polled" "$b --progress polled" "$b --progress polled $A4"
+        pair "r$1-uroce-bw-thread" "$b" "$b $A4"
+        local l="$U bench write lat -s 8 -n 2000 --udp-port $UPORT --json --timeout 240 --progress polled"
+        pair "r$1-uroce-lat" "$l" "$l $A4"
+    }
+    for r in $(seq 1 "$rounds"); do
+        echo "compare.sh: round $r of $rounds" >&2
+        id=$("$G" submit "$A" -t 60 "iperf3 -s -1")
+        "$G" wait-port "$A" 5201 >/dev/null
+        "$G" run "$B" -t 60 "iperf3 -J -c $A4 -t 5" > "$art/r$r-tcp.client" 2>&1 || true
+        "$G" wait "$A" "$id" > "$art/r$r-tcp.server" 2>&1 || true
+        if ((r % 2)); then rxe "$r"; uroce "$r"; else uroce "$r"; rxe "$r"; fi
+    done
 }
 ((report_only)) || run_all
 python3 - "$art" "$rounds" "$iters" <<'PY'
@@ -174,7 +173,7 @@ for r in range(1, rounds + 1):
         notes[key].append(f"round {r}: retransmits {h.get('retransmits')}, timeouts {h.get('timeouts')}")
 med = {k: statistics.median(v) if v else None for k, v in rows.items()}
 def cell(v, unit):
-    return "no valid run" if v is None else f"{v:.3f} {unit}" if unit == "Gbit/s" else f"{v:.0f} {unit}"
+    return "no result" if v is None else f"{v:.3f} {unit}" if unit == "Gbit/s" else f"{v:.0f} {unit}"
 def ratio(a, b):
     return "" if a is None or b is None else f"{a / b:.2f}"
 print(f"uroce against the kernel's rxe, both in TCG qemu guests (one vCPU each), {rounds} rounds, "
