@@ -885,8 +885,9 @@ impl Device {
     }
 
     /// Whether an RC QP has an inbound message in progress whose payload could be placed,
-    /// with at least [`place::PLACE_MIN_REMAINING`] bytes still to come (a driver receives
-    /// with [`Self::plan_placement`] while this holds).
+    /// with at least [`place::PLACE_MIN_REMAINING`] bytes still to come, on a path MTU of at
+    /// least [`place::PLACE_MIN_MTU`] (a driver receives with [`Self::plan_placement`] while
+    /// this holds).
     pub fn placement_wanted(&self) -> bool {
         self.qps.values().any(place::inbound)
     }

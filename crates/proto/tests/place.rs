@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use common::pattern;
 use uroce_proto::{
-    Access, AtomicMemory, Completion, Config, CqHandle, Device, Instant, Payload, Placement, QpCap,
-    RecvWr, RegionMemory, SendOp, SendWr, Sge, VecMemory, WcStatus,
+    Access, AtomicMemory, Completion, Config, CqHandle, Device, Instant, Mtu, Payload, Placement,
+    QpCap, RecvWr, RegionMemory, SendOp, SendWr, Sge, VecMemory, WcStatus,
 };
 
 const A_IP: [u8; 4] = [10, 0, 0, 1];
@@ -52,15 +52,24 @@ fn side(ip: [u8; 4]) -> Side {
     }
 }
 
-fn connect(s: &mut Side, peer_ip: IpAddr, peer_qpn: u32) {
-    common::connect_rc(&mut s.dev, s.qpn, &common::Link::new(peer_ip, peer_qpn));
+fn connect(s: &mut Side, peer_ip: IpAddr, peer_qpn: u32, mtu: Mtu) {
+    let link = common::Link {
+        mtu,
+        ..common::Link::new(peer_ip, peer_qpn)
+    };
+    common::connect_rc(&mut s.dev, s.qpn, &link);
 }
 
+/// Two connected sides at path MTU [`MTU`].
 fn pair() -> (Side, Side) {
+    pair_at(Mtu::M1024)
+}
+
+fn pair_at(mtu: Mtu) -> (Side, Side) {
     let (mut a, mut b) = (side(A_IP), side(B_IP));
     let (aq, bq) = (a.qpn, b.qpn);
-    connect(&mut a, b.ip, bq);
-    connect(&mut b, a.ip, aq);
+    connect(&mut a, b.ip, bq, mtu);
+    connect(&mut b, a.ip, aq, mtu);
     (a, b)
 }
 
@@ -445,4 +454,44 @@ fn unpeeked_plans_take_any_datagram_and_the_data_ends_correct() {
     assert!(c.rx_placed > 20, "{c:?}");
     assert!(c.rx_place_misses >= 2, "{c:?}");
     assert_eq!(c.icrc_drops, 0);
+}
+
+/// A driver switches to placing receives only at path MTU 4096 (`place::PLACE_MIN_MTU`):
+/// with smaller packets the scatter costs more than the copy it saves. Planning itself
+/// still works at any MTU (the tests above run at 1024).
+#[test]
+fn placing_receives_are_wanted_only_at_path_mtu_4096() {
+    for (mtu, wanted) in [(Mtu::M1024, false), (Mtu::M2048, false), (Mtu::M4096, true)] {
+        let (mut a, mut b) = pair_at(mtu);
+        let len = 2 * uroce_proto::place::PLACE_MIN_REMAINING;
+        let sk = reg(&mut a, AtomicMemory::zeroed(len), Access::LOCAL_WRITE);
+        let dk = reg(
+            &mut b,
+            AtomicMemory::zeroed(len),
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        );
+        let wr = SendWr::new(
+            1,
+            SendOp::RdmaWrite {
+                remote_addr: 0x10_0000,
+                rkey: dk.rkey,
+            },
+            Payload::Sge(Sge {
+                addr: 0x10_0000,
+                length: len as u32,
+                lkey: sk.lkey,
+            }),
+        );
+        a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
+        let mut buf = vec![0u8; 65536];
+        let tx = a
+            .dev
+            .poll_transmit(Instant::ZERO, &mut buf)
+            .expect("a FIRST");
+        let first = &buf[..tx.segment_size.unwrap_or(tx.len)];
+        let from = SocketAddr::new(a.ip, 4791);
+        assert!(!b.dev.placement_wanted(), "{mtu:?}: no message yet");
+        b.dev.handle_datagram(Instant::ZERO, from, b.ip, first);
+        assert_eq!(b.dev.placement_wanted(), wanted, "{mtu:?}");
+    }
 }
