@@ -123,3 +123,162 @@ fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
     assert_eq!(dst.to_vec(), pattern(3 * len, 9));
     assert_eq!(b.counters().tx_datagrams, 7);
 }
+
+/// A's RC QP connected to B's with remote write granted; B's region of `len` bytes at 0x8000.
+fn write_pair(
+    config: impl Fn(&mut Config),
+    len: usize,
+) -> (
+    Device,
+    u32,
+    uroce_proto::CqHandle,
+    Device,
+    std::sync::Arc<AtomicMemory>,
+    u32,
+    u32,
+) {
+    let mk = |ip: [u8; 4]| {
+        let mut c = Config::new(IpAddr::from(ip));
+        config(&mut c);
+        let mut dev = Device::new(c);
+        let pd = dev.alloc_pd();
+        let cq = dev.create_cq(64).expect("cq");
+        let cap = QpCap {
+            max_send_wr: 16,
+            max_recv_wr: 16,
+            ..QpCap::default()
+        };
+        let qpn = common::rc_qp(&mut dev, pd, cq, cap, true);
+        (dev, pd, cq, qpn)
+    };
+    let (mut a, a_pd, a_cq, aq) = mk(A_IP);
+    let (mut b, b_pd, _, bq) = mk(B_IP);
+    for (dev, qpn, peer, peer_qpn) in [(&mut a, aq, B_IP, bq), (&mut b, bq, A_IP, aq)] {
+        common::connect_rc(dev, qpn, &Link::new(IpAddr::from(peer), peer_qpn));
+    }
+    let src = AtomicMemory::zeroed(len);
+    src.write(0, &pattern(len, 5));
+    let sk = a
+        .reg_mr(a_pd, 0x1000, src, Access::LOCAL_WRITE)
+        .expect("mr");
+    let dst = AtomicMemory::zeroed(len);
+    let dk = b
+        .reg_mr(
+            b_pd,
+            0x8000,
+            dst.clone(),
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        )
+        .expect("mr");
+    (a, aq, a_cq, b, dst, sk.lkey, dk.rkey)
+}
+
+fn write_wr(id: u64, at: usize, len: usize, lkey: u32, op: SendOp) -> SendWr {
+    SendWr::new(
+        id,
+        op,
+        Payload::Sge(Sge {
+            addr: 0x1000 + at as u64,
+            length: len as u32,
+            lkey,
+        }),
+    )
+}
+
+/// `Config::split_writes` (the default): each packet of a multi-packet RC WRITE is a WRITE
+/// ONLY whose RETH names its own part, so three WRITEs of four packets leave as one GSO
+/// batch of twelve equal packets, and the data and completions are those of three WRITEs.
+/// Without it, each message's FIRST (a RETH more) cuts the stream: six datagrams.
+#[test]
+fn split_writes_batch_into_one_gso_send_and_land_whole() {
+    let from_a = SocketAddr::new(IpAddr::from(A_IP), 4791);
+    let len = 4 * MTU;
+    for split in [true, false] {
+        let (mut a, aq, a_cq, mut b, dst, lkey, rkey) =
+            write_pair(|c| c.split_writes = split, 3 * len);
+        for i in 0..3u64 {
+            let op = SendOp::RdmaWrite {
+                remote_addr: 0x8000 + i * len as u64,
+                rkey,
+            };
+            let wr = write_wr(i, i as usize * len, len, lkey, op);
+            a.post_send(Instant::ZERO, aq, wr).expect("post");
+        }
+        let sent = datagrams(&mut a);
+        let shapes: Vec<Vec<usize>> = sent.iter().map(|(_, l)| l.clone()).collect();
+        let mut packets = Vec::new();
+        for (d, lens) in &sent {
+            packets.extend(d.chunks(lens[0]).map(<[u8]>::to_vec));
+        }
+        let opcodes: Vec<u8> = packets.iter().map(|p| p[0]).collect();
+        if split {
+            // BTH, RETH, payload, ICRC: all twelve one size, one datagram.
+            assert_eq!(shapes, [vec![MIDDLE + 16; 12]]);
+            assert_eq!(opcodes, [0x0A; 12], "RC RDMA WRITE ONLY");
+            for (k, p) in packets.iter().enumerate() {
+                let va = u64::from_be_bytes(p[12..20].try_into().expect("8"));
+                let dma_len = u32::from_be_bytes(p[24..28].try_into().expect("4"));
+                assert_eq!((va, dma_len), (0x8000 + (k * MTU) as u64, MTU as u32));
+            }
+        } else {
+            let (f, m) = (MIDDLE + 16, MIDDLE);
+            assert_eq!(
+                shapes,
+                [
+                    vec![f, m],
+                    vec![m, m],
+                    vec![f, m],
+                    vec![m, m],
+                    vec![f, m],
+                    vec![m, m]
+                ]
+            );
+            assert_eq!(opcodes, [6, 7, 7, 8].repeat(3), "FIRST MIDDLE MIDDLE LAST");
+        }
+        for p in &packets {
+            b.handle_datagram(Instant::ZERO, from_a, IpAddr::from(B_IP), p);
+        }
+        for (d, lens) in datagrams(&mut b) {
+            for p in d.chunks(lens[0]) {
+                a.handle_datagram(
+                    Instant::ZERO,
+                    SocketAddr::new(IpAddr::from(B_IP), 4791),
+                    IpAddr::from(A_IP),
+                    p,
+                );
+            }
+        }
+        let mut done = Vec::new();
+        while let Ok(Some(c)) = a.poll_cq(a_cq) {
+            assert_eq!(c.status, WcStatus::Success, "{c:?}");
+            assert_eq!(c.byte_len, len as u32);
+            done.push(c.wr_id);
+        }
+        assert_eq!(done, [0, 1, 2], "split {split}");
+        assert_eq!(dst.to_vec(), pattern(3 * len, 5), "split {split}");
+    }
+}
+
+/// A WRITE with immediate stays one message even with `split_writes`: the responder's
+/// completion reports the message's length, which only the FIRST's RETH carries.
+#[test]
+fn writes_with_immediate_are_not_split() {
+    let len = 4 * MTU;
+    let (mut a, aq, _, _, _, lkey, rkey) = write_pair(|_| {}, len);
+    let op = SendOp::RdmaWriteWithImm {
+        remote_addr: 0x8000,
+        rkey,
+        imm: 7,
+    };
+    a.post_send(Instant::ZERO, aq, write_wr(1, 0, len, lkey, op))
+        .expect("post");
+    let mut opcodes = Vec::new();
+    for (d, lens) in datagrams(&mut a) {
+        opcodes.extend(d.chunks(lens[0]).map(|p| p[0]));
+    }
+    assert_eq!(
+        opcodes,
+        [6, 7, 7, 9],
+        "FIRST MIDDLE MIDDLE LAST with immediate"
+    );
+}

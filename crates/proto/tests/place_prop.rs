@@ -51,6 +51,8 @@ fn side(ip: [u8; 4]) -> Side {
     let ip = IpAddr::from(ip);
     let mut cfg = Config::new(ip);
     cfg.max_segments = 8;
+    // Placement plans FIRST/MIDDLE/LAST streams (rxe's and NICs' framing).
+    cfg.split_writes = false;
     let mut dev = Device::new(cfg);
     let pd = dev.alloc_pd();
     let cq = dev.create_cq(256).expect("cq");

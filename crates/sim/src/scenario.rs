@@ -55,6 +55,8 @@ pub struct PairOpts {
     pub cap: QpCap,
     /// CQ depth.
     pub cq_depth: usize,
+    /// Both devices' `Config::split_writes` (its default: on).
+    pub split_writes: bool,
 }
 
 impl Default for PairOpts {
@@ -78,6 +80,7 @@ impl Default for PairOpts {
                 ..QpCap::default()
             },
             cq_depth: 8192,
+            split_writes: true,
         }
     }
 }
@@ -163,8 +166,13 @@ pub fn bring_up(sim: &mut Sim, a: &Endpoint, b: &Endpoint, o: &PairOpts) {
 
 /// Two hosts (10.0.0.1 and 10.0.0.2) with connected QPs.
 pub fn pair(sim: &mut Sim, o: &PairOpts) -> (Endpoint, Endpoint) {
-    let h0 = sim.add_host([10, 0, 0, 1].into());
-    let h1 = sim.add_host([10, 0, 0, 2].into());
+    let host = |sim: &mut Sim, ip: [u8; 4]| {
+        let mut config = uroce_proto::Config::new(ip.into());
+        config.split_writes = o.split_writes;
+        sim.add_host_with(config)
+    };
+    let h0 = host(sim, [10, 0, 0, 1]);
+    let h1 = host(sim, [10, 0, 0, 2]);
     let a = endpoint(sim, h0, o);
     let b = endpoint(sim, h1, o);
     bring_up(sim, &a, &b, o);

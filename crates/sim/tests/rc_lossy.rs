@@ -62,6 +62,8 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let opts = PairOpts {
         mem_len: MEM,
         timeout: 8,
+        // Both framings of a multi-packet WRITE: WRITE ONLY per packet, and FIRST/MIDDLE/LAST.
+        split_writes: seed % 2 == 0,
         ..PairOpts::default()
     };
     let (a, b) = pair(&mut sim, &opts);

@@ -342,7 +342,8 @@ fn fenced_wqe_waits_for_the_read_before_it() {
         .iter()
         .rposition(|o| *o == Opcode::RcReadResponseLast)
         .unwrap();
-    let first_write = ops.iter().position(|o| *o == Opcode::RcWriteFirst).unwrap();
+    // Split (the default): the WRITE's packets are WRITE ONLYs.
+    let first_write = ops.iter().position(|o| *o == Opcode::RcWriteOnly).unwrap();
     assert!(first_write > last_resp, "{ops:?}");
     assert_eq!(b.read(20_000, 8192), remote);
 }

@@ -98,6 +98,11 @@ pub struct DeviceConfig {
     /// looped-back transmit timestamp (docs/PERFORMANCE.md, "Latency: a connected send
     /// path"); IPv6 has no ID.
     pub connected_tx: bool,
+    /// Send each packet of a multi-packet RC RDMA WRITE as its own WRITE ONLY, so that WRITE
+    /// streams batch into full GSO sends (proto's `Config::split_writes`, which says what
+    /// changes on the wire). On by default; `UROCE_SPLIT_WRITES=0` frames WRITEs as
+    /// FIRST/MIDDLE/LAST, as rxe and NICs do.
+    pub split_writes: bool,
 }
 
 impl DeviceConfig {
@@ -124,6 +129,7 @@ impl DeviceConfig {
                 .map(Duration::from_millis),
             tx_thread: env_flag("UROCE_TXTHREAD"),
             connected_tx: env_flag("UROCE_CONNECTED_TX"),
+            split_writes: std::env::var("UROCE_SPLIT_WRITES").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -483,6 +489,7 @@ impl Device {
             ecfg.ipv4_id_mode = Ipv4IdMode::Solve;
         }
         ecfg.ack_delay = cfg.ack_delay.unwrap_or_default();
+        ecfg.split_writes = cfg.split_writes;
         let capture = match &cfg.pcap {
             Some(p) => {
                 let f = std::fs::File::create(p)?;

@@ -70,6 +70,9 @@ fn streaming_multi_packet_writes_allocates_nothing_per_packet() {
     let opts = PairOpts {
         mtu: Mtu::M4096,
         mem_len: 1 << 20,
+        // FIRST/MIDDLE/LAST: a FIRST is staged (it does not fit the MIDDLEs' batch), the path
+        // under test. Split WRITEs are all WRITE ONLYs of one size and never staged.
+        split_writes: false,
         cap: uroce_proto::QpCap {
             max_send_wr: DEPTH as u32,
             ..PairOpts::default().cap

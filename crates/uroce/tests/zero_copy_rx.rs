@@ -20,6 +20,9 @@ fn side(ip: &str) -> Side {
     let mut cfg = DeviceConfig::new(ip.parse().unwrap());
     cfg.backend = BackendKind::Uring;
     cfg.progress = Progress::Thread;
+    // The kernel places FIRST/MIDDLE/LAST streams (rxe's and NICs' framing); a split WRITE's
+    // WRITE ONLY packets are received by copy.
+    cfg.split_writes = false;
     common::side_with(
         cfg,
         QpType::Rc,

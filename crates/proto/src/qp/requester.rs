@@ -471,8 +471,13 @@ impl Qp {
                 let n = (w.len - off).min(mtu);
                 let first = off == 0;
                 last = off + n == w.len;
+                // `Config::split_writes`: each packet its own WRITE ONLY (IBTA §9.4.3: its
+                // RETH names its own part), so all are one size and batch into GSO sends.
+                let split = ctx.config.split_writes
+                    && self.qp_type == QpType::Rc
+                    && matches!(op, SendOp::RdmaWrite { .. });
                 let bth = &mut repr.bth;
-                bth.opcode = opcode_for(self.qp_type, &op, first, last);
+                bth.opcode = opcode_for(self.qp_type, &op, first || split, last || split);
                 // Ask for an ACK at least twice per window, so a small window never waits for
                 // an ACK that nothing requested.
                 let window = self.req.window.limit(self.max_unacked(ctx.config));
@@ -491,10 +496,18 @@ impl Qp {
                         } => (remote_addr, rkey),
                         _ => (0, 0),
                     };
-                    r.reth = Some(RethRepr {
-                        va,
-                        rkey,
-                        dma_len: w.len,
+                    r.reth = Some(if split {
+                        RethRepr {
+                            va: va.wrapping_add(u64::from(off)),
+                            rkey,
+                            dma_len: n,
+                        }
+                    } else {
+                        RethRepr {
+                            va,
+                            rkey,
+                            dma_len: w.len,
+                        }
                     });
                 }
                 if info.immediate {
