@@ -123,6 +123,8 @@ t0=$SECONDS
 for dir in bench_to_rxe bench_from_rxe; do
     $dir write bw ib_write_bw -n 200 -s 65536
     $dir read bw ib_read_bw -n 200 -s 65536
+    # 16 KiB: four packets, which uroce asks for with one READ request each (split_reads).
+    $dir read bw ib_read_bw -n 200 -s 16384
     $dir send bw ib_send_bw -n 200 -s 65536
     $dir atomic bw ib_atomic_bw -n 200 -A FETCH_AND_ADD
     $dir atomic bw ib_atomic_bw -n 200 -A CMP_AND_SWAP

@@ -86,6 +86,16 @@ pub struct Config {
     /// completion reports the message's length. On by default; `false` frames as rxe and
     /// NICs do.
     pub split_writes: bool,
+    /// Ask for a READ of a few packets with one READ request per packet (each answered by a
+    /// READ RESPONSE ONLY) instead of one request answered by FIRST/MIDDLE/LAST. A response
+    /// FIRST and LAST carry an AETH that its MIDDLEs do not, so a stream of multi-packet
+    /// responses cut two UDP GSO sends per READ; ONLYs are all one size and fill them. Each
+    /// request takes one of `max_rd_atomic`'s slots (IBTA §9.7.4.1.3 counts requests), so a
+    /// READ is split only if it has at most [`crate::SPLIT_READ_MAX_PACKETS`] packets and a
+    /// quarter of `max_rd_atomic` (four such READs in flight at least); others, and every READ
+    /// on a QP with fewer slots, stay one request. The responder, rxe or a NIC, serves each
+    /// request as any READ; the data, PSNs and completion are the READ's. On by default.
+    pub split_reads: bool,
 }
 
 impl Config {
@@ -113,6 +123,7 @@ impl Config {
             max_segments: 64,
             ack_delay: core::time::Duration::ZERO,
             split_writes: true,
+            split_reads: true,
         }
     }
 }

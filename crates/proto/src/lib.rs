@@ -45,7 +45,7 @@ pub use error::{Error, Resource};
 pub use memory::AtomicMemory;
 pub use mr::{Access, MrKeys, RawParts, RegionMemory, VecMemory};
 pub use place::{Piece, Placement, Scatter};
-pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType};
+pub use qp::{Mtu, QpAttr, QpCap, QpCounters, QpInit, QpState, QpType, SPLIT_READ_MAX_PACKETS};
 pub use time::Instant;
 pub use wr::{Payload, RecvWr, SendFlags, SendOp, SendWr, Sge, UdDest};
 

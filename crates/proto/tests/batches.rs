@@ -23,7 +23,11 @@ const MIDDLE: usize = 12 + MTU + 4;
 const WITH_AETH: usize = MIDDLE + 4;
 
 fn device(ip: [u8; 4]) -> (Device, uroce_proto::PdHandle, uroce_proto::CqHandle, u32) {
-    let mut dev = Device::new(Config::new(IpAddr::from(ip)));
+    device_with(Config::new(IpAddr::from(ip)))
+}
+
+fn device_with(config: Config) -> (Device, uroce_proto::PdHandle, uroce_proto::CqHandle, u32) {
+    let mut dev = Device::new(config);
     let pd = dev.alloc_pd();
     let cq = dev.create_cq(64).expect("cq");
     let cap = QpCap {
@@ -281,4 +285,89 @@ fn writes_with_immediate_are_not_split() {
         [6, 7, 7, 9],
         "FIRST MIDDLE MIDDLE LAST with immediate"
     );
+}
+
+/// `Config::split_reads` (the default): a READ of four packets on a QP with 16 READ slots is
+/// asked for with four requests, each answered by a READ RESPONSE ONLY, so three READs'
+/// twelve responses leave as one GSO batch of equal packets and land whole, one completion
+/// per READ. With 4 slots (a quarter is 1 packet) or with the option off, one request each:
+/// FIRST and LAST (an AETH more) cut the responses into several datagrams.
+#[test]
+fn split_reads_answer_in_one_gso_send_and_land_whole() {
+    let len = 4 * MTU;
+    for (split, slots) in [(true, 16u8), (true, 4), (false, 16)] {
+        let mut config = Config::new(IpAddr::from(A_IP));
+        config.split_reads = split;
+        let (mut a, a_pd, a_cq, aq) = device_with(config);
+        let (mut b, b_pd, _, bq) = device(B_IP);
+        for (dev, qpn, peer, peer_qpn) in [(&mut a, aq, B_IP, bq), (&mut b, bq, A_IP, aq)] {
+            let mut l = Link::new(IpAddr::from(peer), peer_qpn);
+            l.access = Access::LOCAL_WRITE | Access::REMOTE_READ;
+            l.rd_atomic = slots;
+            common::connect_rc(dev, qpn, &l);
+        }
+        let src = AtomicMemory::zeroed(3 * len);
+        src.write(0, &pattern(3 * len, 3));
+        let sk = b
+            .reg_mr(b_pd, 0x1000, src, Access::LOCAL_WRITE | Access::REMOTE_READ)
+            .expect("mr");
+        let dst = AtomicMemory::zeroed(3 * len);
+        let dk = a
+            .reg_mr(a_pd, 0x8000, dst.clone(), Access::LOCAL_WRITE)
+            .expect("mr");
+        for i in 0..3u64 {
+            let op = SendOp::RdmaRead {
+                remote_addr: 0x1000 + i * len as u64,
+                rkey: sk.rkey,
+            };
+            let sge = Sge {
+                addr: 0x8000 + i * len as u64,
+                length: len as u32,
+                lkey: dk.lkey,
+            };
+            a.post_send(Instant::ZERO, aq, SendWr::new(i, op, Payload::Sge(sge)))
+                .expect("post");
+        }
+        let (from_a, from_b) = (
+            SocketAddr::new(IpAddr::from(A_IP), 4791),
+            SocketAddr::new(IpAddr::from(B_IP), 4791),
+        );
+        let requests = datagrams(&mut a);
+        let mut n_requests = 0;
+        for (d, lens) in &requests {
+            for p in d.chunks(lens[0]) {
+                n_requests += 1;
+                b.handle_datagram(Instant::ZERO, from_a, IpAddr::from(B_IP), p);
+            }
+        }
+        let responses = datagrams(&mut b);
+        let shapes: Vec<Vec<usize>> = responses.iter().map(|(_, l)| l.clone()).collect();
+        let split_here = split && slots >= 16;
+        if split_here {
+            assert_eq!(n_requests, 12, "one request per packet");
+            assert_eq!(shapes, [vec![WITH_AETH; 12]], "twelve READ RESPONSE ONLYs");
+            let opcodes: Vec<u8> = responses[0].0.chunks(WITH_AETH).map(|p| p[0]).collect();
+            assert_eq!(opcodes, [0x10; 12], "RC RDMA READ RESPONSE ONLY");
+        } else {
+            assert_eq!(n_requests, 3, "one request per READ");
+            assert!(responses.len() > 3, "{shapes:?}");
+        }
+        for (d, lens) in &responses {
+            for p in d.chunks(lens[0]) {
+                a.handle_datagram(Instant::ZERO, from_b, IpAddr::from(A_IP), p);
+            }
+        }
+        let mut done = Vec::new();
+        while let Ok(Some(c)) = a.poll_cq(a_cq) {
+            assert_eq!(c.status, WcStatus::Success, "{c:?}");
+            assert_eq!(c.byte_len, len as u32);
+            done.push(c.wr_id);
+        }
+        assert_eq!(done, [0, 1, 2], "split {split} slots {slots}");
+        assert_eq!(
+            dst.to_vec(),
+            pattern(3 * len, 3),
+            "split {split} slots {slots}"
+        );
+    }
 }

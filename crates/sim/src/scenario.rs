@@ -57,6 +57,8 @@ pub struct PairOpts {
     pub cq_depth: usize,
     /// Both devices' `Config::split_writes` (its default: on).
     pub split_writes: bool,
+    /// Both devices' `Config::split_reads` (its default: on).
+    pub split_reads: bool,
 }
 
 impl Default for PairOpts {
@@ -81,6 +83,7 @@ impl Default for PairOpts {
             },
             cq_depth: 8192,
             split_writes: true,
+            split_reads: true,
         }
     }
 }
@@ -169,6 +172,7 @@ pub fn pair(sim: &mut Sim, o: &PairOpts) -> (Endpoint, Endpoint) {
     let host = |sim: &mut Sim, ip: [u8; 4]| {
         let mut config = uroce_proto::Config::new(ip.into());
         config.split_writes = o.split_writes;
+        config.split_reads = o.split_reads;
         sim.add_host_with(config)
     };
     let h0 = host(sim, [10, 0, 0, 1]);

@@ -62,8 +62,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let opts = PairOpts {
         mem_len: MEM,
         timeout: 8,
-        // Both framings of a multi-packet WRITE: WRITE ONLY per packet, and FIRST/MIDDLE/LAST.
+        // Both framings of a multi-packet WRITE (WRITE ONLY per packet, or FIRST/MIDDLE/LAST)
+        // and of a READ of a few packets (one request per packet, or one request).
         split_writes: seed % 2 == 0,
+        split_reads: seed % 4 < 2,
         ..PairOpts::default()
     };
     let (a, b) = pair(&mut sim, &opts);

@@ -588,6 +588,8 @@ fn path_mtus_256_1024_4096() {
             &mut sim,
             &PairOpts {
                 mtu,
+                // One READ request, as counted below.
+                split_reads: false,
                 ..PairOpts::default()
             },
         );

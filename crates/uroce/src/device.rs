@@ -103,6 +103,10 @@ pub struct DeviceConfig {
     /// changes on the wire). On by default; `UROCE_SPLIT_WRITES=0` frames WRITEs as
     /// FIRST/MIDDLE/LAST, as rxe and NICs do.
     pub split_writes: bool,
+    /// Ask for a READ of a few packets with one request per packet, whose READ RESPONSE
+    /// ONLYs batch into full GSO sends (proto's `Config::split_reads`, which says when). On by
+    /// default; `UROCE_SPLIT_READS=0` asks with one request per READ, as rxe and NICs do.
+    pub split_reads: bool,
 }
 
 impl DeviceConfig {
@@ -130,6 +134,7 @@ impl DeviceConfig {
             tx_thread: env_flag("UROCE_TXTHREAD"),
             connected_tx: env_flag("UROCE_CONNECTED_TX"),
             split_writes: std::env::var("UROCE_SPLIT_WRITES").map_or(true, |v| v != "0"),
+            split_reads: std::env::var("UROCE_SPLIT_READS").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -490,6 +495,7 @@ impl Device {
         }
         ecfg.ack_delay = cfg.ack_delay.unwrap_or_default();
         ecfg.split_writes = cfg.split_writes;
+        ecfg.split_reads = cfg.split_reads;
         let capture = match &cfg.pcap {
             Some(p) => {
                 let f = std::fs::File::create(p)?;

@@ -147,7 +147,9 @@ impl Qp {
         let want = (w.len - w.read_done).min(mtu) as usize;
         let data = pkt.payload();
         let ends = pkt.info().position.ends();
-        if data.len() != want || ends != (w.read_done as usize + want == w.len as usize) {
+        // A split READ's requests are each answered by a READ RESPONSE ONLY.
+        let request_ends = w.split_read || w.read_done as usize + want == w.len as usize;
+        if data.len() != want || ends != request_ends {
             // A response that does not fit the request: IBTA §9.9.3 bad response.
             self.fail_head(WcStatus::BadRespErr, ctx);
             return;
@@ -156,9 +158,14 @@ impl Qp {
             ctx.put(spans.as_slice(), w.read_done as usize, data);
         }
         w.read_done += want as u32;
+        let complete = w.read_done == w.len;
         self.req.comp_psn = psn.add(1);
         self.progress(ctx);
-        if ends {
+        if !complete {
+            // A split READ: responses to requests a rewind queued again may have arrived
+            // anyway; resend only what is still missing.
+            self.skip_acknowledged();
+        } else {
             self.complete_head(ctx);
             // The READ may be one a rewind had queued for resending (a response ahead of a
             // lost one, then the lost one after all): the next WQE must start past it, not

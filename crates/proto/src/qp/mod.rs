@@ -14,6 +14,8 @@ pub(crate) mod requester;
 pub(crate) mod responder;
 pub(crate) mod window;
 
+pub use requester::SPLIT_READ_MAX_PACKETS;
+
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
@@ -216,6 +218,9 @@ pub(crate) struct SendWqe {
     /// A local error found while building this WQE's packets, reported when the WQEs before it
     /// have completed ([`Qp::fail_local`]).
     pub failed: Option<WcStatus>,
+    /// READ: asked for with one request per packet (`Config::split_reads`), decided when the
+    /// WQE starts.
+    pub split_read: bool,
 }
 
 impl SendWqe {
@@ -618,6 +623,7 @@ impl Qp {
             sent: 0,
             all_sent: false,
             read_done: 0,
+            split_read: false,
             done: false,
             failed: None,
         });

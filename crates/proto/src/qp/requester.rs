@@ -124,6 +124,13 @@ pub(crate) fn scatter(spans: &[Span], offset: usize, src: &[u8]) {
     }
 }
 
+/// Most packets of a READ that `Config::split_reads` asks for one request per packet. Split,
+/// at most `max_rd_atomic` packets are in flight, so split READs top out where that many
+/// packets per round trip do, and longer READs move more as one request (measured with 128
+/// slots, path MTU 4096, alternated: 16 KiB 11 → 24–26 Gbit/s split, 32 KiB 14–18 → 22, 64
+/// KiB 21–25 → 19–22, 128 KiB 29 → 22; docs/PERFORMANCE.md "READs of a few packets").
+pub const SPLIT_READ_MAX_PACKETS: u32 = 8;
+
 fn opcode_for(qp_type: QpType, op: &SendOp, first: bool, last: bool) -> Opcode {
     use Opcode::*;
     let rc = qp_type == QpType::Rc;
@@ -216,7 +223,9 @@ impl Qp {
             if self.req.next_psn.diff(self.req.comp_psn) >= window as i32 {
                 return Blocked::Idle;
             }
-            if starting && (w.wr.flags.fence || w.wr.op.is_read_or_atomic()) {
+            // Each request of a split READ takes a slot, not only its first.
+            let requesting = starting || w.split_read;
+            if requesting && (w.wr.flags.fence || w.wr.op.is_read_or_atomic()) {
                 let out = self.rd_atomic_outstanding();
                 if w.wr.flags.fence && out > 0 {
                     return Blocked::Idle;
@@ -231,14 +240,35 @@ impl Qp {
         Blocked::No
     }
 
-    /// READs/atomics sent and not yet completed (IBTA §9.7.4.1.3 counts these against
-    /// `max_rd_atomic`).
+    /// READ and atomic requests sent and not yet answered (IBTA §9.7.4.1.3 counts these
+    /// against `max_rd_atomic`): one per started READ or atomic, or for a split READ one per
+    /// packet asked for whose response has not arrived.
     fn rd_atomic_outstanding(&self) -> usize {
+        let mtu = self.attrs.mtu.bytes();
         self.sq
             .iter()
-            .take(self.req.cursor)
-            .filter(|w| !w.done && w.wr.op.is_read_or_atomic())
-            .count()
+            .filter(|w| w.started && !w.done && w.wr.op.is_read_or_atomic())
+            .map(|w| match w.split_read {
+                // Saturating: after a rewind, responses to the first requests can still arrive
+                // past the resend point.
+                true => w
+                    .sent
+                    .div_ceil(mtu)
+                    .saturating_sub(w.read_done.div_ceil(mtu)) as usize,
+                false => 1,
+            })
+            .sum()
+    }
+
+    /// Whether a READ of `len` bytes starting now is asked for one packet per request
+    /// (`Config::split_reads`): RC, two packets or more, at most [`SPLIT_READ_MAX_PACKETS`]
+    /// and a quarter of `max_rd_atomic`.
+    fn splits_read(&self, len: u32, config: &crate::Config) -> bool {
+        let packets = len.div_ceil(self.attrs.mtu.bytes());
+        config.split_reads
+            && self.qp_type == QpType::Rc
+            && (2..=SPLIT_READ_MAX_PACKETS).contains(&packets)
+            && packets <= u32::from(self.attrs.max_rd_atomic) / 4
     }
 
     /// Whether the requester has a packet to send now.
@@ -444,26 +474,39 @@ impl Qp {
         // headers are filled in place: built per arm and moved into `repr`, this large struct
         // was copied twice more per packet (~20 % of this function in a 64-byte WRITE stream).
         let mut repr = PacketRepr::new(BthRepr::new(Opcode::RcSendOnly, dest_qpn, psn.get()), 0);
-        let (plen, last, next_psn);
+        let split_read = if w.started {
+            w.split_read
+        } else {
+            matches!(w.wr.op, SendOp::RdmaRead { .. }) && self.splits_read(w.len, ctx.config)
+        };
+        let (plen, last, next_psn, sent);
         match w.wr.op {
             SendOp::RdmaRead { remote_addr, rkey } => {
+                // The rest of the READ, or with `split_read` its next packet's worth.
+                let n = if split_read {
+                    (w.len - off).min(mtu)
+                } else {
+                    w.len - off
+                };
                 repr.bth.opcode = Opcode::RcReadRequest;
                 repr.bth.ack_req = true;
                 repr.reth = Some(RethRepr {
                     va: remote_addr.wrapping_add(u64::from(off)),
                     rkey,
-                    dma_len: w.len - off,
+                    dma_len: n,
                 });
                 plen = 0;
-                last = true;
+                sent = off + n;
+                last = sent == w.len;
                 // The request consumes one PSN per response packet it asks for.
-                next_psn = psn.add((w.len - off).div_ceil(mtu).max(1));
+                next_psn = psn.add(n.div_ceil(mtu).max(1));
             }
             SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. } => {
                 repr.bth.opcode = opcode_for(self.qp_type, &w.wr.op, true, true);
                 repr.bth.ack_req = true;
                 repr.atomic_eth = Some(atomic_eth(&w.wr.op));
                 plen = 0;
+                sent = w.len;
                 last = true;
                 next_psn = psn.add(1);
             }
@@ -522,6 +565,7 @@ impl Qp {
                 }
                 r.deth = deth;
                 plen = n as usize;
+                sent = off + n;
                 next_psn = psn.add(1);
             }
         }
@@ -566,7 +610,8 @@ impl Qp {
         } else {
             w.len.div_ceil(mtu).max(1)
         };
-        w.sent = if plen > 0 { off + plen as u32 } else { w.len };
+        w.sent = sent;
+        w.split_read = split_read;
         self.req.since_ack_req = if repr.bth.ack_req {
             0
         } else {

@@ -41,6 +41,8 @@ pub struct Link {
     pub timeout: u8,
     /// Remote access rights the QP grants.
     pub access: Access,
+    /// READs/atomics in flight each way (`max_rd_atomic`, `max_dest_rd_atomic`).
+    pub rd_atomic: u8,
 }
 
 impl Link {
@@ -54,12 +56,13 @@ impl Link {
             psn: 100,
             timeout: 10,
             access: Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ,
+            rd_atomic: 4,
         }
     }
 }
 
-/// Takes `qpn` through INIT, RTR and RTS to `l` (7 retries, infinite RNR retries, 4 READs
-/// in flight each way).
+/// Takes `qpn` through INIT, RTR and RTS to `l` (7 retries, infinite RNR retries,
+/// `l.rd_atomic` READs in flight each way).
 pub fn connect_rc(dev: &mut Device, qpn: u32, l: &Link) {
     let steps = [
         QpAttr {
@@ -75,7 +78,7 @@ pub fn connect_rc(dev: &mut Device, qpn: u32, l: &Link) {
             dest_ip: Some(l.peer_ip),
             dest_qpn: Some(l.peer_qpn),
             rq_psn: Some(l.psn),
-            max_dest_rd_atomic: Some(4),
+            max_dest_rd_atomic: Some(l.rd_atomic),
             min_rnr_timer: Some(1),
             ..QpAttr::default()
         },
@@ -85,7 +88,7 @@ pub fn connect_rc(dev: &mut Device, qpn: u32, l: &Link) {
             timeout: Some(l.timeout),
             retry_cnt: Some(7),
             rnr_retry: Some(7),
-            max_rd_atomic: Some(4),
+            max_rd_atomic: Some(l.rd_atomic),
             ..QpAttr::default()
         },
     ];
