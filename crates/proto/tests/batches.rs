@@ -51,23 +51,53 @@ fn datagrams(dev: &mut Device) -> Vec<(Vec<u8>, Vec<usize>)> {
     out
 }
 
-#[test]
-fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
-    let (mut a, a_pd, a_cq, aq) = device(A_IP);
+/// Hands every packet of `sent` (datagrams as `datagrams` returns them) from `from` to `dev`
+/// at `to`; returns how many packets that was.
+fn deliver(dev: &mut Device, from: [u8; 4], to: [u8; 4], sent: &[(Vec<u8>, Vec<usize>)]) -> usize {
+    let src = SocketAddr::new(IpAddr::from(from), 4791);
+    let mut n = 0;
+    for (d, lens) in sent {
+        for p in d.chunks(lens[0]) {
+            dev.handle_datagram(Instant::ZERO, src, IpAddr::from(to), p);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The successful completions waiting on `cq` as (wr_id, byte_len); panics on any other.
+fn completed(dev: &mut Device, cq: uroce_proto::CqHandle) -> Vec<(u64, u32)> {
+    let mut done = Vec::new();
+    while let Ok(Some(c)) = dev.poll_cq(cq) {
+        assert_eq!(c.status, WcStatus::Success, "{c:?}");
+        done.push((c.wr_id, c.byte_len));
+    }
+    done
+}
+
+/// A (the reader) and B, connected with `slots` READ slots each way, B's region holding
+/// `pattern(3 * len, seed)` at 0x1000: three READs of four packets (`len` = 4 × MTU each)
+/// from it into A's region at 0x8000 are posted on A.
+struct Reads {
+    a: Device,
+    a_cq: uroce_proto::CqHandle,
+    b: Device,
+    dst: std::sync::Arc<AtomicMemory>,
+    len: usize,
+}
+
+fn three_reads(a_config: Config, slots: u8, seed: u8) -> Reads {
+    let (mut a, a_pd, a_cq, aq) = device_with(a_config);
     let (mut b, b_pd, _, bq) = device(B_IP);
     for (dev, qpn, peer, peer_qpn) in [(&mut a, aq, B_IP, bq), (&mut b, bq, A_IP, aq)] {
         let mut l = Link::new(IpAddr::from(peer), peer_qpn);
         l.access = Access::LOCAL_WRITE | Access::REMOTE_READ;
+        l.rd_atomic = slots;
         common::connect_rc(dev, qpn, &l);
     }
-    let (from_a, from_b) = (
-        SocketAddr::new(IpAddr::from(A_IP), 4791),
-        SocketAddr::new(IpAddr::from(B_IP), 4791),
-    );
-    // Three READs of 4 packets each (path MTU 1024) from B's region into A's.
     let len = 4 * MTU;
     let src = AtomicMemory::zeroed(3 * len);
-    src.write(0, &pattern(3 * len, 9));
+    src.write(0, &pattern(3 * len, seed));
     let sk = b
         .reg_mr(b_pd, 0x1000, src, Access::LOCAL_WRITE | Access::REMOTE_READ)
         .expect("mr");
@@ -76,26 +106,40 @@ fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
         .reg_mr(a_pd, 0x8000, dst.clone(), Access::LOCAL_WRITE)
         .expect("mr");
     for i in 0..3u64 {
-        let wr = SendWr::new(
-            i,
-            SendOp::RdmaRead {
-                remote_addr: 0x1000 + i * len as u64,
-                rkey: sk.rkey,
-            },
-            Payload::Sge(Sge {
-                addr: 0x8000 + i * len as u64,
-                length: len as u32,
-                lkey: dk.lkey,
-            }),
-        );
-        a.post_send(Instant::ZERO, aq, wr).expect("post");
+        let op = SendOp::RdmaRead {
+            remote_addr: 0x1000 + i * len as u64,
+            rkey: sk.rkey,
+        };
+        let sge = Sge {
+            addr: 0x8000 + i * len as u64,
+            length: len as u32,
+            lkey: dk.lkey,
+        };
+        a.post_send(Instant::ZERO, aq, SendWr::new(i, op, Payload::Sge(sge)))
+            .expect("post");
     }
-    for (d, lens) in datagrams(&mut a) {
-        let seg = lens[0];
-        for p in d.chunks(seg) {
-            b.handle_datagram(Instant::ZERO, from_a, IpAddr::from(B_IP), p);
-        }
+    Reads {
+        a,
+        a_cq,
+        b,
+        dst,
+        len,
     }
+}
+
+#[test]
+fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
+    // Three READs of 4 packets each (path MTU 1024) from B's region into A's; 4 READ slots,
+    // so each is one request (`Config::split_reads` needs four times the packets).
+    let Reads {
+        mut a,
+        a_cq,
+        mut b,
+        dst,
+        len,
+    } = three_reads(Config::new(IpAddr::from(A_IP)), 4, 9);
+    let requests = datagrams(&mut a);
+    deliver(&mut b, A_IP, B_IP, &requests);
     let sent = datagrams(&mut b);
     let shapes: Vec<Vec<usize>> = sent.iter().map(|(_, l)| l.clone()).collect();
     // FIRST and LAST carry an AETH, the MIDDLEs do not. A LAST used to go alone (three
@@ -113,17 +157,9 @@ fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
             vec![f],
         ]
     );
-    for (d, lens) in &sent {
-        for p in d.chunks(lens[0]) {
-            a.handle_datagram(Instant::ZERO, from_b, IpAddr::from(A_IP), p);
-        }
-    }
-    let mut done = Vec::new();
-    while let Ok(Some(c)) = a.poll_cq(a_cq) {
-        assert_eq!(c.status, WcStatus::Success, "{c:?}");
-        done.push(c.wr_id);
-    }
-    assert_eq!(done, [0, 1, 2]);
+    deliver(&mut a, B_IP, A_IP, &sent);
+    let l = len as u32;
+    assert_eq!(completed(&mut a, a_cq), [(0, l), (1, l), (2, l)]);
     assert_eq!(dst.to_vec(), pattern(3 * len, 9));
     assert_eq!(b.counters().tx_datagrams, 7);
 }
@@ -195,7 +231,6 @@ fn write_wr(id: u64, at: usize, len: usize, lkey: u32, op: SendOp) -> SendWr {
 /// Without it, each message's FIRST (a RETH more) cuts the stream: six datagrams.
 #[test]
 fn split_writes_batch_into_one_gso_send_and_land_whole() {
-    let from_a = SocketAddr::new(IpAddr::from(A_IP), 4791);
     let len = 4 * MTU;
     for split in [true, false] {
         let (mut a, aq, a_cq, mut b, dst, lkey, rkey) =
@@ -239,26 +274,15 @@ fn split_writes_batch_into_one_gso_send_and_land_whole() {
             );
             assert_eq!(opcodes, [6, 7, 7, 8].repeat(3), "FIRST MIDDLE MIDDLE LAST");
         }
-        for p in &packets {
-            b.handle_datagram(Instant::ZERO, from_a, IpAddr::from(B_IP), p);
-        }
-        for (d, lens) in datagrams(&mut b) {
-            for p in d.chunks(lens[0]) {
-                a.handle_datagram(
-                    Instant::ZERO,
-                    SocketAddr::new(IpAddr::from(B_IP), 4791),
-                    IpAddr::from(A_IP),
-                    p,
-                );
-            }
-        }
-        let mut done = Vec::new();
-        while let Ok(Some(c)) = a.poll_cq(a_cq) {
-            assert_eq!(c.status, WcStatus::Success, "{c:?}");
-            assert_eq!(c.byte_len, len as u32);
-            done.push(c.wr_id);
-        }
-        assert_eq!(done, [0, 1, 2], "split {split}");
+        deliver(&mut b, A_IP, B_IP, &sent);
+        let acks = datagrams(&mut b);
+        deliver(&mut a, B_IP, A_IP, &acks);
+        let l = len as u32;
+        assert_eq!(
+            completed(&mut a, a_cq),
+            [(0, l), (1, l), (2, l)],
+            "split {split}"
+        );
         assert_eq!(dst.to_vec(), pattern(3 * len, 5), "split {split}");
     }
 }
@@ -294,52 +318,18 @@ fn writes_with_immediate_are_not_split() {
 /// FIRST and LAST (an AETH more) cut the responses into several datagrams.
 #[test]
 fn split_reads_answer_in_one_gso_send_and_land_whole() {
-    let len = 4 * MTU;
     for (split, slots) in [(true, 16u8), (true, 4), (false, 16)] {
         let mut config = Config::new(IpAddr::from(A_IP));
         config.split_reads = split;
-        let (mut a, a_pd, a_cq, aq) = device_with(config);
-        let (mut b, b_pd, _, bq) = device(B_IP);
-        for (dev, qpn, peer, peer_qpn) in [(&mut a, aq, B_IP, bq), (&mut b, bq, A_IP, aq)] {
-            let mut l = Link::new(IpAddr::from(peer), peer_qpn);
-            l.access = Access::LOCAL_WRITE | Access::REMOTE_READ;
-            l.rd_atomic = slots;
-            common::connect_rc(dev, qpn, &l);
-        }
-        let src = AtomicMemory::zeroed(3 * len);
-        src.write(0, &pattern(3 * len, 3));
-        let sk = b
-            .reg_mr(b_pd, 0x1000, src, Access::LOCAL_WRITE | Access::REMOTE_READ)
-            .expect("mr");
-        let dst = AtomicMemory::zeroed(3 * len);
-        let dk = a
-            .reg_mr(a_pd, 0x8000, dst.clone(), Access::LOCAL_WRITE)
-            .expect("mr");
-        for i in 0..3u64 {
-            let op = SendOp::RdmaRead {
-                remote_addr: 0x1000 + i * len as u64,
-                rkey: sk.rkey,
-            };
-            let sge = Sge {
-                addr: 0x8000 + i * len as u64,
-                length: len as u32,
-                lkey: dk.lkey,
-            };
-            a.post_send(Instant::ZERO, aq, SendWr::new(i, op, Payload::Sge(sge)))
-                .expect("post");
-        }
-        let (from_a, from_b) = (
-            SocketAddr::new(IpAddr::from(A_IP), 4791),
-            SocketAddr::new(IpAddr::from(B_IP), 4791),
-        );
+        let Reads {
+            mut a,
+            a_cq,
+            mut b,
+            dst,
+            len,
+        } = three_reads(config, slots, 3);
         let requests = datagrams(&mut a);
-        let mut n_requests = 0;
-        for (d, lens) in &requests {
-            for p in d.chunks(lens[0]) {
-                n_requests += 1;
-                b.handle_datagram(Instant::ZERO, from_a, IpAddr::from(B_IP), p);
-            }
-        }
+        let n_requests = deliver(&mut b, A_IP, B_IP, &requests);
         let responses = datagrams(&mut b);
         let shapes: Vec<Vec<usize>> = responses.iter().map(|(_, l)| l.clone()).collect();
         let split_here = split && slots >= 16;
@@ -352,18 +342,14 @@ fn split_reads_answer_in_one_gso_send_and_land_whole() {
             assert_eq!(n_requests, 3, "one request per READ");
             assert!(responses.len() > 3, "{shapes:?}");
         }
-        for (d, lens) in &responses {
-            for p in d.chunks(lens[0]) {
-                a.handle_datagram(Instant::ZERO, from_b, IpAddr::from(A_IP), p);
-            }
-        }
-        let mut done = Vec::new();
-        while let Ok(Some(c)) = a.poll_cq(a_cq) {
-            assert_eq!(c.status, WcStatus::Success, "{c:?}");
-            assert_eq!(c.byte_len, len as u32);
-            done.push(c.wr_id);
-        }
-        assert_eq!(done, [0, 1, 2], "split {split} slots {slots}");
+        deliver(&mut a, B_IP, A_IP, &responses);
+        let l = len as u32;
+        let done = completed(&mut a, a_cq);
+        assert_eq!(
+            done,
+            [(0, l), (1, l), (2, l)],
+            "split {split} slots {slots}"
+        );
         assert_eq!(
             dst.to_vec(),
             pattern(3 * len, 3),

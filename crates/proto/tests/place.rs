@@ -138,6 +138,22 @@ fn reg(s: &mut Side, mem: Arc<dyn RegionMemory>, access: Access) -> uroce_proto:
     s.dev.reg_mr(s.pd, 0x10_0000, mem, access).expect("mr")
 }
 
+/// Posts on `a` a WRITE of `len` bytes from the start of its region at 0x10_0000 (`lkey`) to
+/// the start of the peer's (`rkey`).
+fn post_write(a: &mut Side, len: usize, lkey: u32, rkey: u32) {
+    let op = SendOp::RdmaWrite {
+        remote_addr: 0x10_0000,
+        rkey,
+    };
+    let sge = Sge {
+        addr: 0x10_0000,
+        length: len as u32,
+        lkey,
+    };
+    let wr = SendWr::new(1, op, Payload::Sge(sge));
+    a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
+}
+
 /// A WRITE of `len` bytes from A to `off` bytes into a zeroed region of B `region` bytes long;
 /// returns B's region contents and the tally.
 fn write_case(len: usize, off: usize, region: usize, mangle: Mangle<'_>) -> (Vec<u8>, Tally, Side) {
@@ -256,19 +272,7 @@ fn duplicates_and_other_psns_are_never_planned() {
     let sk = reg(&mut a, src, Access::LOCAL_WRITE);
     let dst = AtomicMemory::zeroed(len);
     let dk = reg(&mut b, dst, Access::LOCAL_WRITE | Access::REMOTE_WRITE);
-    let wr = SendWr::new(
-        1,
-        SendOp::RdmaWrite {
-            remote_addr: 0x10_0000,
-            rkey: dk.rkey,
-        },
-        Payload::Sge(Sge {
-            addr: 0x10_0000,
-            length: len as u32,
-            lkey: sk.lkey,
-        }),
-    );
-    a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
+    post_write(&mut a, len, sk.lkey, dk.rkey);
     let mut buf = vec![0u8; 65536];
     let mut pkts = Vec::new();
     while let Some(tx) = a.dev.poll_transmit(Instant::ZERO, &mut buf) {
@@ -319,19 +323,7 @@ fn regions_without_raw_parts_are_not_placed() {
         dst.clone(),
         Access::LOCAL_WRITE | Access::REMOTE_WRITE,
     );
-    let wr = SendWr::new(
-        1,
-        SendOp::RdmaWrite {
-            remote_addr: 0x10_0000,
-            rkey: dk.rkey,
-        },
-        Payload::Sge(Sge {
-            addr: 0x10_0000,
-            length: len as u32,
-            lkey: sk.lkey,
-        }),
-    );
-    a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
+    post_write(&mut a, len, sk.lkey, dk.rkey);
     let mut t = Tally::default();
     run(&mut a, &mut b, &mut |_, _| {}, &mut t);
     assert_eq!(dst.to_vec(), pattern(len, 3));
@@ -474,19 +466,7 @@ fn placing_receives_are_wanted_only_at_path_mtu_4096() {
             AtomicMemory::zeroed(len),
             Access::LOCAL_WRITE | Access::REMOTE_WRITE,
         );
-        let wr = SendWr::new(
-            1,
-            SendOp::RdmaWrite {
-                remote_addr: 0x10_0000,
-                rkey: dk.rkey,
-            },
-            Payload::Sge(Sge {
-                addr: 0x10_0000,
-                length: len as u32,
-                lkey: sk.lkey,
-            }),
-        );
-        a.dev.post_send(Instant::ZERO, a.qpn, wr).expect("post");
+        post_write(&mut a, len, sk.lkey, dk.rkey);
         let mut buf = vec![0u8; 65536];
         let tx = a
             .dev
