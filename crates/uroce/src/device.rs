@@ -133,8 +133,8 @@ impl DeviceConfig {
                 .map(Duration::from_millis),
             tx_thread: env_flag("UROCE_TXTHREAD"),
             connected_tx: env_flag("UROCE_CONNECTED_TX"),
-            split_writes: std::env::var("UROCE_SPLIT_WRITES").map_or(true, |v| v != "0"),
-            split_reads: std::env::var("UROCE_SPLIT_READS").map_or(true, |v| v != "0"),
+            split_writes: env_flag_default_on("UROCE_SPLIT_WRITES"),
+            split_reads: env_flag_default_on("UROCE_SPLIT_READS"),
         }
     }
 }
@@ -142,6 +142,11 @@ impl DeviceConfig {
 /// Whether the environment variable `name` turns an option on: set, not empty, not "0".
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Whether an option that is on by default stays on: unless `name` is set to "0".
+fn env_flag_default_on(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "0")
 }
 
 /// Writes both directions of traffic to a pcap file.

@@ -161,19 +161,15 @@ impl Qp {
         let complete = w.read_done == w.len;
         self.req.comp_psn = psn.add(1);
         self.progress(ctx);
-        if !complete {
-            // A split READ: responses to requests a rewind queued again may have arrived
-            // anyway; resend only what is still missing.
-            self.skip_acknowledged();
-        } else {
+        if complete {
             self.complete_head(ctx);
-            // The READ may be one a rewind had queued for resending (a response ahead of a
-            // lost one, then the lost one after all): the next WQE must start past it, not
-            // reuse its PSNs, or the responder takes it for a duplicate READ and replays
-            // this READ's data into it (`tests/read_rewind.rs`). ACKs do this in
-            // `ack_before`.
-            self.skip_acknowledged();
         }
+        // The READ may be one a rewind had queued for resending (a response ahead of a lost
+        // one, then the lost one after all): the next WQE must start past it, not reuse its
+        // PSNs, or the responder takes it for a duplicate READ and replays this READ's data
+        // into it (`tests/read_rewind.rs`); and of a split READ only what is still missing is
+        // asked for again. ACKs do this in `ack_before`.
+        self.skip_acknowledged();
     }
 
     /// Completes WQEs acknowledged by an ACK for `a`.

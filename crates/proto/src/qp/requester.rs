@@ -245,8 +245,10 @@ impl Qp {
     /// packet asked for whose response has not arrived.
     fn rd_atomic_outstanding(&self) -> usize {
         let mtu = self.attrs.mtu.bytes();
+        // Only WQEs up to the cursor have started (a rewind resets those after it).
         self.sq
             .iter()
+            .take(self.req.cursor + 1)
             .filter(|w| w.started && !w.done && w.wr.op.is_read_or_atomic())
             .map(|w| match w.split_read {
                 // Saturating: after a rewind, responses to the first requests can still arrive
@@ -539,19 +541,13 @@ impl Qp {
                         } => (remote_addr, rkey),
                         _ => (0, 0),
                     };
-                    r.reth = Some(if split {
-                        RethRepr {
-                            va: va.wrapping_add(u64::from(off)),
-                            rkey,
-                            dma_len: n,
-                        }
+                    // A split packet's RETH names its own part, a FIRST's the whole message.
+                    let (va, dma_len) = if split {
+                        (va.wrapping_add(u64::from(off)), n)
                     } else {
-                        RethRepr {
-                            va,
-                            rkey,
-                            dma_len: w.len,
-                        }
-                    });
+                        (va, w.len)
+                    };
+                    r.reth = Some(RethRepr { va, rkey, dma_len });
                 }
                 if info.immediate {
                     if let SendOp::SendWithImm(v) | SendOp::RdmaWriteWithImm { imm: v, .. } = op {
