@@ -167,7 +167,7 @@ pub fn measure(each: Duration) -> Micro {
 /// 4 KiB packets into the packet buffers, from an 8 MiB region (as [`Micro::memcpy_read_gb_s`])
 /// and from a 256 MiB one (memory, past every cache), GB/s. On these VMs copy-bound runs
 /// sometimes take 2.5 × the CPU per byte for a minute while compute-bound passes do not
-/// (docs/PERFORMANCE.md, "Reading the committed run (19:09)"); sampled through the suite,
+/// (docs/perf/JOURNAL.md, "Reading the committed run (19:09)"); sampled through the suite,
 /// these say when.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CopyPhase {

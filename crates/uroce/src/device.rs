@@ -79,7 +79,7 @@ pub struct DeviceConfig {
     /// polling for this long after each before it sleeps (`None`: off, the default;
     /// `UROCE_SQPOLL_MS` sets it). For a device that sends bulk data with a progress thread:
     /// the kernel's share of each send then runs on another CPU than the engine, and a
-    /// 1 MiB WRITE stream moves more (docs/PERFORMANCE.md, "A kernel thread for the
+    /// 1 MiB WRITE stream moves more (docs/perf/JOURNAL.md, "A kernel thread for the
     /// sends"). The polling costs CPU time; a device that mostly receives, or waits for
     /// single small messages, is better off without it.
     pub sq_poll: Option<Duration>,
@@ -88,14 +88,14 @@ pub struct DeviceConfig {
     /// `UROCE_TXTHREAD=1` sets it; `sq_poll` is then not used). Like `sq_poll`, for a device
     /// that streams bulk data out: the kernel's share of the sends runs on another CPU, and
     /// the thread sleeps when there is nothing to send instead of polling
-    /// (docs/PERFORMANCE.md, "A user-space send thread").
+    /// (docs/perf/JOURNAL.md, "A user-space send thread").
     pub tx_thread: bool,
     /// io_uring back end, polled progress, a specific IPv4 or IPv6 (not link-local) address:
     /// send to and receive from each peer through a UDP socket connected to it (bound beside
     /// the device's socket, to its address and port), whose route the kernel keeps instead
     /// of looking it up per datagram each way (off by default; `UROCE_CONNECTED_TX=1` sets
     /// it). On IPv4 each packet's ICRC is resealed for the socket's ID counter, learned from a
-    /// looped-back transmit timestamp (docs/PERFORMANCE.md, "Latency: a connected send
+    /// looped-back transmit timestamp (docs/perf/JOURNAL.md, "Latency: a connected send
     /// path"); IPv6 has no ID.
     pub connected_tx: bool,
     /// Send each packet of a multi-packet RC RDMA WRITE as its own WRITE ONLY, so that WRITE

@@ -11,7 +11,7 @@
 //! before it takes the lock for its next pass, yields the CPU until the waiters have had it or
 //! [`HAND_OVER`] has passed. Shorter waits are left alone: on a ping-pong the waiter is often
 //! still waking up when the progress thread has a packet in hand, and yielding to it would
-//! delay that packet (docs/PERFORMANCE.md, "The engine lock hands over", has the measurements).
+//! delay that packet (docs/perf/JOURNAL.md, "The engine lock hands over", has the measurements).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};

@@ -128,7 +128,7 @@ pub(crate) fn scatter(spans: &[Span], offset: usize, src: &[u8]) {
 /// at most `max_rd_atomic` packets are in flight, so split READs top out where that many
 /// packets per round trip do, and longer READs move more as one request (measured with 128
 /// slots, path MTU 4096, alternated: 16 KiB 11 → 24–26 Gbit/s split, 32 KiB 14–18 → 22, 64
-/// KiB 21–25 → 19–22, 128 KiB 29 → 22; docs/PERFORMANCE.md "READs of a few packets").
+/// KiB 21–25 → 19–22, 128 KiB 29 → 22; docs/perf/JOURNAL.md "READs of a few packets").
 pub const SPLIT_READ_MAX_PACKETS: u32 = 8;
 
 fn opcode_for(qp_type: QpType, op: &SendOp, first: bool, last: bool) -> Opcode {

@@ -8,7 +8,7 @@
 //! lookup (`ip_route_input_slow`, with reverse-path validation), where one for a connected
 //! socket is matched by early demultiplexing and takes the socket's cached route. On the
 //! 8-byte WRITE ping-pong the send side measured 0.38 µs of a 5.1 µs half round trip, and a C
-//! ping-pong of the WRITE + ACK shape 0.33 µs for the receive side (docs/PERFORMANCE.md,
+//! ping-pong of the WRITE + ACK shape 0.33 µs for the receive side (docs/perf/JOURNAL.md,
 //! "Latency: a connected send path", "Receiving on the connected socket").
 //!
 //! So each peer gets a socket bound to the device's own address and port, beside the device's
@@ -24,7 +24,7 @@
 //! **Receiving.** A `recvmsg` that reads the GRO segment size (a control message) costs more
 //! than a plain `recv`: a C ping-pong of the WRITE + held-ACK shape measured 4.67 against
 //! 4.44 µs per half round trip, and uroce's 8-byte WRITE ping-pong went from 4.34–4.53 to
-//! 4.09–4.12 µs (docs/PERFORMANCE.md, "Receiving without the segment size"). So a socket
+//! 4.09–4.12 µs (docs/perf/JOURNAL.md, "Receiving without the segment size"). So a socket
 //! whose last [`STATED_IN_A_ROW`] receives each began with a packet that stated its length
 //! (`uroce_wire::stated_len`: ACKs, READ requests, atomics, WRITE Only), the length the
 //! kernel reported, reads with `recv` and cuts each receive by the length its first packet

@@ -5,7 +5,7 @@
 //! byte the kernel placed into one for the ICRC. As relaxed `AtomicU64` loads (which the
 //! compiler may not vectorise) that copy ran at 28 GB/s where `rep movsb` runs at 47 on this
 //! CPU (4 KiB out of a 1 MiB region), and it was 15 % of each side's samples in a WRITE
-//! 1 MiB profile (docs/PERFORMANCE.md, "Region reads by the string move"). Writes into the
+//! 1 MiB profile (docs/perf/JOURNAL.md, "Region reads by the string move"). Writes into the
 //! region stay word by word (see [`Region::write`]).
 //!
 //! Why this is sound: the bytes are the same words [`AtomicMemory`] holds, shared with the
@@ -70,7 +70,7 @@ impl RegionMemory for Region {
 
     /// Writes stay word by word: with the string move, four QPs on two steered devices (which
     /// copy every payload into the region) spent more server CPU per byte in 9 of 10
-    /// alternated runs, though it writes faster in isolation (docs/PERFORMANCE.md).
+    /// alternated runs, though it writes faster in isolation (docs/perf/JOURNAL.md).
     fn write(&self, offset: usize, src: &[u8]) {
         self.words.write(offset, src)
     }

@@ -1,7 +1,7 @@
 //! A send thread of the io_uring back end's own (`DeviceConfig::tx_thread`, off by default).
 //!
 //! A bulk sender is CPU-bound on its progress thread, about two thirds of it the kernel's
-//! work of each `sendmsg` (copying into socket buffers, UDP, IP, veth; docs/PERFORMANCE.md,
+//! work of each `sendmsg` (copying into socket buffers, UDP, IP, veth; docs/perf/JOURNAL.md,
 //! "A user-space send thread"). This thread takes that work: the progress thread hands it
 //! each prepared send slot (a `msghdr` with its address, iovec and control message) and goes
 //! on building the next batch, the thread issues the sends in order with blocking `sendmsg`

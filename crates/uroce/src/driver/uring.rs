@@ -25,7 +25,7 @@
 //! takes the submissions, so the kernel's work of a send (copying the datagrams into socket
 //! buffers, the UDP and IP stack, veth) runs on another CPU than the progress thread that
 //! builds the next batch. A bulk sender is CPU-bound on one thread, most of it that kernel
-//! work (docs/PERFORMANCE.md, "A kernel thread for the sends"). The thread polls the ring
+//! work (docs/perf/JOURNAL.md, "A kernel thread for the sends"). The thread polls the ring
 //! for its idle time after each submission, and that polling is CPU time the process pays
 //! for; a receiving device gains nothing from it (measured slower). Submitting then only
 //! publishes the ring's tail, and a syscall is made only to wake a thread that went to
@@ -44,7 +44,7 @@
 //! softirq. Under `COOP_TASKRUN` the work waits for the thread's next entry into the kernel
 //! (a submission, or the `poll` it sleeps in: a sleeping thread is still woken at once). For
 //! 4 KiB WRITEs at path MTU 1024 (two datagrams per message) those wake-ups were 26 % of the
-//! sender's CPU samples (docs/PERFORMANCE.md, "Completion work without interrupts").
+//! sender's CPU samples (docs/perf/JOURNAL.md, "Completion work without interrupts").
 //!
 //! So only the thread that will run that work arms receives: a device with a progress thread
 //! reserves them for it at open ([`Backend::set_receive_owner`], [`RxOwner`]), and the
@@ -108,7 +108,7 @@ const CQ_ENTRIES: u32 = 256;
 /// Provided receive buffers (a power of two, as the buffer ring needs). 16 × 64 KiB stays in
 /// this CPU's 1 MiB L2: the ring hands its buffers out in turn, so every buffer is touched,
 /// and 64 of them cost the receiver 1.6× the CPU per byte of 8, 16 or 32 in the raw probe
-/// (docs/PERFORMANCE.md, "A buffer ring that fits in the cache"). Fewer buffers only make
+/// (docs/perf/JOURNAL.md, "A buffer ring that fits in the cache"). Fewer buffers only make
 /// the ring run dry (a re-arm) more often.
 const RX_BUFS: u16 = 16;
 /// The buffer group of the receive buffers.
