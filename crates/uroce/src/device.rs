@@ -193,6 +193,9 @@ pub(crate) struct Inner {
     async_events: Option<Arc<crate::events::EventsShared>>,
     local: SocketAddr,
     pub(crate) io_errors: u64,
+    /// Calls whose packets were left for the busy progress thread to send
+    /// ([`Device::sends_left_to_progress`]).
+    pub(crate) left_to_progress: u64,
     /// Set on a steered device: drops packets for other engines' QPs before the engine.
     steer: Option<Arc<crate::steer::SteerShared>>,
     /// Back-end receive budgets one pump takes: [`RX_ROUNDS`], or one when busy-polled (a
@@ -338,6 +341,11 @@ pub(crate) struct Shared {
     /// Nanoseconds (since epoch) the progress thread sleeps until; a call that makes the engine
     /// want an earlier wake-up writes the event fd.
     sleeping_until: AtomicU64,
+    /// The progress thread's last pass left work (received data or transmits): it runs
+    /// another pass right after it releases the lock, and sends what a caller queued
+    /// meanwhile. Written under the lock at the end of each pass, so a caller holding the
+    /// lock sees the state the thread will act on.
+    progress_busy: AtomicBool,
     pub(crate) polled: bool,
     pub(crate) local: SocketAddr,
 }
@@ -395,10 +403,17 @@ impl Shared {
             // receive: the receive syscall would otherwise delay the send.
             g.transmit(now);
             g.pump(now);
-        } else {
+        } else if !self.progress_busy.load(Ordering::Acquire) {
             g.transmit(now);
             self.wake_if_needed(&g);
+        } else if g.eng.has_transmit() {
+            g.left_to_progress += 1;
         }
+        // Else the progress thread is busy and sends what `f` queued in its next pass, which
+        // begins as soon as this lock is released; nothing to wake, it does not sleep. Sent
+        // from here, the packets would only cost the caller's core a send that one thread
+        // makes anyway (both take turns at the engine), and a post the time of that send
+        // (docs/perf/JOURNAL.md, "The progress thread sends while it is busy").
         r
     }
 }
@@ -525,6 +540,7 @@ impl Device {
                 async_events: cfg.async_events.as_ref().map(|a| a.shared.clone()),
                 local,
                 io_errors: 0,
+                left_to_progress: 0,
                 steer: membership.as_ref().map(|m| m.shared.clone()),
                 rx_rounds: if cfg.progress == Progress::Polled {
                     1
@@ -538,6 +554,7 @@ impl Device {
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
             stop: AtomicBool::new(false),
             sleeping_until: AtomicU64::new(0),
+            progress_busy: AtomicBool::new(false),
             polled: cfg.progress == Progress::Polled,
             local,
         });
@@ -637,6 +654,13 @@ impl Device {
     /// What the driver does (back end, multishot receive, GRO, GSO).
     pub fn driver_features(&self) -> DriverFeatures {
         self.shared.lock().backend.features()
+    }
+
+    /// How many calls (posts, polls) on this device left the packets they made for the busy
+    /// progress thread to send in its next pass instead of sending them on the caller's
+    /// thread (thread progress only).
+    pub fn sends_left_to_progress(&self) -> u64 {
+        self.shared.lock().left_to_progress
     }
 
     /// The driver's counters (receives, GRO super-buffers, GSO sends, ...).
@@ -744,6 +768,8 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
                 g.eng.poll_timeout().map_or(cap, |t| t.as_nanos().min(cap))
             };
             s.sleeping_until.store(until, Ordering::Release);
+            s.progress_busy
+                .store(until <= now.as_nanos(), Ordering::Release);
             until
         };
         let now2 = s.now().as_nanos();
@@ -763,6 +789,11 @@ fn progress_loop(s: &Shared, wait: OwnedFd) {
             let _ = s.wake.read();
         }
     }
+    // Callers send for themselves from now on; what one queued while this thread was busy
+    // goes out now rather than wait for the next call.
+    let (mut g, now) = s.lock_now_progress();
+    s.progress_busy.store(false, Ordering::Release);
+    g.transmit(now);
 }
 
 #[cfg(test)]
@@ -784,6 +815,98 @@ mod tests {
     /// A post that waited for the engine's lock arms the ACK timer from when it got the
     /// lock, not from before: another thread may have run the engine meanwhile, and a timer
     /// armed from the past fired at once (a spurious ACK timeout, the window resent).
+    /// Stops `dev`'s progress thread (as `Drop` does) and lets it run again later.
+    fn stop_progress(dev: &mut Device) {
+        dev.shared.stop.store(true, Ordering::Release);
+        let _ = dev.shared.wake.write(1);
+        dev.thread.take().unwrap().join().unwrap();
+        dev.shared.stop.store(false, Ordering::Release);
+    }
+
+    /// Starts a progress thread on `dev`, told to stop at once if `stop`.
+    fn start_progress(dev: &mut Device, stop: bool) {
+        dev.shared.stop.store(stop, Ordering::Release);
+        let s = dev.shared.clone();
+        let wait = dev.shared.lock().backend.wait_fd().unwrap();
+        dev.thread = Some(std::thread::spawn(move || progress_loop(&s, wait)));
+    }
+
+    /// A thread-progress device on `ip` with an RC QP connected to a plain socket on
+    /// `peer_ip` (which never answers), and a WRITE of 8 bytes to post (it holds the
+    /// region).
+    fn write_to_a_socket(
+        ip: &str,
+        peer_ip: &str,
+    ) -> (
+        Device,
+        crate::QueuePair,
+        std::net::UdpSocket,
+        impl Fn(u64) -> SendWr,
+    ) {
+        let dev = Device::open(DeviceConfig::new(ip.parse().unwrap())).unwrap();
+        let pd = dev.alloc_pd();
+        let mr = pd.reg_mr(0x10_0000, 4096, Access::from_bits(0xF)).unwrap();
+        let cq = dev.create_cq(16, None).unwrap();
+        let qp = pd
+            .create_qp(QpType::Rc, &cq, &cq, None, QpCap::default())
+            .unwrap();
+        let peer = std::net::UdpSocket::bind((peer_ip, 4791)).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        qp.connect(&Connect::new(peer_ip.parse().unwrap(), 0x11, 1, 1))
+            .unwrap();
+        let wr = move |id| {
+            let op = SendOp::RdmaWrite {
+                remote_addr: 0,
+                rkey: 1,
+            };
+            SendWr::new(id, op, Payload::Sge(mr.sge(0, 8)))
+        };
+        (dev, qp, peer, wr)
+    }
+
+    /// The opcode and PSN of the next packet `peer` receives (an RC WRITE ONLY is 0x0A).
+    fn next_packet(peer: &std::net::UdpSocket) -> (u8, u32) {
+        let mut buf = [0u8; 2048];
+        let n = peer.recv(&mut buf).expect("a packet within 10 s");
+        assert!(n >= 12, "{n} bytes");
+        (buf[0], u32::from_be_bytes([0, buf[9], buf[10], buf[11]]))
+    }
+
+    #[test]
+    fn a_post_while_the_progress_thread_is_busy_is_left_to_that_thread() {
+        let (mut dev, qp, peer, wr) = write_to_a_socket("127.0.56.1", "127.0.56.2");
+        // The test publishes what the thread would: it is stopped, so nobody else sends.
+        stop_progress(&mut dev);
+        qp.post_send(wr(1)).unwrap();
+        assert_eq!(dev.sends_left_to_progress(), 0, "idle: the caller sends");
+        assert!(!dev.shared.lock().eng.has_transmit());
+        assert_eq!(next_packet(&peer), (0x0A, 1));
+
+        dev.shared.progress_busy.store(true, Ordering::Release);
+        qp.post_send(wr(2)).unwrap();
+        assert_eq!(dev.sends_left_to_progress(), 1, "busy: left to the thread");
+        assert!(dev.shared.lock().eng.has_transmit(), "queued, not sent");
+        // The thread's next pass sends it.
+        start_progress(&mut dev, false);
+        assert_eq!(next_packet(&peer), (0x0A, 2));
+    }
+
+    #[test]
+    fn a_progress_thread_that_stops_sends_what_was_left_to_it() {
+        let (mut dev, qp, peer, wr) = write_to_a_socket("127.0.56.3", "127.0.56.4");
+        stop_progress(&mut dev);
+        dev.shared.progress_busy.store(true, Ordering::Release);
+        qp.post_send(wr(1)).unwrap();
+        assert_eq!(dev.sends_left_to_progress(), 1);
+        // Told to stop before its first pass: on its way out it sends what it was left.
+        start_progress(&mut dev, true);
+        dev.thread.take().unwrap().join().unwrap();
+        assert_eq!(next_packet(&peer), (0x0A, 1));
+        assert!(!dev.shared.progress_busy.load(Ordering::Acquire));
+        assert!(!dev.shared.lock().eng.has_transmit());
+    }
+
     #[test]
     fn a_post_that_waited_for_the_lock_arms_the_ack_timer_from_then() {
         let mut cfg = DeviceConfig::new("127.0.41.1".parse().unwrap());

@@ -94,6 +94,9 @@ pub struct Health {
     /// Times a send waited for a free send buffer (`DriverStats::tx_slot_waits`): the
     /// kernel's sends were the bottleneck. Reported alongside, not part of `clean`.
     pub send_buffer_waits: u64,
+    /// Posts and polls whose packets this side's application thread left for its busy
+    /// progress thread to send (`Device::sends_left_to_progress`). Reported, not judged.
+    pub sends_left_to_progress: u64,
     /// Sends made from a socket connected to the peer (`DriverStats::tx_connected`,
     /// `UROCE_CONNECTED_TX`). Reported alongside, not part of `clean`.
     pub connected_sends: u64,
@@ -128,6 +131,7 @@ impl Health {
         let s = dev.driver_stats();
         h.socket_drops = s.tx_dropped + s.rx_truncated;
         h.send_buffer_waits = s.tx_slot_waits;
+        h.sends_left_to_progress = dev.sends_left_to_progress();
         h.connected_sends = s.tx_connected;
         h.connected_receives = s.rx_connected;
         h.connected_header_cuts = s.rx_by_headers;
@@ -171,6 +175,9 @@ impl Health {
             send_buffer_waits: self
                 .send_buffer_waits
                 .saturating_sub(before.send_buffer_waits),
+            sends_left_to_progress: self
+                .sends_left_to_progress
+                .saturating_sub(before.sends_left_to_progress),
             connected_sends: self.connected_sends.saturating_sub(before.connected_sends),
             connected_receives: self
                 .connected_receives
@@ -246,6 +253,7 @@ impl Health {
             "app_lock_wait_us": self.app_lock_wait_us,
             "app_lock_longest_us": self.app_lock_longest_us,
             "send_buffer_waits": self.send_buffer_waits,
+            "sends_left_to_progress": self.sends_left_to_progress,
             "connected_sends": self.connected_sends,
             "connected_receives": self.connected_receives,
             "connected_header_cuts": self.connected_header_cuts,
@@ -733,12 +741,14 @@ mod tests {
     }
 
     #[test]
-    fn lock_and_send_buffer_waits_are_reported_not_judged_and_the_longest_is_not_a_difference() {
+    fn lock_waits_send_buffer_waits_and_sends_left_are_reported_not_judged_and_the_longest_is_not_a_difference(
+    ) {
         let before = Health {
             app_lock_waits: 10,
             app_lock_wait_us: 500,
             app_lock_longest_us: 90,
             send_buffer_waits: 3,
+            sends_left_to_progress: 100,
             ..Health::default()
         };
         let after = Health {
@@ -746,6 +756,7 @@ mod tests {
             app_lock_wait_us: 2500,
             app_lock_longest_us: 4000,
             send_buffer_waits: 7,
+            sends_left_to_progress: 160,
             ..Health::default()
         };
         let d = after.since(&before);
@@ -756,6 +767,7 @@ mod tests {
         );
         assert_eq!(d.json()["app_lock_longest_us"], 4000);
         assert_eq!(d.json()["send_buffer_waits"], 4, "a difference");
+        assert_eq!(d.json()["sends_left_to_progress"], 60, "a difference");
     }
 
     #[test]
