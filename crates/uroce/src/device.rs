@@ -831,19 +831,23 @@ mod tests {
         dev.thread = Some(std::thread::spawn(move || progress_loop(&s, wait)));
     }
 
-    /// A thread-progress device on `ip` with an RC QP connected to a plain socket on
-    /// `peer_ip` (which never answers), and a WRITE of 8 bytes to post (it holds the
-    /// region).
+    /// A device on `ip` with `progress` and an RC QP connected (`Connect` returned) to a
+    /// plain socket on `peer_ip`, which never answers, and a WRITE of 8 bytes to post (it
+    /// holds the region).
     fn write_to_a_socket(
         ip: &str,
+        progress: Progress,
         peer_ip: &str,
     ) -> (
         Device,
         crate::QueuePair,
         std::net::UdpSocket,
+        Connect,
         impl Fn(u64) -> SendWr,
     ) {
-        let dev = Device::open(DeviceConfig::new(ip.parse().unwrap())).unwrap();
+        let mut cfg = DeviceConfig::new(ip.parse().unwrap());
+        cfg.progress = progress;
+        let dev = Device::open(cfg).unwrap();
         let pd = dev.alloc_pd();
         let mr = pd.reg_mr(0x10_0000, 4096, Access::from_bits(0xF)).unwrap();
         let cq = dev.create_cq(16, None).unwrap();
@@ -853,8 +857,8 @@ mod tests {
         let peer = std::net::UdpSocket::bind((peer_ip, 4791)).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        qp.connect(&Connect::new(peer_ip.parse().unwrap(), 0x11, 1, 1))
-            .unwrap();
+        let c = Connect::new(peer_ip.parse().unwrap(), 0x11, 1, 1);
+        qp.connect(&c).unwrap();
         let wr = move |id| {
             let op = SendOp::RdmaWrite {
                 remote_addr: 0,
@@ -862,7 +866,7 @@ mod tests {
             };
             SendWr::new(id, op, Payload::Sge(mr.sge(0, 8)))
         };
-        (dev, qp, peer, wr)
+        (dev, qp, peer, c, wr)
     }
 
     /// The opcode and PSN of the next packet `peer` receives (an RC WRITE ONLY is 0x0A).
@@ -875,7 +879,8 @@ mod tests {
 
     #[test]
     fn a_post_while_the_progress_thread_is_busy_is_left_to_that_thread() {
-        let (mut dev, qp, peer, wr) = write_to_a_socket("127.0.56.1", "127.0.56.2");
+        let (mut dev, qp, peer, _, wr) =
+            write_to_a_socket("127.0.56.1", Progress::Thread, "127.0.56.2");
         // The test publishes what the thread would: it is stopped, so nobody else sends.
         stop_progress(&mut dev);
         qp.post_send(wr(1)).unwrap();
@@ -894,7 +899,8 @@ mod tests {
 
     #[test]
     fn a_progress_thread_that_stops_sends_what_was_left_to_it() {
-        let (mut dev, qp, peer, wr) = write_to_a_socket("127.0.56.3", "127.0.56.4");
+        let (mut dev, qp, peer, _, wr) =
+            write_to_a_socket("127.0.56.3", Progress::Thread, "127.0.56.4");
         stop_progress(&mut dev);
         dev.shared.progress_busy.store(true, Ordering::Release);
         qp.post_send(wr(1)).unwrap();
@@ -909,33 +915,15 @@ mod tests {
 
     #[test]
     fn a_post_that_waited_for_the_lock_arms_the_ack_timer_from_then() {
-        let mut cfg = DeviceConfig::new("127.0.41.1".parse().unwrap());
-        cfg.progress = Progress::Polled;
-        let dev = Device::open(cfg).unwrap();
-        let pd = dev.alloc_pd();
-        let mr = pd.reg_mr(0x10_0000, 4096, Access::from_bits(0xF)).unwrap();
-        let cq = dev.create_cq(16, None).unwrap();
-        let qp = pd
-            .create_qp(QpType::Rc, &cq, &cq, None, QpCap::default())
-            .unwrap();
-        // A peer that never answers: a plain socket.
-        let peer = std::net::UdpSocket::bind("127.0.41.2:4791").unwrap();
-        let c = Connect::new(peer.local_addr().unwrap().ip(), 0x11, 1, 1);
+        let (dev, qp, _peer, c, wr) =
+            write_to_a_socket("127.0.41.1", Progress::Polled, "127.0.41.2");
         let ack_timeout = uroce_proto::time::ack_timeout(c.timeout).unwrap();
-        qp.connect(&c).unwrap();
         let (ready, go) = mpsc::channel();
         let held = dev.shared.lock();
+        let wr = wr(1);
         let poster = std::thread::scope(|s| {
             let h = s.spawn(|| {
                 ready.send(()).unwrap();
-                let wr = SendWr::new(
-                    1,
-                    SendOp::RdmaWrite {
-                        remote_addr: 0,
-                        rkey: 1,
-                    },
-                    Payload::Sge(mr.sge(0, 8)),
-                );
                 qp.post_send(wr)
             });
             go.recv().unwrap();
