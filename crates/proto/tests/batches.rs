@@ -77,13 +77,15 @@ fn completed(dev: &mut Device, cq: uroce_proto::CqHandle) -> Vec<(u64, u32)> {
 
 /// A (the reader) and B, connected with `slots` READ slots each way, B's region holding
 /// `pattern(3 * len, seed)` at 0x1000: three READs of four packets (`len` = 4 × MTU each)
-/// from it into A's region at 0x8000 are posted on A.
+/// from it into A's region at 0x8000 are posted on A, their `requests` delivered to B, and
+/// B's `responses` taken, not yet delivered.
 struct Reads {
     a: Device,
     a_cq: uroce_proto::CqHandle,
-    b: Device,
     dst: std::sync::Arc<AtomicMemory>,
     len: usize,
+    requests: usize,
+    responses: Vec<(Vec<u8>, Vec<usize>)>,
 }
 
 fn three_reads(a_config: Config, slots: u8, seed: u8) -> Reads {
@@ -118,12 +120,16 @@ fn three_reads(a_config: Config, slots: u8, seed: u8) -> Reads {
         a.post_send(Instant::ZERO, aq, SendWr::new(i, op, Payload::Sge(sge)))
             .expect("post");
     }
+    let requests = deliver(&mut b, A_IP, B_IP, &datagrams(&mut a));
+    let responses = datagrams(&mut b);
+    assert_eq!(b.counters().tx_datagrams, responses.len() as u64);
     Reads {
         a,
         a_cq,
-        b,
         dst,
         len,
+        requests,
+        responses,
     }
 }
 
@@ -134,13 +140,11 @@ fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
     let Reads {
         mut a,
         a_cq,
-        mut b,
         dst,
         len,
+        responses: sent,
+        ..
     } = three_reads(Config::new(IpAddr::from(A_IP)), 4, 9);
-    let requests = datagrams(&mut a);
-    deliver(&mut b, A_IP, B_IP, &requests);
-    let sent = datagrams(&mut b);
     let shapes: Vec<Vec<usize>> = sent.iter().map(|(_, l)| l.clone()).collect();
     // FIRST and LAST carry an AETH, the MIDDLEs do not. A LAST used to go alone (three
     // datagrams per READ); now it opens the next batch: 2 per READ and one more.
@@ -161,7 +165,7 @@ fn a_read_responses_last_opens_the_batch_the_next_responses_first_joins() {
     let l = len as u32;
     assert_eq!(completed(&mut a, a_cq), [(0, l), (1, l), (2, l)]);
     assert_eq!(dst.to_vec(), pattern(3 * len, 9));
-    assert_eq!(b.counters().tx_datagrams, 7);
+    assert_eq!(sent.len(), 7, "B's datagrams");
 }
 
 /// A's RC QP connected to B's with remote write granted; B's region of `len` bytes at 0x8000.
@@ -324,13 +328,11 @@ fn split_reads_answer_in_one_gso_send_and_land_whole() {
         let Reads {
             mut a,
             a_cq,
-            mut b,
             dst,
             len,
+            requests: n_requests,
+            responses,
         } = three_reads(config, slots, 3);
-        let requests = datagrams(&mut a);
-        let n_requests = deliver(&mut b, A_IP, B_IP, &requests);
-        let responses = datagrams(&mut b);
         let shapes: Vec<Vec<usize>> = responses.iter().map(|(_, l)| l.clone()).collect();
         let split_here = split && slots >= 16;
         if split_here {
