@@ -341,10 +341,10 @@ pub(crate) struct Shared {
     /// Nanoseconds (since epoch) the progress thread sleeps until; a call that makes the engine
     /// want an earlier wake-up writes the event fd.
     sleeping_until: AtomicU64,
-    /// The progress thread's last pass left work (received data or transmits): it runs
-    /// another pass right after it releases the lock, and sends what a caller queued
-    /// meanwhile. Written under the lock at the end of each pass, so a caller holding the
-    /// lock sees the state the thread will act on.
+    /// The progress thread's last pass left work (received data, transmits or a due timer):
+    /// it runs another pass right after it releases the lock, and sends what a caller
+    /// queued meanwhile. Written under the lock at the end of each pass, so a caller holding
+    /// the lock sees the state the thread will act on.
     progress_busy: AtomicBool,
     pub(crate) polled: bool,
     pub(crate) local: SocketAddr,
@@ -812,9 +812,6 @@ mod tests {
         assert_eq!(got, [5, 9, 9, 9, 12, 12]);
     }
 
-    /// A post that waited for the engine's lock arms the ACK timer from when it got the
-    /// lock, not from before: another thread may have run the engine meanwhile, and a timer
-    /// armed from the past fired at once (a spurious ACK timeout, the window resent).
     /// Stops `dev`'s progress thread (as `Drop` does) and lets it run again later.
     fn stop_progress(dev: &mut Device) {
         dev.shared.stop.store(true, Ordering::Release);
@@ -873,8 +870,8 @@ mod tests {
     fn next_packet(peer: &std::net::UdpSocket) -> (u8, u32) {
         let mut buf = [0u8; 2048];
         let n = peer.recv(&mut buf).expect("a packet within 10 s");
-        assert!(n >= 12, "{n} bytes");
-        (buf[0], u32::from_be_bytes([0, buf[9], buf[10], buf[11]]))
+        let bth = uroce_wire::headers::Bth::new_checked(&buf[..n]).expect("a BTH");
+        (bth.opcode(), bth.psn())
     }
 
     #[test]
@@ -913,6 +910,9 @@ mod tests {
         assert!(!dev.shared.lock().eng.has_transmit());
     }
 
+    /// A post that waited for the engine's lock arms the ACK timer from when it got the
+    /// lock, not from before: another thread may have run the engine meanwhile, and a timer
+    /// armed from the past fired at once (a spurious ACK timeout, the window resent).
     #[test]
     fn a_post_that_waited_for_the_lock_arms_the_ack_timer_from_then() {
         let (dev, qp, _peer, c, wr) =
