@@ -8,6 +8,7 @@ import struct
 A, B = 0, 0x80          # direction bit: 0 = A posts / packets A->B; 0x80 = B posts / B->A
 RC, UC, UD = 0, 1, 2
 SEND, SEND_IMM, WRITE, WRITE_IMM, READ, CAS, FAA, SEND_INV = range(8)
+FRAMED = 0x80           # first byte: multi-packet RC WRITEs as FIRST/MIDDLE/LAST, not WRITE ONLYs
 
 
 def post(side, qp, kind, length, off=0, mr=0, flags=0, rmr=0, raddr=0):
@@ -37,6 +38,8 @@ for mtu in range(4):
     seeds[f"write-rc-mtu{mtu}"] = cfg + post(B, RC, WRITE, 3000, raddr=16) + flush()
     seeds[f"send-rc-mtu{mtu}"] = cfg + recv(A, RC, 4000) + post(B, RC, SEND_IMM, 2500) + flush()
     seeds[f"read-rc-mtu{mtu}"] = cfg + post(A, RC, READ, 2000, rmr=1) + flush() + flush()
+    # The same WRITE framed FIRST/MIDDLE/LAST, as rxe sends it (first byte bit 7).
+    seeds[f"write-rc-framed-mtu{mtu}"] = bytes([cfg[0] | FRAMED]) + post(B, RC, WRITE, 3000, raddr=16) + flush()
 seeds["atomics"] = bytes([2]) + post(B, RC, CAS, 8, rmr=2) + post(B, RC, FAA, 8, rmr=2, raddr=8) + flush()
 seeds["write-imm"] = bytes([2]) + recv(A, RC, 16) + post(B, RC, WRITE_IMM, 300) + flush()
 seeds["uc-write-send"] = bytes([1]) + recv(A, UC, 4000) + post(B, UC, WRITE, 1500) + post(B, UC, SEND, 700) + flush()
@@ -53,8 +56,9 @@ seeds["readonly-write"] = bytes([2]) + post(B, RC, WRITE, 100, rmr=1) + recv(A, 
 seeds["error-flush"] = bytes([2]) + recv(A, RC, 100) + post(A, RC, SEND, 10) + bytes([120, 0]) + flush()
 # Zero-copy receive (first byte bits 5-6: 1 peek, 2 no peek, 3 both): GRO-coalesced MIDDLEs
 # planned into the WRITE's RETH range or the READ's SGE, clean, lossy, reordered, mutated.
+# WRITEs framed FIRST/MIDDLE/LAST: uroce's default WRITE ONLY packets are never placed.
 for mode in (1, 2, 3):
-    cfg = bytes([(mode << 5) | (3 << 2)])  # path MTU 256: many MIDDLEs in 4 KiB
+    cfg = bytes([FRAMED | (mode << 5) | (3 << 2)])  # path MTU 256: many MIDDLEs in 4 KiB
     seeds[f"place-write-{mode}"] = cfg + post(B, RC, WRITE, 4000, raddr=40) + flush()
     seeds[f"place-read-{mode}"] = cfg + post(A, RC, READ, 4000, off=64, rmr=1) + flush() + flush()
     seeds[f"place-lossy-{mode}"] = (cfg + post(B, RC, WRITE, 3500) + bytes([0 | B, 52 | B, 53 | B])

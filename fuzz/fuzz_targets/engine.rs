@@ -14,6 +14,10 @@
 //! - post sends of every kind (SEND, WRITE, READ, atomics, with immediate) on either side, with
 //!   valid, wrong or out-of-range keys and addresses; post receives; drop queued packets; poll.
 //!
+//! WRITE framing: bit 7 of the first byte frames multi-packet RC WRITEs FIRST/MIDDLE/LAST, as
+//! rxe and NICs do (`Config::split_writes` off); without it they leave as WRITE ONLY packets,
+//! uroce's default. Only FIRST/MIDDLE/LAST WRITEs are placed (below).
+//!
 //! Zero-copy receive: bits 5-6 of the first byte make the receiving device get datagrams
 //! the way the io_uring driver does when it places payloads (`driver/place.rs`): queued packets
 //! are coalesced as GRO would (same-size segments, a shorter last one), planned with
@@ -172,8 +176,9 @@ impl Side {
     }
 }
 
-fn make_side(ip: Ipv4Addr, h: u64) -> Side {
+fn make_side(ip: Ipv4Addr, h: u64, framed_writes: bool) -> Side {
     let mut cfg = Config::new(IpAddr::V4(ip));
+    cfg.split_writes = !framed_writes;
     // Small windows so limits and go-back-N are reached within a short input.
     cfg.max_unacked_psns = 64;
     cfg.ack_req_interval = 8;
@@ -762,8 +767,9 @@ fuzz_target!(|data: &[u8]| {
     let cfg = inp.u8();
     let mtu = [Mtu::M256, Mtu::M512, Mtu::M1024, Mtu::M4096][usize::from(cfg & 3)];
     let timeout = 1 + (cfg >> 2) % 8; // 8 µs .. 1 ms ACK timeouts
-    let mut a = make_side(Ipv4Addr::new(10, 0, 0, 1), 1);
-    let mut b = make_side(Ipv4Addr::new(10, 0, 0, 2), 2);
+    let framed = cfg & 0x80 != 0;
+    let mut a = make_side(Ipv4Addr::new(10, 0, 0, 1), 1, framed);
+    let mut b = make_side(Ipv4Addr::new(10, 0, 0, 2), 2, framed);
     let (aq, bq) = (a.qps, b.qps);
     connect(&mut a, b.ip, bq, mtu, timeout);
     connect(&mut b, a.ip, aq, mtu, timeout);
