@@ -8,7 +8,7 @@
 //! one `recvmsg` per datagram).
 //!
 //! What the driver fixes, and so the probe: 32 send buffers of 64 KiB (at most that many
-//! batches in flight), 64 provided receive buffers of 64 KiB, `SUBMIT_ALL`, no
+//! batches in flight), 16 provided receive buffers of 64 KiB, `SUBMIT_ALL`, no
 //! `SQPOLL`/`DEFER_TASKRUN`, no registered buffers or files, and `SENDMSG`, not `SENDMSG_ZC`
 //! (`--zc` measures that one: on veth the kernel copies the pages anyway); the sender
 //! submits `depth` batches per `io_uring_enter`, the receiver sleeps in `poll` on the ring's
