@@ -656,6 +656,14 @@ impl Device {
         self.shared.lock().backend.features()
     }
 
+    /// Tells the progress thread, if any, to stop, wakes it and waits for it: it sends what
+    /// it was left on its way out. `Err` if it panicked.
+    fn stop_progress_thread(&mut self) -> std::thread::Result<()> {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.shared.wake.write(1);
+        self.thread.take().map_or(Ok(()), |t| t.join())
+    }
+
     /// How many calls (posts, polls) on this device left the packets they made for the busy
     /// progress thread to send in its next pass instead of sending them on the caller's
     /// thread (thread progress only).
@@ -731,11 +739,7 @@ impl Drop for Device {
                 tracing::warn!("leaving the steering group: {e}");
             }
         }
-        self.shared.stop.store(true, Ordering::Release);
-        let _ = self.shared.wake.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.stop_progress_thread();
         // Flush the capture file, remove the counters file.
         let mut g = self.shared.lock();
         g.capture = None;
@@ -814,9 +818,8 @@ mod tests {
 
     /// Stops `dev`'s progress thread (as `Drop` does) and lets it run again later.
     fn stop_progress(dev: &mut Device) {
-        dev.shared.stop.store(true, Ordering::Release);
-        let _ = dev.shared.wake.write(1);
-        dev.thread.take().unwrap().join().unwrap();
+        assert!(dev.thread.is_some(), "a progress thread to stop");
+        dev.stop_progress_thread().unwrap();
         dev.shared.stop.store(false, Ordering::Release);
     }
 
