@@ -741,8 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn lock_waits_send_buffer_waits_and_sends_left_are_reported_not_judged_and_the_longest_is_not_a_difference(
-    ) {
+    fn waits_and_sends_left_are_reported_not_judged_and_the_longest_is_not_a_difference() {
         let before = Health {
             app_lock_waits: 10,
             app_lock_wait_us: 500,
